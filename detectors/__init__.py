@@ -1,0 +1,1 @@
+"""gapwatch detectors: pure, I/O-free statistics (windows, change points, verdicts)."""

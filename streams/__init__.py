@@ -1,0 +1,1 @@
+"""gapwatch streams: Faust wiring, CLI, broker launcher, I/O. No statistics here."""
