@@ -1,0 +1,658 @@
+"""Event-time window counts: per source partition (stage A) and merged per segment (stage B).
+
+Pure state, no I/O. The worker keeps these objects in Faust tables as plain JSON-able items;
+`gapwatch backtest` drives the very same objects from files, so both give identical windows.
+
+Stage A, `PartitionWindows`: one per source partition index. It counts events into leaf
+counters per window, remembers event ids for dedupe, and the last applied offset per source
+topic, so a redelivered message (offset <= last applied) is recognised and skipped. Its
+state is a set of items (key -> JSON value) of which only the changed ones are written after
+each batch: `{p}:m` (meta), `{p}:w:{start}` (one open window), `{p}:d:{seq}` (append-only
+dedupe memory added by one batch).
+
+Stage B, `WindowAssembler`: merges the partials of all source partitions and, once every
+partition has closed a window, builds the closed window of every segment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+__all__ = [
+    "WindowConfig",
+    "PartitionWindows",
+    "Partial",
+    "WindowAssembler",
+    "ClosedWindow",
+    "BACKEND_FIELDS",
+    "PLATFORM_FIELDS",
+    "segment_key",
+    "group_of",
+]
+
+JSON = Any
+NEG_INF = -math.inf
+
+# Leaf counter layouts (lists, indexed for speed on the hot path).
+BACKEND_FIELDS = ("count", "value", "consent_denied", "late")
+B_COUNT, B_VALUE, B_DENIED, B_LATE = range(4)
+PLATFORM_FIELDS = (
+    "count", "value", "duplicates", "pair_deduped", "broken_dedupe", "missing_value",
+    "missing_currency", "missing_click_ids", "consent_denied", "matched_orders", "late", "events",
+)
+(P_COUNT, P_VALUE, P_DUP, P_PAIR, P_BROKEN, P_MISS_VALUE, P_MISS_CURRENCY, P_MISS_CLICK,
+ P_DENIED, P_MATCHED, P_LATE, P_EVENTS) = range(12)
+N_PLATFORM = len(PLATFORM_FIELDS)
+
+
+class BackendLike(Protocol):
+    event_id: str
+    event_name: str
+    order_id: str | None
+    ts: float
+    value: float | None
+    browser: str
+    region: str
+    consent_denied: bool
+
+
+class PlatformLike(Protocol):
+    platform: str
+    channel: str
+    event_name: str
+    event_id: str
+    order_id: str | None
+    ts: float
+    value: float | None
+    currency: str | None
+    browser: str
+    region: str
+    consent_denied: bool
+    has_click_ids: bool
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Window size, allowed lateness and how long event / order ids are remembered for dedupe."""
+
+    window_s: int = 300
+    allowed_lateness_s: float = 120.0
+    dedupe_horizon_s: float = 86_400.0
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        if self.allowed_lateness_s < 0:
+            raise ValueError("allowed_lateness_s must be >= 0")
+
+
+def segment_key(platform: str, event_name: str, browser: str, region: str) -> str:
+    return f"{platform}|{event_name}|{browser}|{region}"
+
+
+def group_of(platform_leaf: str) -> str:
+    """`meta|purchase|safari|eu` -> `meta|purchase` (the unit of alert grouping)."""
+    platform, event_name, _ = platform_leaf.split("|", 2)
+    return f"{platform}|{event_name}"
+
+
+class Partial(NamedTuple):
+    """What stage A hands to stage B when partition `partition` closes windows.
+
+    `backend` and `platform` map window_start -> leaf -> counters; `closed_through` says every
+    window ending at or before it is complete for this partition.
+    """
+
+    partition: int
+    closed_through: float
+    backend: dict[int, dict[str, list[float]]]
+    platform: dict[int, dict[str, list[Any]]]
+
+
+class PartitionWindows:
+    """Idempotent window counts of one source partition (both event topics share the index).
+
+    >>> from types import SimpleNamespace as E
+    >>> pw = PartitionWindows(0, WindowConfig(window_s=60, allowed_lateness_s=0))
+    >>> ev = E(event_id="o1", event_name="purchase", order_id="o1", ts=120.5, value=10.0,
+    ...        browser="chrome", region="eu", consent_denied=False)
+    >>> pw.add_backend(0, ev); pw.add_backend(0, ev)   # the second is a redelivery: skipped
+    True
+    False
+    >>> pw.windows[120]["b"]["purchase|chrome|eu"][0]
+    1
+    """
+
+    def __init__(self, partition: int, config: WindowConfig) -> None:
+        self.partition = partition
+        self.config = config
+        self.offsets: dict[str, int] = {"b": -1, "p": -1}
+        # newest event time per input topic: the partition's watermark is the minimum over
+        # its inputs (minus lateness), so a topic read ahead never makes the other one late
+        self.max_ts: dict[str, float] = {"b": NEG_INF, "p": NEG_INF}
+        self.closed_through = NEG_INF
+        self.seq = 0
+        # window_start -> {"b": {leaf: counters}, "p": {leaf: counters}, "c": {leaf: {channel: n}}}
+        self.windows: dict[int, dict[str, dict[str, Any]]] = {}
+        # dedupe memory: key -> [value, bucket]; buckets expire by event time
+        self.seen_events: dict[tuple[str, str], list[Any]] = {}  # (platform, event_id) -> [channels, bucket]
+        self.order_events: dict[tuple[str, str], list[Any]] = {}  # (platform, order_id) -> [event_id, bucket]
+        self.backend_orders: dict[str, int] = {}  # order_id -> bucket
+        self.deltas: dict[int, int] = {}  # delta seq -> newest bucket it holds (for expiry)
+        self._dirty_windows: set[int] = set()
+        self._deleted_keys: list[str] = []
+        self._delta: dict[str, list[Any]] = {"s": [], "o": [], "b": []}
+        self._meta_dirty = False
+        self.last_late = False
+
+    # ---- hot path -------------------------------------------------------------------------
+    def already_applied(self, topic: str, offset: int) -> bool:
+        """True for a redelivered message (same partition, offset not beyond the last applied)."""
+        return offset <= self.offsets[topic]
+
+    def skip(self, topic: str, offset: int) -> bool:
+        """Record an offset whose message was not counted (invalid, sent to the DLQ)."""
+        if offset <= self.offsets[topic]:
+            return False
+        self.offsets[topic] = offset
+        self._meta_dirty = True
+        return True
+
+    def _window_for(self, topic: str, ts: float) -> tuple[dict[str, dict[str, Any]], bool]:
+        """The open window that an event of time `ts` counts in, and whether it is late."""
+        max_ts = self.max_ts
+        if ts > max_ts[topic]:
+            max_ts[topic] = ts
+        size = self.config.window_s
+        start = int(ts // size) * size
+        limit = max(min(max_ts["b"], max_ts["p"]) - self.config.allowed_lateness_s, self.closed_through)
+        late = start + size <= limit
+        self.last_late = late
+        if late:
+            # counted as late in the oldest window still open, never lost
+            start = int(max(self.closed_through, start) // size) * size
+            while start + size <= self.closed_through:
+                start += size
+        window = self.windows.get(start)
+        if window is None:
+            window = self.windows[start] = {"b": {}, "p": {}, "c": {}}
+        self._dirty_windows.add(start)
+        return window, late
+
+    def add_backend(self, offset: int, ev: BackendLike) -> bool:
+        if offset <= self.offsets["b"]:
+            return False
+        self.offsets["b"] = offset
+        self._meta_dirty = True
+        window, late = self._window_for("b", ev.ts)
+        leaf = f"{ev.event_name}|{ev.browser}|{ev.region}"
+        counters = window["b"].get(leaf)
+        if counters is None:
+            counters = window["b"][leaf] = [0, 0.0, 0, 0]
+        if late:
+            counters[B_LATE] += 1
+            return True
+        counters[B_COUNT] += 1
+        if ev.value is not None:
+            counters[B_VALUE] += ev.value
+        if ev.consent_denied:
+            counters[B_DENIED] += 1
+        if ev.order_id is not None and ev.order_id not in self.backend_orders:
+            bucket = int(ev.ts // self.config.window_s) * self.config.window_s
+            self.backend_orders[ev.order_id] = bucket
+            self._delta["b"].append([ev.order_id, bucket])
+        return True
+
+    def add_platform(self, offset: int, ev: PlatformLike) -> bool:
+        if offset <= self.offsets["p"]:
+            return False
+        self.offsets["p"] = offset
+        self._meta_dirty = True
+        window, late = self._window_for("p", ev.ts)
+        leaf = f"{ev.platform}|{ev.event_name}|{ev.browser}|{ev.region}"
+        counters = window["p"].get(leaf)
+        if counters is None:
+            counters = window["p"][leaf] = [0] * N_PLATFORM
+            counters[P_VALUE] = 0.0
+            window["c"][leaf] = {}
+        channels = window["c"][leaf]
+        channels[ev.channel] = channels.get(ev.channel, 0) + 1
+        counters[P_EVENTS] += 1
+        if late:
+            counters[P_LATE] += 1
+            return True
+        bucket = int(ev.ts // self.config.window_s) * self.config.window_s
+        key = (ev.platform, ev.event_id)
+        seen = self.seen_events.get(key)
+        is_new = seen is None
+        if seen is not None:
+            if ev.channel in seen[0]:
+                # same event id again on the same channel: a duplicate trigger, and the
+                # platform counts it, so it inflates the count
+                counters[P_DUP] += 1
+            else:
+                # the other channel of a pixel + server pair: the platform's dedupe working
+                seen[0] = seen[0] + [ev.channel]
+                self._delta["s"].append([ev.platform, ev.event_id, seen[0], seen[1]])
+                counters[P_PAIR] += 1
+                return True
+        else:
+            seen = [[ev.channel], bucket]
+            self.seen_events[key] = seen
+            self._delta["s"].append([ev.platform, ev.event_id, seen[0], bucket])
+        counters[P_COUNT] += 1
+        value = ev.value
+        if value is None:
+            counters[P_MISS_VALUE] += 1
+        else:
+            counters[P_VALUE] += value
+        if ev.currency is None:
+            counters[P_MISS_CURRENCY] += 1
+        if not ev.has_click_ids:
+            counters[P_MISS_CLICK] += 1
+        if ev.consent_denied:
+            counters[P_DENIED] += 1
+        order_id = ev.order_id
+        if order_id is not None and is_new:
+            if order_id in self.backend_orders:
+                counters[P_MATCHED] += 1
+            okey = (ev.platform, order_id)
+            first = self.order_events.get(okey)
+            if first is None:
+                self.order_events[okey] = [ev.event_id, bucket]
+                self._delta["o"].append([ev.platform, order_id, ev.event_id, bucket])
+            elif first[0] != ev.event_id:
+                # one order under two event ids: the platform counts it twice
+                counters[P_BROKEN] += 1
+        return True
+
+    # ---- closing --------------------------------------------------------------------------
+    @property
+    def watermark(self) -> float:
+        """Event-time watermark: the slowest input's newest event time minus the lateness."""
+        return min(self.max_ts.values()) - self.config.allowed_lateness_s
+
+    def watermark_without(self, idle_topics: Iterable[str]) -> float:
+        """The watermark when idle inputs are left out (NEG_INF if every input is idle)."""
+        active = [ts for topic, ts in self.max_ts.items() if topic not in idle_topics]
+        return min(active) - self.config.allowed_lateness_s if active else NEG_INF
+
+    def close(self, watermark: float | None = None) -> Partial | None:
+        """Close every open window that ends at or before the watermark.
+
+        `watermark` may be raised by the caller when inputs are idle (see `watermark_without`).
+        Returns None when nothing advanced.
+        """
+        mark = self.watermark if watermark is None else max(watermark, self.watermark)
+        if mark == NEG_INF:
+            return None
+        size = self.config.window_s
+        through = float(int(mark // size) * size)
+        if through <= self.closed_through:
+            return None
+        backend: dict[int, dict[str, list[float]]] = {}
+        platform: dict[int, dict[str, list[Any]]] = {}
+        for start in sorted(self.windows):
+            if start + size > through:
+                break
+            window = self.windows.pop(start)
+            self._dirty_windows.discard(start)
+            self._deleted_keys.append(f"{self.partition}:w:{start}")
+            if window["b"]:
+                backend[start] = window["b"]
+            if window["p"]:
+                platform[start] = {leaf: c + [window["c"][leaf]] for leaf, c in window["p"].items()}
+        self.closed_through = through
+        self._meta_dirty = True
+        self._expire(through - self.config.dedupe_horizon_s)
+        return Partial(self.partition, through, backend, platform)
+
+    def _expire(self, cutoff: float) -> None:
+        """Forget dedupe memory older than the horizon (bounded memory)."""
+        if not self.deltas or min(self.deltas.values()) >= cutoff:
+            return
+        for store in (self.seen_events, self.order_events):
+            stale = [k for k, v in store.items() if v[1] < cutoff]
+            for k in stale:
+                del store[k]
+        stale_orders = [k for k, b in self.backend_orders.items() if b < cutoff]
+        for k in stale_orders:
+            del self.backend_orders[k]
+        for seq, newest in list(self.deltas.items()):
+            if newest < cutoff:
+                del self.deltas[seq]
+                self._deleted_keys.append(f"{self.partition}:d:{seq}")
+
+    # ---- persistence ----------------------------------------------------------------------
+    def take_changes(self) -> dict[str, JSON | None]:
+        """Items changed since the last call (None = delete); write them after each batch."""
+        out: dict[str, JSON | None] = {}
+        p = self.partition
+        for key in self._deleted_keys:
+            out[key] = None
+        self._deleted_keys = []
+        delta = self._delta
+        if delta["s"] or delta["o"] or delta["b"]:
+            self.seq += 1
+            newest = max(
+                [r[3] for r in delta["s"]] + [r[3] for r in delta["o"]] + [r[1] for r in delta["b"]]
+            )
+            self.deltas[self.seq] = newest
+            out[f"{p}:d:{self.seq}"] = delta
+            self._delta = {"s": [], "o": [], "b": []}
+            self._meta_dirty = True
+        for start in self._dirty_windows:
+            out[f"{p}:w:{start}"] = self.windows[start]
+        self._dirty_windows = set()
+        if self._meta_dirty:
+            out[f"{p}:m"] = {
+                "offsets": self.offsets,
+                "max_ts": {k: (None if v == NEG_INF else v) for k, v in self.max_ts.items()},
+                "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
+                "seq": self.seq,
+            }
+            self._meta_dirty = False
+        return out
+
+    @classmethod
+    def restore(cls, partition: int, config: WindowConfig, items: Mapping[str, JSON]) -> PartitionWindows:
+        """Rebuild from the items of this partition (as written by `take_changes`)."""
+        self = cls(partition, config)
+        prefix = f"{partition}:"
+        deltas: list[tuple[int, JSON]] = []
+        for key, value in items.items():
+            if not key.startswith(prefix) or value is None:
+                continue
+            kind, _, rest = key[len(prefix):].partition(":")
+            if kind == "m":
+                self.offsets = dict(value["offsets"])
+                self.max_ts = {k: (NEG_INF if v is None else v) for k, v in value["max_ts"].items()}
+                self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
+                self.seq = value["seq"]
+            elif kind == "w":
+                self.windows[int(rest)] = value
+            elif kind == "d":
+                deltas.append((int(rest), value))
+        for seq, delta in sorted(deltas):
+            newest = NEG_INF
+            for platform, event_id, channels, bucket in delta["s"]:
+                self.seen_events[(platform, event_id)] = [list(channels), bucket]
+                newest = max(newest, bucket)
+            for platform, order_id, event_id, bucket in delta["o"]:
+                self.order_events.setdefault((platform, order_id), [event_id, bucket])
+                newest = max(newest, bucket)
+            for order_id, bucket in delta["b"]:
+                self.backend_orders.setdefault(order_id, bucket)
+                newest = max(newest, bucket)
+            self.deltas[seq] = int(newest) if newest != NEG_INF else 0
+        return self
+
+
+# ---- stage B ------------------------------------------------------------------------------
+
+
+@dataclass
+class ClosedWindow:
+    """One closed window of one segment: the value published on `gapwatch-windows`."""
+
+    platform: str
+    event_name: str
+    browser: str
+    region: str
+    level: str
+    window_start: int
+    window_end: int
+    backend_count: int = 0
+    backend_value: float = 0.0
+    backend_consent_denied: int = 0
+    platform_count: int = 0
+    platform_value: float = 0.0
+    platform_duplicates: int = 0
+    platform_pair_deduped: int = 0
+    platform_broken_dedupe: int = 0
+    platform_missing_value: int = 0
+    platform_missing_currency: int = 0
+    platform_missing_click_ids: int = 0
+    platform_consent_denied: int = 0
+    platform_matched_orders: int = 0
+    platform_events: int = 0
+    platform_channels: dict[str, int] = field(default_factory=dict)
+    late_events: int = 0
+
+    @property
+    def segment_key(self) -> str:
+        return segment_key(self.platform, self.event_name, self.browser, self.region)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "segment": {
+                "platform": self.platform, "event_name": self.event_name,
+                "browser": self.browser, "region": self.region,
+            },
+            "segment_key": self.segment_key,
+        }
+        for name in self.__dataclass_fields__:
+            if name not in ("platform", "event_name", "browser", "region"):
+                d[name] = getattr(self, name)
+        d["backend_value"] = round(self.backend_value, 6)
+        d["platform_value"] = round(self.platform_value, 6)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClosedWindow:
+        seg = d["segment"]
+        kwargs = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(seg["platform"], seg["event_name"], seg["browser"], seg["region"],
+                   **{k: v for k, v in kwargs.items() if k not in ("platform", "event_name", "browser", "region")})
+
+
+LEVELS = ("platform", "platform_browser", "platform_region", "leaf")
+
+
+def _rollup_keys(browser: str, region: str) -> Iterator[tuple[str, str, str]]:
+    yield "platform", "*", "*"
+    yield "platform_browser", browser, "*"
+    yield "platform_region", "*", region
+    yield "leaf", browser, region
+
+
+class WindowAssembler:
+    """Merges partials from all `n_sources` partitions; builds closed windows per segment.
+
+    Partials are idempotent: one from a partition that already closed past a window is
+    ignored, and a platform partial is remembered by (partition, window, group).
+    Groups (`platform|event_name`) seen within `group_ttl_s` of event time keep getting
+    windows even when silent, because a platform that stops reporting is the loudest gap.
+    """
+
+    def __init__(self, n_sources: int, window_s: int, group_ttl_s: float = 7 * 86_400.0,
+                 owns_group: Any = None) -> None:
+        self.n_sources = n_sources
+        self.window_s = window_s
+        self.group_ttl_s = group_ttl_s
+        self.owns_group = owns_group  # callable(group) -> bool; None = owns all
+        self.markers: dict[int, float] = {}
+        self.closed_through = NEG_INF
+        self.groups: dict[str, int] = {}  # group -> newest window start with platform data
+        # window_start -> {"b": leaves, "p": leaves, "seen": [[partition, group], ...]}
+        self.open: dict[int, dict[str, Any]] = {}
+        self._dirty: set[int] = set()
+        self._deleted: list[int] = []
+        self._meta_dirty = False
+
+    def add_platform(self, partition: int, window_start: int, group: str, leaves: Mapping[str, list[Any]]) -> bool:
+        if window_start + self.window_s <= self.markers.get(partition, NEG_INF):
+            return False  # re-sent after the partition had already closed it
+        if window_start + self.window_s <= self.closed_through:
+            return False
+        window = self._window(window_start)
+        tag = [partition, group]
+        if tag in window["seen"]:
+            return False
+        window["seen"].append(tag)
+        _merge(window["p"], leaves)
+        if self.groups.get(group, NEG_INF) < window_start:
+            self.groups[group] = window_start
+            self._meta_dirty = True
+        return True
+
+    def add_marker(self, partition: int, closed_through: float, backend: Mapping[int, Mapping[str, list[float]]]) -> bool:
+        """A partition closed windows through `closed_through`; `backend` holds their counts."""
+        if closed_through <= self.markers.get(partition, NEG_INF):
+            return False
+        before = self.markers.get(partition, NEG_INF)
+        for start, leaves in backend.items():
+            start = int(start)
+            if start + self.window_s <= before or start + self.window_s <= self.closed_through:
+                continue
+            _merge(self._window(start)["b"], leaves)
+        self.markers[partition] = closed_through
+        self._meta_dirty = True
+        return True
+
+    def _window(self, start: int) -> dict[str, Any]:
+        window = self.open.get(start)
+        if window is None:
+            window = self.open[start] = {"b": {}, "p": {}, "seen": []}
+        self._dirty.add(start)
+        return window
+
+    @property
+    def ready_through(self) -> float:
+        if len(self.markers) < self.n_sources:
+            return NEG_INF
+        return min(self.markers.values())
+
+    def close_ready(self) -> list[list[ClosedWindow]]:
+        """Close every window all sources have closed; one list of segment windows per window."""
+        through = self.ready_through
+        out: list[list[ClosedWindow]] = []
+        if through == NEG_INF:
+            return out
+        # also close empty windows between the last closed one and `through`: silence is data
+        if self.closed_through != NEG_INF:
+            start = int(self.closed_through)
+            while start + self.window_s <= through:
+                self.open.setdefault(start, {"b": {}, "p": {}, "seen": []})
+                start += self.window_s
+        for start in sorted(self.open):
+            if start + self.window_s > through:
+                break
+            window = self.open.pop(start)
+            self._dirty.discard(start)
+            self._deleted.append(start)
+            out.append(self._build(start, window))
+        if through > self.closed_through:
+            self.closed_through = through
+            self._meta_dirty = True
+            cutoff = through - self.group_ttl_s
+            for g in [g for g, s in self.groups.items() if s < cutoff]:
+                del self.groups[g]
+        return out
+
+    def _build(self, start: int, window: Mapping[str, Any]) -> list[ClosedWindow]:
+        end = start + self.window_s
+        segments: dict[tuple[str, str, str, str], ClosedWindow] = {}
+
+        def seg(platform: str, event_name: str, level: str, browser: str, region: str) -> ClosedWindow:
+            k = (platform, event_name, browser, region)
+            w = segments.get(k)
+            if w is None:
+                w = segments[k] = ClosedWindow(platform, event_name, browser, region, level, start, end)
+            return w
+
+        groups = {g for g in self.groups if self.owns_group is None or self.owns_group(g)}
+        by_event_name: dict[str, list[str]] = {}
+        for g in sorted(groups):
+            platform, event_name = g.split("|", 1)
+            by_event_name.setdefault(event_name, []).append(platform)
+        for leaf, c in window["p"].items():
+            platform, event_name, browser, region = leaf.split("|")
+            for level, b, r in _rollup_keys(browser, region):
+                w = seg(platform, event_name, level, b, r)
+                w.platform_count += c[P_COUNT]
+                w.platform_value += c[P_VALUE]
+                w.platform_duplicates += c[P_DUP]
+                w.platform_pair_deduped += c[P_PAIR]
+                w.platform_broken_dedupe += c[P_BROKEN]
+                w.platform_missing_value += c[P_MISS_VALUE]
+                w.platform_missing_currency += c[P_MISS_CURRENCY]
+                w.platform_missing_click_ids += c[P_MISS_CLICK]
+                w.platform_consent_denied += c[P_DENIED]
+                w.platform_matched_orders += c[P_MATCHED]
+                w.platform_events += c[P_EVENTS]
+                w.late_events += c[P_LATE]
+                channels = c[N_PLATFORM] if len(c) > N_PLATFORM else {}
+                for ch, n in channels.items():
+                    w.platform_channels[ch] = w.platform_channels.get(ch, 0) + n
+        for leaf, c in window["b"].items():
+            event_name, browser, region = leaf.split("|")
+            for platform in by_event_name.get(event_name, ()):
+                for level, b, r in _rollup_keys(browser, region):
+                    w = seg(platform, event_name, level, b, r)
+                    w.backend_count += int(c[B_COUNT])
+                    w.backend_value += c[B_VALUE]
+                    w.backend_consent_denied += int(c[B_DENIED])
+                    w.late_events += int(c[B_LATE])
+        # A group owned here with no data at all in this window still gets its parent window.
+        for g in groups:
+            platform, event_name = g.split("|", 1)
+            seg(platform, event_name, "platform", "*", "*")
+        return [segments[k] for k in sorted(segments)]
+
+    # persistence: same item scheme as stage A, under a caller-chosen prefix
+    def take_changes(self, prefix: str) -> dict[str, JSON | None]:
+        out: dict[str, JSON | None] = {}
+        for start in self._deleted:
+            out[f"{prefix}w:{start}"] = None
+        self._deleted = []
+        for start in self._dirty:
+            out[f"{prefix}w:{start}"] = self.open[start]
+        self._dirty = set()
+        if self._meta_dirty:
+            out[f"{prefix}m"] = {
+                "markers": {str(k): v for k, v in self.markers.items()},
+                "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
+                "groups": self.groups,
+            }
+            self._meta_dirty = False
+        return out
+
+    def restore(self, prefix: str, items: Mapping[str, JSON]) -> None:
+        for key, value in items.items():
+            if not key.startswith(prefix) or value is None:
+                continue
+            rest = key[len(prefix):]
+            if rest == "m":
+                self.markers = {int(k): v for k, v in value["markers"].items()}
+                self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
+                self.groups = dict(value["groups"])
+            elif rest.startswith("w:"):
+                self.open[int(rest[2:])] = value
+
+
+def _merge(into: dict[str, list[Any]], leaves: Mapping[str, list[Any]]) -> None:
+    for leaf, counters in leaves.items():
+        have = into.get(leaf)
+        if have is None:
+            into[leaf] = [dict(x) if isinstance(x, dict) else x for x in counters]
+            continue
+        for i, x in enumerate(counters):
+            if isinstance(x, dict):
+                for ch, n in x.items():
+                    have[i][ch] = have[i].get(ch, 0) + n
+            else:
+                have[i] += x
+
+
+def split_platform_by_group(platform: Mapping[int, Mapping[str, list[Any]]]) -> Iterable[tuple[int, str, dict[str, list[Any]]]]:
+    """Regroup a partial's platform leaves as (window_start, group, leaves) for routing."""
+    for start, leaves in platform.items():
+        by_group: dict[str, dict[str, list[Any]]] = {}
+        for leaf, c in leaves.items():
+            by_group.setdefault(group_of(leaf), {})[leaf] = c
+        for group, part in by_group.items():
+            yield start, group, part

@@ -1,0 +1,509 @@
+"""The gapwatch Faust worker: agents, tables, timer and web views. Wiring only.
+
+Stage A (`ingest`) consumes backend-events and platform-events in batches, validates and
+counts into `detectors.windows.PartitionWindows` per source partition, and hands partials of
+closed windows to stage B (`assemble`) through the internal partials topic. Stage B merges
+them into closed segment windows, publishes them and runs detection (`detectors.monitor`).
+State lives in two tables written to explicit changelog partitions, once per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+import zlib
+from collections import Counter as Tally
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from detectors.windows import (
+    ClosedWindow,
+    PartitionWindows,
+    WindowAssembler,
+    WindowConfig,
+    split_platform_by_group,
+)
+from streams.config import Settings
+from streams.ingest import InvalidEvent, parse_backend, parse_change, parse_platform
+from streams.metrics import Metrics
+
+__all__ = ["GapwatchWorker", "group_partition"]
+
+log = logging.getLogger("gapwatch.worker")
+
+
+def group_partition(group: str, n: int) -> int:
+    """Partition of the partials topic that owns a `platform|event_name` group (stable)."""
+    return zlib.crc32(group.encode()) % n
+
+
+class GapwatchWorker:
+    """Builds the Faust app for `settings` and holds the in-memory views of its tables."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        n_partitions: int,
+        metrics: Metrics | None = None,
+        monitor_factory: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.settings = s = settings
+        self.n = n_partitions
+        self.metrics = metrics or Metrics()
+        self.window_config = WindowConfig(
+            window_s=s.window_seconds, allowed_lateness_s=s.allowed_lateness_seconds,
+        )
+        self.monitor_factory = monitor_factory
+        self.partitions: dict[int, PartitionWindows] = {}
+        self.assemblers: dict[int, WindowAssembler] = {}
+        self.monitors: dict[int, Any] = {}
+        self.last_event_wall: dict[int, dict[str, float]] = {}
+        self.ready = False
+        self.app = self._make_app()
+
+    # ---- app ------------------------------------------------------------------------------
+    def _make_app(self) -> faust.App:
+        s = self.settings
+        session = s.effective_session_timeout
+        app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{h.strip()}" for h in s.broker.split(",")],
+            broker_credentials=self._credentials(),
+            store="memory://",
+            datadir=s.data_dir or tempfile.mkdtemp(prefix="gapwatch-"),
+            web_enabled=True,
+            web_port=s.metrics_port,
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            broker_session_timeout=session,
+            broker_heartbeat_interval=max(0.5, session / 6),
+            broker_rebalance_timeout=session,
+            broker_request_timeout=max(40.0, session * 2),
+            consumer_auto_offset_reset="earliest",
+            topic_partitions=self.n,
+            topic_allow_declare=True,
+            key_serializer="raw",
+            value_serializer="raw",
+            stream_wait_empty=False,
+            broker_max_poll_records=s.batch_size,
+            consumer_max_fetch_size=16 * 1024 * 1024,
+            broker_commit_interval=1.0,
+            producer_linger=0.005,
+            producer_max_batch_size=1024 * 1024,
+            table_cleanup_interval=3600.0,
+        )
+        self.source_topic = app.topic(
+            s.backend_topic, s.platform_topic, key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw",
+        )
+        self.partials_topic = app.topic(
+            s.partials_topic, partitions=self.n, key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", internal=True,
+        )
+        self.changes_topic = app.topic(
+            s.changes_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        )
+        self.windows_topic = app.topic(s.windows_topic, key_serializer="raw", value_serializer="raw")
+        self.alerts_topic = app.topic(s.alerts_topic, key_serializer="raw", value_serializer="raw")
+        self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
+        table_kw: dict[str, Any] = dict(
+            partitions=self.n, key_type=bytes, value_type=bytes,
+        )
+        self.ingest_table = app.Table("ingest-state", **table_kw)
+        self.assemble_table = app.Table("assemble-state", **table_kw)
+        self.changes_table = app.GlobalTable("changes", key_type=bytes, value_type=bytes)
+
+        app.agent(self.source_topic, name="gapwatch.ingest")(self._ingest_agent)
+        app.agent(self.partials_topic, name="gapwatch.assemble")(self._assemble_agent)
+        app.agent(self.changes_topic, name="gapwatch.changes")(self._changes_agent)
+        app.timer(s.tick_seconds, name="gapwatch.tick")(self._tick)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        worker = self
+
+        async def metrics_view(view: Any, request: Any) -> Any:
+            return view.bytes(generate_latest(worker.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+        async def health_view(view: Any, request: Any) -> Any:
+            return view.json({"status": "ok"})
+
+        async def ready_view(view: Any, request: Any) -> Any:
+            if worker.ready and not app.rebalancing:
+                return view.json({"status": "ready"})
+            return view.json({"status": "starting"}, status=503)
+
+        app.page("/metrics")(metrics_view)
+        app.page("/healthz")(health_view)
+        app.page("/readyz")(ready_view)
+        app.page("/changes")(self._changes_view_class())
+        return app
+
+    def _credentials(self) -> Any:
+        s = self.settings
+        proto = s.security_protocol.upper()
+        if proto == "PLAINTEXT":
+            return None
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=s.ssl_cafile or None) if "SSL" in proto else None
+        if proto.startswith("SASL"):
+            mechanism = s.sasl_mechanism.upper() or "PLAIN"
+            return faust.SASLCredentials(
+                username=s.sasl_username, password=s.sasl_password, mechanism=mechanism, ssl_context=ctx,
+            )
+        return faust.SSLCredentials(ctx)
+
+    # ---- state loading --------------------------------------------------------------------
+    def _items(self, table: Any, partition: int) -> dict[str, Any]:
+        prefix = f"{partition}:".encode()
+        out = {}
+        for key, value in list(table.data.items()):
+            if key.startswith(prefix) and value is not None:
+                out[key.decode()] = orjson.loads(value)
+        return out
+
+    def _partition_state(self, p: int) -> PartitionWindows:
+        st = self.partitions.get(p)
+        if st is None:
+            st = PartitionWindows.restore(p, self.window_config, self._items(self.ingest_table, p))
+            self.partitions[p] = st
+        return st
+
+    def _assembler(self, k: int) -> WindowAssembler:
+        asm = self.assemblers.get(k)
+        if asm is None:
+            n = self.n
+            asm = WindowAssembler(n, self.settings.window_seconds, owns_group=lambda g: group_partition(g, n) == k)
+            items = self._items(self.assemble_table, k)
+            asm.restore(f"{k}:", items)
+            self.assemblers[k] = asm
+            if self.monitor_factory is not None:
+                mon = self.monitor_factory(k)
+                mon.restore({key: v for key, v in items.items() if key.startswith(f"{k}:g:")}, f"{k}:")
+                self.monitors[k] = mon
+        return asm
+
+    def _persist(self, table: Any, partition: int, changes: Mapping[str, Any]) -> None:
+        data = table.data
+        for key, value in changes.items():
+            kb = key.encode()
+            if value is None:
+                data.pop(kb, None)
+                table.send_changelog(partition, kb, None, value_serializer="raw")
+            else:
+                vb = orjson.dumps(value)
+                data[kb] = vb
+                table.send_changelog(partition, kb, vb)
+
+    async def _on_revoked(self, app: Any, revoked: Any = None, **_: Any) -> None:
+        # Drop the in-memory views; they are rebuilt from the recovered tables on next use.
+        self.partitions.clear()
+        self.assemblers.clear()
+        self.monitors.clear()
+
+    # ---- stage A --------------------------------------------------------------------------
+    async def _ingest_agent(self, stream: Any) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.batch_size, within=s.batch_within_seconds):
+            self.process_source_batch([e.message for e in events])
+
+    def process_source_batch(self, messages: list[Any]) -> None:
+        backend_topic = self.settings.backend_topic
+        states = self.partitions
+        touched: dict[int, PartitionWindows] = {}
+        seen_inputs: set[tuple[int, str]] = set()
+        consumed: Tally[str] = Tally()
+        redelivered: Tally[str] = Tally()
+        invalid: Tally[tuple[str, str]] = Tally()
+        backend_labels: Tally[tuple[str, str, str]] = Tally()
+        platform_labels: Tally[tuple[str, str, str, str]] = Tally()
+        late: Tally[str] = Tally()
+        for m in messages:
+            p = m.partition
+            st = states.get(p) or self._partition_state(p)
+            touched[p] = st
+            topic = m.topic
+            consumed[topic] += 1
+            kind = "b" if topic == backend_topic else "p"
+            seen_inputs.add((p, kind))
+            offset = m.offset
+            if offset <= st.offsets[kind]:
+                redelivered[topic] += 1
+                continue
+            try:
+                if kind == "b":
+                    ev = parse_backend(m.value)
+                    st.add_backend(offset, ev)
+                    backend_labels[(ev.event_name, ev.browser, ev.region)] += 1
+                else:
+                    pe = parse_platform(m.value)
+                    st.add_platform(offset, pe)
+                    platform_labels[(pe.platform, pe.event_name, pe.browser, pe.region)] += 1
+                if st.last_late:
+                    late[topic] += 1
+            except InvalidEvent as exc:
+                st.skip(kind, offset)
+                invalid[(topic, exc.reason)] += 1
+                self.dlq_topic.send_soon(
+                    key=m.key, value=m.value,
+                    headers=[
+                        ("gapwatch-reason", exc.reason.encode()),
+                        ("gapwatch-detail", exc.detail.encode()),
+                        ("gapwatch-source", f"{topic}/{p}/{offset}".encode()),
+                    ],
+                )
+        now = time.monotonic()
+        for p, kind in seen_inputs:
+            self.last_event_wall.setdefault(p, {})[kind] = now
+        for p, st in touched.items():
+            self._persist(self.ingest_table, p, st.take_changes())
+        mt = self.metrics
+        for topic, n in consumed.items():
+            mt.consumed.labels(topic=topic).inc(n)
+        for topic, n in redelivered.items():
+            mt.redelivered.labels(topic=topic).inc(n)
+        for topic, n in late.items():
+            mt.late.labels(topic=topic).inc(n)
+        for (topic, reason), n in invalid.items():
+            mt.invalid.labels(topic=topic, reason=reason).inc(n)
+        for (event_name, browser, region), n in backend_labels.items():
+            mt.backend.labels(event_name=mt.event_name_cap(event_name), browser=browser, region=region).inc(n)
+        for (platform, event_name, browser, region), n in platform_labels.items():
+            mt.platform.labels(
+                platform=mt.platform_cap(platform), event_name=mt.event_name_cap(event_name),
+                browser=browser, region=region,
+            ).inc(n)
+
+    async def _tick(self) -> None:
+        """Close windows whose event time has passed the watermark; hand partials to stage B."""
+        if self.app.consumer is None:
+            return
+        try:
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.backend_topic}
+        except Exception:  # consumer not started yet
+            return
+        if not assigned or self.app.rebalancing:
+            return
+        self.ready = True
+        for p in assigned:
+            self._partition_state(p)
+        now = time.monotonic()
+        idle_s = self.settings.idle_partition_seconds
+        relaxed: dict[int, float] = {}
+        for p in assigned:
+            seen = self.last_event_wall.setdefault(p, {})
+            idle = {t for t in ("b", "p") if now - seen.setdefault(t, now) >= idle_s}
+            relaxed[p] = self.partitions[p].watermark_without(idle)
+        worker_mark = max(relaxed.values(), default=float("-inf"))
+        for p in sorted(assigned):
+            st = self.partitions[p]
+            mark = relaxed[p] if relaxed[p] > float("-inf") else worker_mark
+            partial = st.close(mark)
+            if partial is None:
+                continue
+            self.send_partial(partial)
+            self._persist(self.ingest_table, p, st.take_changes())
+        live = [st.watermark for p, st in self.partitions.items() if p in assigned and st.watermark > float("-inf")]
+        if live:
+            low = min(live)
+            self.metrics.watermark.set(low)
+            self.metrics.watermark_lag.set(max(0.0, time.time() - low))
+        self._update_lag(assigned)
+
+    def send_partial(self, partial: Any) -> None:
+        n = self.n
+        for start, group, leaves in split_platform_by_group(partial.platform):
+            self.partials_topic.send_soon(
+                key=group.encode(), partition=group_partition(group, n),
+                value=orjson.dumps({"t": "p", "src": partial.partition, "w": start, "g": group, "l": leaves}),
+            )
+        marker = orjson.dumps(
+            {"t": "m", "src": partial.partition, "through": partial.closed_through,
+             "b": {str(k): v for k, v in partial.backend.items()}}
+        )
+        for k in range(n):
+            self.partials_topic.send_soon(key=b"marker", partition=k, value=marker)
+
+    def _update_lag(self, assigned: set[int]) -> None:
+        consumer = self.app.consumer
+        for topic, kind in ((self.settings.backend_topic, "b"), (self.settings.platform_topic, "p")):
+            lag = 0
+            for p in assigned:
+                try:
+                    hw = consumer.highwater(faust.types.TP(topic, p))
+                except Exception:
+                    hw = None
+                if hw is None:
+                    continue
+                lag += max(0, hw - 1 - self.partitions[p].offsets[kind])
+            self.metrics.consumer_lag.labels(topic=topic).set(lag)
+
+    # ---- stage B --------------------------------------------------------------------------
+    async def _assemble_agent(self, stream: Any) -> None:
+        async for events in stream.take_events(1000, within=0.2):
+            self.process_partials([e.message for e in events])
+
+    def process_partials(self, messages: list[Any]) -> None:
+        touched: dict[int, WindowAssembler] = {}
+        for m in messages:
+            k = m.partition
+            asm = self.assemblers.get(k) or self._assembler(k)
+            touched[k] = asm
+            try:
+                doc = orjson.loads(m.value)
+                if doc["t"] == "p":
+                    asm.add_platform(int(doc["src"]), int(doc["w"]), doc["g"], doc["l"])
+                else:
+                    asm.add_marker(int(doc["src"]), float(doc["through"]), {int(w): v for w, v in doc["b"].items()})
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.error("ignoring malformed internal partial at %s/%s/%s: %s", m.topic, k, m.offset, exc)
+        for k, asm in touched.items():
+            changes = {}
+            for windows in asm.close_ready():
+                self.emit_windows(k, windows)
+            changes.update(asm.take_changes(f"{k}:"))
+            mon = self.monitors.get(k)
+            if mon is not None:
+                changes.update(mon.take_changes(f"{k}:"))
+            self._persist(self.assemble_table, k, changes)
+
+    def emit_windows(self, k: int, windows: list[ClosedWindow]) -> None:
+        mt = self.metrics
+        for w in windows:
+            self.windows_topic.send_soon(key=w.segment_key.encode(), value=orjson.dumps(w.to_dict()))
+            mt.windows_closed.labels(level=w.level).inc()
+            if w.backend_count > 0:
+                mt.segment_ratio.labels(**mt.seg_labels(w), metric="count_ratio").set(w.platform_count / w.backend_count)
+            if w.backend_value > 0:
+                mt.segment_ratio.labels(**mt.seg_labels(w), metric="value_ratio").set(w.platform_value / w.backend_value)
+        mon = self.monitors.get(k)
+        if mon is None:
+            return
+        changes = self.recent_changes()
+        for alert in mon.on_windows(windows, changes):
+            self.alerts_topic.send_soon(key=alert["alert_id"].encode(), value=orjson.dumps(alert))
+            seg = alert["segment"]
+            mt.alerts.labels(
+                platform=mt.platform_cap(seg["platform"]), verdict=alert["verdict"],
+                direction=alert["direction"], status=alert["status"],
+            ).inc()
+        mon.export_metrics(mt)
+
+    # ---- changes --------------------------------------------------------------------------
+    async def _changes_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            m = event.message
+            try:
+                ch = parse_change(m.value)
+            except InvalidEvent as exc:
+                self.metrics.invalid.labels(topic=m.topic, reason=exc.reason).inc()
+                await self.dlq_topic.send(
+                    key=m.key, value=m.value,
+                    headers=[("gapwatch-reason", exc.reason.encode()), ("gapwatch-detail", exc.detail.encode())],
+                )
+                continue
+            self.changes_table[ch.change_id.encode()] = orjson.dumps(ch._asdict())
+            self.metrics.change_events.labels(kind=ch.kind).inc()
+            self.metrics.change_ts.labels(kind=ch.kind, service=self.metrics.service_cap(ch.service or "unknown")).set(ch.at)
+
+    def recent_changes(self) -> list[dict[str, Any]]:
+        out = []
+        for value in list(self.changes_table.values()):
+            if value:
+                out.append(orjson.loads(value))
+        return out
+
+    def _changes_view_class(self) -> Any:
+        worker = self
+
+        class ChangesView(faust.web.View):
+            async def post(self, request: Any) -> Any:
+                token = worker.settings.api_token
+                if token and request.headers.get("Authorization", "") != f"Bearer {token}":
+                    return self.json({"error": "missing or wrong bearer token"}, status=401)
+                try:
+                    body = await request.read()
+                    ch = parse_change(body)
+                except InvalidEvent as exc:
+                    return self.json({"error": exc.reason, "detail": exc.detail}, status=400)
+                value = orjson.dumps(ch._asdict())
+                await worker.changes_topic.send(key=ch.change_id.encode(), value=value)
+                return self.json({"accepted": ch.change_id}, status=202)
+
+            async def get(self, request: Any) -> Any:
+                return self.json({"changes": worker.recent_changes()})
+
+        return ChangesView
+
+
+async def prepare_topics(settings: Settings) -> int:
+    """Create missing topics; return the source partition count (both event topics must match)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.broker import ensure_topics
+
+    s = settings
+    await ensure_topics(
+        s.broker,
+        {s.backend_topic: s.partitions, s.platform_topic: s.partitions, s.changes_topic: 1,
+         s.windows_topic: s.partitions, s.alerts_topic: s.partitions, s.dlq_topic: s.partitions},
+        **_admin_kwargs(s),
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.broker, **_admin_kwargs(s))
+    await admin.start()
+    try:
+        meta = await admin.describe_topics([s.backend_topic, s.platform_topic])
+    finally:
+        await admin.close()
+    counts = {t["topic"]: len(t["partitions"]) for t in meta}
+    nb, np_ = counts.get(s.backend_topic, 0), counts.get(s.platform_topic, 0)
+    if nb != np_ or nb == 0:
+        raise SystemExit(
+            f"gapwatch: {s.backend_topic} has {nb} partitions and {s.platform_topic} has {np_}; "
+            "they must be co-partitioned (same partition count, both keyed by order_id)"
+        )
+    await ensure_topics(s.broker, {s.partials_topic: nb}, **_admin_kwargs(s))
+    return nb
+
+
+def _admin_kwargs(s: Settings) -> dict[str, Any]:
+    proto = s.security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return {}
+    import ssl
+
+    kw: dict[str, Any] = {"security_protocol": proto}
+    if "SSL" in proto:
+        kw["ssl_context"] = ssl.create_default_context(cafile=s.ssl_cafile or None)
+    if proto.startswith("SASL"):
+        kw.update(sasl_mechanism=s.sasl_mechanism.upper() or "PLAIN", sasl_plain_username=s.sasl_username,
+                  sasl_plain_password=s.sasl_password)
+    return kw
+
+
+def run_worker(settings: Settings) -> int:
+    """Entry point of `gapwatch worker`."""
+    n = asyncio.run(prepare_topics(settings))
+    from detectors.monitor import GroupMonitor, MonitorConfig
+
+    config = MonitorConfig(
+        window_s=settings.window_seconds,
+        false_alarms_per_30_days=settings.false_alarms_per_30_days,
+        change_lookback_s=settings.change_lookback_days * 86400,
+    )
+    worker = GapwatchWorker(settings, n, monitor_factory=lambda k: GroupMonitor(config))
+    from faust.worker import Worker
+
+    level = settings.log_level.upper()
+    print(
+        f"gapwatch worker: broker {settings.broker}, {n} partitions, window {settings.window_seconds}s, "
+        f"metrics http://{settings.web_host}:{settings.metrics_port}/metrics",
+        flush=True,
+    )
+    Worker(worker.app, loglevel=level, quiet=True).execute_from_commandline()
+    return 0
