@@ -449,7 +449,7 @@ class ClosedWindow:
                    **{k: v for k, v in kwargs.items() if k not in ("platform", "event_name", "browser", "region")})
 
 
-LEVELS = ("platform", "platform_browser", "platform_region", "leaf")
+LEVELS = ("backend", "platform", "platform_browser", "platform_region", "leaf")
 
 
 def _rollup_keys(browser: str, region: str) -> Iterator[tuple[str, str, str]]:
@@ -601,6 +601,17 @@ class WindowAssembler:
         for g in groups:
             platform, event_name = g.split("|", 1)
             seg(platform, event_name, "platform", "*", "*")
+        # The backend series itself, once per event name (by its owner): business reality.
+        backend_names = {leaf.split("|", 1)[0] for leaf in window["b"]} | set(by_event_name)
+        for event_name in backend_names:
+            if self.owns_group is not None and not self.owns_group(f"*|{event_name}"):
+                continue
+            w = seg("*", event_name, "backend", "*", "*")
+            for leaf, c in window["b"].items():
+                if leaf.split("|", 1)[0] == event_name:
+                    w.backend_count += int(c[B_COUNT])
+                    w.backend_value += c[B_VALUE]
+                    w.backend_consent_denied += int(c[B_DENIED])
         return [segments[k] for k in sorted(segments)]
 
     # persistence: same item scheme as stage A, under a caller-chosen prefix

@@ -1,0 +1,604 @@
+"""From closed windows to gap alerts: detectors per segment, incidents, verdicts, causes.
+
+Pure: the worker (per partials partition) and `gapwatch backtest` feed the same windows in
+the same order and get the same alerts. One `GroupMonitor` serves many groups
+(`platform|event_name`); each group tracks its segments at the platform, platform x browser
+and platform x region levels with four signals:
+
+* ``count_ratio``       platform conversions / backend conversions
+* ``value_ratio``       platform value / backend value (as compound counts of the mean order)
+* ``duplicate_rate``    duplicate-trigger events / platform conversions
+* ``click_id_coverage`` platform conversions with a click id / platform conversions
+
+An incident is one (group, metric, direction); it fires once, names the narrowest segment
+that explains the change (localisation), and resolves when that segment's detector reports
+the level went back. The backend series of each event name has its own seasonal detector:
+a backend move with a steady ratio is a business change, not a tracking gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.changepoint import ChangePoint, rate_interval
+from detectors.ratio import RatioDetector, RatioDetectorConfig
+from detectors.seasonal import BackendDetector, BackendDetectorConfig
+from detectors.windows import ClosedWindow
+
+__all__ = ["MonitorConfig", "GroupMonitor", "rank_changes", "METRICS"]
+
+METRICS = ("count_ratio", "value_ratio", "duplicate_rate", "click_id_coverage")
+TRACKED_LEVELS = ("platform", "platform_browser", "platform_region")
+HISTORY = 96  # windows of per-segment history kept for localisation and reconciliation
+
+# history row layout
+(H_START, H_B, H_P, H_BV, H_PV, H_DUP, H_MISS_VALUE, H_MISS_CLICK, H_DENIED_B, H_BROKEN,
+ H_PAIR, H_IMPORT, H_EVENTS) = range(13)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    window_s: int = 300
+    false_alarms_per_30_days: float = 1.0
+    change_lookback_s: float = 30 * 86_400.0
+    #: nearby changes: from this long before the estimated change time ...
+    nearby_before_s: float = 7 * 86_400.0
+    #: ... to this long after it (clocks and change estimates are not exact)
+    nearby_after_s: float = 3_600.0
+    #: a child segment explains the parent's change when it carries this share of it
+    localise_share: float = 0.6
+    #: a child "moved" when its post-change ratio differs by this much and its interval excludes the baseline
+    moved_min_change: float = 0.1
+    #: data before the backend detector judges: it must learn the daily profile first (the
+    #: weekly profile keeps learning after); shorter than the detector's own default so a
+    #: new deployment gives business-reality verdicts after two days
+    backend_warmup_s: float = 2 * 86_400.0
+
+    #: smallest relative move worth an alert, per signal: a ratio of conversions matters at
+    #: 5 %, a duplicate rate only when it doubles, click-id coverage when it loses 40 %
+    min_relative_change: tuple[tuple[str, float], ...] = (
+        ("count_ratio", 0.0), ("value_ratio", 0.1), ("duplicate_rate", 1.0), ("click_id_coverage", 0.4),
+    )
+    #: the backend's own day-to-day swings reach 20-25 %: a business change is a bigger move
+    backend_min_relative_change: float = 0.3
+    #: `false_alarms_per_30_days` is per alert unit (platform x event name); the unit's
+    #: detectors (4 signals at the platform level, 2 on each of ~15 browser / region children)
+    #: share it equally, so the user's rate is the rate of alerts they receive
+    detectors_per_group: int = 34
+    #: a child is named only when its share of the change is this many times its share of traffic
+    localise_concentration: float = 1.5
+    #: order values are spread out: a window's value is compound Poisson, whose variance is
+    #: count x E[v^2]; in units of E[v^2]/E[v] = mean x (1 + cv^2) it behaves like a count.
+    #: cv ~ 1 is typical of order values
+    value_cv: float = 1.0
+
+    def detector_config(self, metric: str = "count_ratio") -> RatioDetectorConfig:
+        return RatioDetectorConfig(
+            window_seconds=float(self.window_s),
+            false_alarms_per_segment_per_30_days=self.false_alarms_per_30_days / self.detectors_per_group,
+            min_relative_change=dict(self.min_relative_change).get(metric, 0.0),
+        )
+
+
+_PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "value_ratio")
+
+
+def _family(metric: str, direction: str) -> str:
+    """Signals that move together for one root cause form one incident."""
+    if metric in ("count_ratio", "value_ratio", "duplicate_rate"):
+        return f"conversions|{direction}"
+    return f"{metric}|{direction}"
+
+
+def _alert_id(*parts: object) -> str:
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
+
+
+def _signal(metric: str, row: Sequence[float], unit: float) -> tuple[float, float]:
+    """(exposure, count) of one window for a metric."""
+    if metric == "count_ratio":
+        return row[H_B], row[H_P]
+    if metric == "value_ratio":
+        if unit <= 0:
+            return 0.0, 0.0
+        return row[H_BV] / unit, row[H_PV] / unit
+    if metric == "duplicate_rate":
+        return row[H_P], row[H_DUP]
+    if metric == "click_id_coverage":
+        return row[H_P], row[H_P] - row[H_MISS_CLICK]
+    raise ValueError(metric)
+
+
+def _row(w: ClosedWindow) -> list[float]:
+    return [
+        w.window_start, w.backend_count, w.platform_count, round(w.backend_value, 4),
+        round(w.platform_value, 4), w.platform_duplicates, w.platform_missing_value,
+        w.platform_missing_click_ids, w.backend_consent_denied, w.platform_broken_dedupe,
+        w.platform_pair_deduped, w.platform_channels.get("import", 0), w.platform_events,
+    ]
+
+
+#: signals tracked below the platform level; the rates of rare things (duplicates, missing
+#: click ids) are judged per platform only, where their volume makes them meaningful
+CHILD_METRICS = ("count_ratio", "value_ratio")
+
+
+class _Segment:
+    """Detectors and recent history of one segment."""
+
+    def __init__(self, key: str, config: MonitorConfig, state: Mapping[str, Any] | None = None) -> None:
+        self.key = key
+        self.value_cv = config.value_cv
+        if state is None:
+            parent = key.endswith("|*|*")
+            self.detectors = {m: RatioDetector(config.detector_config(m), metric=m)
+                              for m in (METRICS if parent else CHILD_METRICS)}
+            self.history: list[list[float]] = []
+            self.unit = 0.0  # exponentially weighted mean backend value per conversion
+        else:
+            self.detectors = {m: RatioDetector.from_dict(d) for m, d in state["det"].items()}
+            self.history = [list(r) for r in state["hist"]]
+            self.unit = float(state["unit"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"det": {m: d.to_dict() for m, d in self.detectors.items()}, "hist": self.history, "unit": self.unit}
+
+    def update(self, w: ClosedWindow) -> list[ChangePoint]:
+        row = _row(w)
+        self.history.append(row)
+        if len(self.history) > HISTORY:
+            del self.history[0]
+        if w.backend_count > 0 and w.backend_value > 0:
+            mean = w.backend_value / w.backend_count * (1.0 + self.value_cv ** 2)
+            self.unit = mean if self.unit <= 0 else 0.98 * self.unit + 0.02 * mean
+        out = []
+        for metric, det in self.detectors.items():
+            exposure, count = _signal(metric, row, self.unit)
+            cp = det.update(exposure, max(0.0, min(count, exposure * 50)), at=float(w.window_start))
+            if cp is not None:
+                out.append(cp)
+        return out
+
+    def since(self, start: float) -> list[float]:
+        """Sums of the history rows from window `start` on."""
+        total = [0.0] * 13
+        for r in self.history:
+            if r[H_START] >= start:
+                for i in range(1, 13):
+                    total[i] += r[i]
+        return total
+
+    def before(self, start: float) -> list[float]:
+        total = [0.0] * 13
+        for r in self.history:
+            if r[H_START] < start:
+                for i in range(1, 13):
+                    total[i] += r[i]
+        return total
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
+
+
+def _r(x: float, nd: int = 4) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, nd)
+
+
+def rank_changes(
+    changes: Iterable[Mapping[str, Any]], change_at: float, segment: Mapping[str, str],
+    before_s: float, after_s: float,
+) -> list[dict[str, Any]]:
+    """Change events near `change_at`, best first: close in time (before beats after) and in scope.
+
+    >>> seg = {"platform": "meta", "event_name": "purchase", "browser": "safari", "region": "*"}
+    >>> ranked = rank_changes([
+    ...     {"change_id": "a", "kind": "deploy", "at": 1000.0 - 1200, "scope": {"platform": "meta"}},
+    ...     {"change_id": "b", "kind": "crm_change", "at": 1000.0 - 3 * 86400, "scope": {}},
+    ...     {"change_id": "c", "kind": "deploy", "at": 1000.0 + 7200, "scope": {}},
+    ... ], 1000.0, seg, 7 * 86400, 3600)
+    >>> [c["change_id"] for c in ranked]
+    ['a', 'b']
+    """
+    out = []
+    for ch in changes:
+        at = float(ch["at"])
+        dt = at - change_at
+        if dt < -before_s or dt > after_s:
+            continue
+        if dt <= 0:
+            proximity = math.exp(dt / (6 * 3600.0))  # dt <= 0: decays over hours before
+        else:
+            proximity = 0.5 * math.exp(-dt / 900.0)  # after the change: rarely its cause
+        scope = ch.get("scope") or {}
+        fit = 1.0
+        for dim in ("platform", "browser", "region", "event_name"):
+            want = scope.get(dim)
+            if want:
+                have = segment.get(dim, "*")
+                if have == want:
+                    fit *= 1.5
+                elif have != "*":
+                    fit *= 0.2
+                elif dim == "platform":
+                    fit *= 0.2
+        out.append({
+            "change_id": ch.get("change_id"), "kind": ch.get("kind"), "summary": ch.get("summary", ""),
+            "service": ch.get("service", ""), "author": ch.get("author", ""), "url": ch.get("url", ""),
+            "at": at, "distance_s": round(dt, 1), "score": round(proximity * fit, 4),
+        })
+    out.sort(key=lambda c: (-c["score"], abs(c["distance_s"]), str(c["change_id"])))
+    return out[:5]
+
+
+class GroupMonitor:
+    """Detection state of every group owned by one partials partition."""
+
+    def __init__(self, config: MonitorConfig | None = None) -> None:
+        self.config = config or MonitorConfig()
+        self.segments: dict[str, dict[str, _Segment]] = {}  # group -> segment key -> state
+        self.incidents: dict[str, dict[str, dict[str, Any]]] = {}  # group -> incident key -> alert
+        self.backend: dict[str, BackendDetector] = {}  # event_name -> seasonal backend detector
+        self.backend_incidents: dict[str, dict[str, Any]] = {}
+        self._dirty: set[str] = set()
+        self._gauges: list[tuple[ClosedWindow, dict[str, float]]] = []
+
+    # ---- persistence ----------------------------------------------------------------------
+    def take_changes(self, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for group in self._dirty:
+            if group.startswith("*backend*|"):
+                event_name = group.split("|", 1)[1]
+                out[f"{prefix}g:{group}"] = {
+                    "det": self.backend[event_name].to_dict(),
+                    "incident": self.backend_incidents.get(event_name),
+                }
+            else:
+                out[f"{prefix}g:{group}"] = {
+                    "segments": {k: s.to_dict() for k, s in self.segments[group].items()},
+                    "incidents": self.incidents.get(group, {}),
+                }
+        self._dirty = set()
+        return out
+
+    def restore(self, items: Mapping[str, Any], prefix: str) -> None:
+        for key, value in items.items():
+            if not key.startswith(f"{prefix}g:") or value is None:
+                continue
+            group = key[len(prefix) + 2:]
+            if group.startswith("*backend*|"):
+                event_name = group.split("|", 1)[1]
+                self.backend[event_name] = BackendDetector.from_dict(value["det"])
+                if value.get("incident"):
+                    self.backend_incidents[event_name] = value["incident"]
+            else:
+                self.segments[group] = {k: _Segment(k, self.config, s) for k, s in value["segments"].items()}
+                self.incidents[group] = dict(value["incidents"])
+
+    # ---- the per-window step --------------------------------------------------------------
+    def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+        """Feed every segment window of one closed window; returns alerts to emit."""
+        if not windows:
+            return []
+        window_end = windows[0].window_end
+        # only changes published by the end of this window: live and backtest agree
+        changes = [c for c in changes if float(c["at"]) <= window_end]
+        by_group: dict[str, list[ClosedWindow]] = {}
+        backend_windows: dict[str, ClosedWindow] = {}
+        for w in windows:
+            if w.level == "backend":
+                backend_windows[w.event_name] = w
+            else:
+                by_group.setdefault(f"{w.platform}|{w.event_name}", []).append(w)
+        alerts: list[dict[str, Any]] = []
+        self._gauges = []
+        backend_moves: dict[str, ChangePoint | None] = {}
+        for w in backend_windows.values():
+            backend_moves[w.event_name] = self._update_backend(w, changes, alerts, emit=True)
+        for group in sorted(by_group):
+            parent = next((w for w in by_group[group] if w.level == "platform"), None)
+            if parent is not None and parent.event_name not in backend_moves:
+                backend_moves[parent.event_name] = self._update_backend(parent, changes, alerts, emit=False)
+            alerts.extend(self._update_group(group, by_group[group], changes, backend_moves))
+        return alerts
+
+    def _update_backend(self, parent: ClosedWindow, changes: list[Mapping[str, Any]], alerts: list[dict[str, Any]],
+                        emit: bool) -> ChangePoint | None:
+        event_name = parent.event_name
+        det = self.backend.get(event_name)
+        if det is None:
+            det = self.backend[event_name] = BackendDetector(BackendDetectorConfig(
+                window_seconds=float(self.config.window_s),
+                false_alarms_per_segment_per_30_days=self.config.false_alarms_per_30_days,
+                profile_warmup_s=self.config.backend_warmup_s,
+                min_relative_change=self.config.backend_min_relative_change,
+            ))
+        cp = det.update(float(parent.window_start), float(parent.backend_count))
+        self._dirty.add(f"*backend*|{event_name}")
+        if cp is None or not emit:
+            return cp
+        # The business-change alert is emitted by whoever owns the first group of this event
+        # name in this monitor; it names platform "*" (the backend is shared).
+        seg = {"platform": "*", "event_name": event_name, "browser": "*", "region": "*"}
+        open_inc = self.backend_incidents.get(event_name)
+        if cp.resolves and open_inc is not None:
+            alert = dict(open_inc, status="resolved", detected_at=cp.detected_at, current=_r(cp.ratio_after, 3))
+            self.backend_incidents.pop(event_name, None)
+            alerts.append(alert)
+            return cp
+        alert = {
+            "alert_id": _alert_id("backend", event_name, cp.direction, cp.change_at),
+            "status": "firing", "segment": seg, "metric": "backend_count", "direction": cp.direction,
+            "baseline": _r(cp.ratio_before, 3), "current": _r(cp.ratio_after, 3),
+            "baseline_interval": [_r(cp.ratio_before_low, 3), _r(cp.ratio_before_high, 3)],
+            "current_interval": [_r(cp.ratio_after_low, 3), _r(cp.ratio_after_high, 3)],
+            "change_at": cp.change_at, "detected_at": cp.detected_at,
+            "verdict": "business_change",
+            "likely_causes": [{
+                "cause": "business_change", "score": 1.0,
+                "evidence": f"backend {event_name} per window moved {cp.relative_change:+.0%} against its daily/weekly profile; "
+                            "platform/backend ratios held, so the platforms still see the same reality",
+            }],
+            "nearby_changes": rank_changes(changes, cp.change_at or 0.0, seg, self.config.nearby_before_s, self.config.nearby_after_s),
+            "localisation": {"moved": [], "steady": []},
+            "reconciliation": [],
+            "evidence": {"statistic": _r(cp.statistic, 3), "threshold": _r(cp.threshold, 3), "p_value": cp.p_value},
+        }
+        self.backend_incidents[event_name] = alert
+        alerts.append(alert)
+        return cp
+
+    def _update_group(self, group: str, windows: list[ClosedWindow], changes: list[Mapping[str, Any]],
+                      backend_moves: Mapping[str, ChangePoint | None]) -> list[dict[str, Any]]:
+        segs = self.segments.setdefault(group, {})
+        incidents = self.incidents.setdefault(group, {})
+        self._dirty.add(group)
+        fired: list[tuple[_Segment, ClosedWindow, ChangePoint]] = []
+        for w in windows:
+            if w.level not in TRACKED_LEVELS:
+                continue
+            seg = segs.get(w.segment_key)
+            if seg is None:
+                seg = segs[w.segment_key] = _Segment(w.segment_key, self.config)
+            for cp in seg.update(w):
+                fired.append((seg, w, cp))
+            self._gauges.append((w, {m: d.baseline_ratio for m, d in seg.detectors.items()}))
+        alerts: list[dict[str, Any]] = []
+        # resolutions first: the segment an incident named reports the level came back
+        for seg, w, cp in fired:
+            if not cp.resolves:
+                continue
+            for key, inc in list(incidents.items()):
+                if inc["segment_key"] == seg.key and inc["metric"] == cp.metric:
+                    resolved = dict(inc["alert"], status="resolved", current=_r(cp.ratio_after, 4),
+                                    detected_at=cp.detected_at)
+                    del incidents[key]
+                    alerts.append(resolved)
+        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves]
+        by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
+        for item in new:
+            by_incident.setdefault(_family(item[2].metric, item[2].direction), []).append(item)
+        for key, items in sorted(by_incident.items()):
+            if key in incidents:
+                continue  # one alert per incident: children join the open one as localisation
+            # the most specific signal names the alert: duplicates over counts over values
+            items.sort(key=lambda it: (_PRIORITY.index(it[2].metric), it[0].key))
+            alert, named = self._make_alert(group, segs, items, changes, backend_moves)
+            incidents[key] = {"segment_key": named, "metric": alert["metric"], "alert": alert}
+            alerts.append(alert)
+        return alerts
+
+    # ---- alert content --------------------------------------------------------------------
+    def _make_alert(self, group: str, segs: dict[str, _Segment], items: list[tuple[_Segment, ClosedWindow, ChangePoint]],
+                    changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> tuple[dict[str, Any], str]:
+        cfg = self.config
+        metric, direction = items[0][2].metric, items[0][2].direction
+        change_at = min(cp.change_at or 0.0 for _, _, cp in items)
+        platform, event_name = group.split("|", 1)
+        parent_key = f"{platform}|{event_name}|*|*"
+        parent = segs.get(parent_key)
+        # Localisation: which children moved, and which one carries the parent's change.
+        moved, steady, deficits = [], [], {}
+        for key, seg in sorted(segs.items()):
+            if key == parent_key:
+                continue
+            before, after = seg.before(change_at), seg.since(change_at)
+            if metric not in seg.detectors:
+                continue
+            e_b, c_b = _signal(metric, before, seg.unit)
+            e_a, c_a = _signal(metric, after, seg.unit)
+            base = seg.detectors[metric].reference_ratio
+            if not math.isfinite(base):
+                base = _ratio(c_b, e_b)
+            now = _ratio(c_a, e_a)
+            if not (math.isfinite(base) and math.isfinite(now)) or e_a <= 0:
+                continue
+            low, high = rate_interval(c_a, e_a)
+            rel = now / base - 1 if base > 0 else 0.0
+            entry = {"segment": key, "baseline": _r(base), "current": _r(now), "change": _r(rel, 3),
+                     "events": int(e_a)}
+            if abs(rel) >= cfg.moved_min_change and not (low <= base <= high):
+                moved.append(entry)
+                deficits[key] = (base - now) * e_a  # expected minus seen, in conversions
+            else:
+                steady.append(entry)
+        # A child explains the change when it carries most of it and far more than its share
+        # of the traffic (its siblings held); otherwise the change belongs to the parent.
+        exposure = {}
+        for key, seg in segs.items():
+            if key != parent_key and metric in seg.detectors:
+                exposure[key] = _signal(metric, seg.since(change_at), seg.unit)[0]
+        best_share, best_key = 0.0, None
+        for dim_index in (2, 3):  # browser children have region "*", and the other way round
+            keys = [k for k in exposure if k.split("|")[5 - dim_index] == "*"]
+            dim_change = sum(abs(deficits.get(k, 0.0)) for k in keys)
+            dim_exposure = sum(exposure[k] for k in keys)
+            for k in keys:
+                if k not in deficits:
+                    continue
+                share = _share(abs(deficits[k]), dim_change)
+                traffic = _share(exposure[k], dim_exposure)
+                if share >= cfg.localise_share and share >= cfg.localise_concentration * traffic and share > best_share:
+                    best_share, best_key = share, k
+        named = parent_key
+        alarming = [seg.key for seg, _, _ in items]
+        if best_key is not None:
+            named = best_key
+        elif parent_key not in alarming:
+            named = alarming[0]
+        seg_obj = segs.get(named) or items[0][0]
+        det = seg_obj.detectors[metric]
+        own = next((cp for s, _, cp in items if s.key == named), None)
+        ref = own or items[0][2]
+        baseline = ref.ratio_before if own else (det.reference_ratio if math.isfinite(det.reference_ratio) else det.baseline_ratio)
+        after = seg_obj.since(change_at)
+        e_a, c_a = _signal(metric, after, seg_obj.unit)
+        current = _ratio(c_a, e_a) if e_a > 0 else ref.ratio_after
+        platform_, event_name_, browser, region = named.split("|")
+        segment = {"platform": platform_, "event_name": event_name_, "browser": browser, "region": region}
+        backend_cp = backend_moves.get(event_name)
+        verdict = "tracking_gap"
+        if backend_cp is not None and backend_cp.direction == direction and abs(ref.relative_change) < 0.15:
+            verdict = "inconclusive"
+        causes = self._causes(metric, direction, named, parent, segs, change_at, best_share, moved, changes)
+        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s)
+        for c in causes:
+            if c["cause"] == "attribution_change":
+                break
+        alert = {
+            "alert_id": _alert_id(group, metric, direction, named, change_at),
+            "status": "firing",
+            "segment": segment,
+            "metric": metric,
+            "direction": direction,
+            "baseline": _r(baseline),
+            "current": _r(current),
+            "baseline_interval": [_r(ref.ratio_before_low), _r(ref.ratio_before_high)],
+            "change_at": change_at,
+            "detected_at": ref.detected_at,
+            "verdict": verdict,
+            "likely_causes": causes,
+            "nearby_changes": nearby,
+            "localisation": {"moved": moved, "steady": steady, "alarming": sorted(alarming)},
+            "reconciliation": self._reconciliation(seg_obj, parent, change_at, baseline, metric),
+            "evidence": {"statistic": _r(ref.statistic, 3), "threshold": _r(ref.threshold, 3), "p_value": ref.p_value},
+        }
+        return alert, named
+
+    def _causes(self, metric: str, direction: str, named: str, parent: _Segment | None, segs: dict[str, _Segment],
+                change_at: float, share: float, moved: list[dict[str, Any]], changes: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        causes: list[dict[str, Any]] = []
+        src = parent or segs[named]
+        b, a = src.before(change_at), src.since(change_at)
+        _, _, browser, region = named.split("|")
+
+        def rate(t: list[float], num: int, den: int) -> float:
+            return _ratio(t[num], t[den])
+
+        if metric == "count_ratio" and direction == "drop":
+            if browser != "*":
+                causes.append({"cause": "browser_restriction", "score": round(0.5 + 0.5 * share, 3),
+                               "evidence": f"{share:.0%} of the missing conversions are on {browser}; other browsers held"})
+            denied_b, denied_a = rate(b, H_DENIED_B, H_B), rate(a, H_DENIED_B, H_B)
+            consent_rise = (denied_a - denied_b) if math.isfinite(denied_a) and math.isfinite(denied_b) else 0.0
+            if region != "*" or consent_rise > 0.05:
+                score = (0.5 + 0.5 * share if region != "*" else 0.3) + min(0.4, 2 * max(0.0, consent_rise))
+                causes.append({"cause": "consent", "score": round(min(score, 1.0), 3),
+                               "evidence": (f"drop concentrated in region {region}; " if region != "*" else "")
+                               + f"consent-denied share of backend orders {denied_b:.0%} -> {denied_a:.0%}"})
+            imp_b, imp_a = rate(b, H_IMPORT, H_B), rate(a, H_IMPORT, H_B)
+            if math.isfinite(imp_b) and imp_b > 0.05 and (not math.isfinite(imp_a) or imp_a < 0.5 * imp_b):
+                causes.append({"cause": "crm_import", "score": 0.8,
+                               "evidence": f"import channel per backend conversion {imp_b:.2f} -> {imp_a if math.isfinite(imp_a) else 0:.2f}"})
+            if browser == "*" and region == "*":
+                causes.append({"cause": "broken_tag", "score": 0.5,
+                               "evidence": "the drop is spread over every browser and region: the tag or trigger itself"})
+        if direction == "inflation" and metric in ("count_ratio", "duplicate_rate"):
+            dup_b, dup_a = rate(b, H_DUP, H_P), rate(a, H_DUP, H_P)
+            if math.isfinite(dup_a) and dup_a > (dup_b if math.isfinite(dup_b) else 0) + 0.02:
+                causes.append({"cause": "duplicate_trigger", "score": round(min(1.0, 0.6 + dup_a), 3),
+                               "evidence": f"same event_id on the same channel: {dup_b:.1%} -> {dup_a:.1%} of conversions"})
+            brk_b, brk_a = rate(b, H_BROKEN, H_P), rate(a, H_BROKEN, H_P)
+            pair_b, pair_a = rate(b, H_PAIR, H_P), rate(a, H_PAIR, H_P)
+            if math.isfinite(brk_a) and brk_a > (brk_b if math.isfinite(brk_b) else 0) + 0.02:
+                causes.append({"cause": "broken_dedupe", "score": round(min(1.0, 0.6 + brk_a), 3),
+                               "evidence": f"one order under two event_ids: {brk_b:.1%} -> {brk_a:.1%}; pixel/server pairs {pair_b:.0%} -> {pair_a:.0%}"})
+        if metric == "value_ratio":
+            mv_b, mv_a = rate(b, H_MISS_VALUE, H_P), rate(a, H_MISS_VALUE, H_P)
+            count_held = not src.detectors["count_ratio"].in_alarm
+            score = 0.5 + (0.3 if count_held else 0.0) + (0.2 if math.isfinite(mv_a) and mv_a > (mv_b or 0) + 0.05 else 0.0)
+            causes.append({"cause": "missing_value", "score": round(score, 3),
+                           "evidence": f"value ratio moved while the count ratio {'held' if count_held else 'moved too'}; "
+                                       f"events without value {mv_b:.0%} -> {mv_a:.0%}"})
+        if metric == "click_id_coverage":
+            mc_b, mc_a = rate(b, H_MISS_CLICK, H_P), rate(a, H_MISS_CLICK, H_P)
+            causes.append({"cause": "missing_click_ids", "score": 0.9,
+                           "evidence": f"conversions without click ids {mc_b:.0%} -> {mc_a:.0%}"})
+        for ch in changes:
+            if ch.get("kind") == "attribution_setting" and -self.config.nearby_before_s <= float(ch["at"]) - change_at <= self.config.nearby_after_s:
+                causes.append({"cause": "attribution_change", "score": 0.7,
+                               "evidence": f"attribution setting changed {abs(float(ch['at']) - change_at) / 3600:.1f} h "
+                                           f"{'before' if float(ch['at']) <= change_at else 'after'} the change: {ch.get('summary', '')}"})
+                break
+        if not causes:
+            causes.append({"cause": "unknown", "score": 0.1, "evidence": "no specific pattern; check the event path"})
+        causes.sort(key=lambda c: -c["score"])
+        return causes
+
+    def _reconciliation(self, seg: _Segment, parent: _Segment | None, change_at: float, baseline: float, metric: str) -> list[dict[str, Any]]:
+        a = seg.since(change_at)
+        rows = [
+            {"source": "backend", "count": int(a[H_B]), "value": round(a[H_BV], 2), "note": "source of truth"},
+            {"source": "platform", "count": int(a[H_P]), "value": round(a[H_PV], 2),
+             "note": f"{_share(a[H_P], a[H_B]):.0%} of backend (baseline {baseline:.0%})" if metric == "count_ratio" and math.isfinite(baseline)
+             else f"{_share(a[H_P], a[H_B]):.0%} of backend conversions, {_share(a[H_PV], a[H_BV]):.0%} of value"},
+        ]
+        if metric == "count_ratio" and math.isfinite(baseline):
+            expected = baseline * a[H_B]
+            rows.append({"source": "expected at baseline", "count": int(round(expected)), "value": None,
+                         "note": f"{int(round(expected - a[H_P])):+d} vs platform" if expected else ""})
+        if a[H_DUP]:
+            rows.append({"source": "duplicate triggers", "count": int(a[H_DUP]), "value": None, "note": "same event_id, same channel"})
+        if a[H_BROKEN]:
+            rows.append({"source": "broken dedupe", "count": int(a[H_BROKEN]), "value": None, "note": "one order, two event_ids"})
+        if a[H_MISS_VALUE]:
+            rows.append({"source": "missing value", "count": int(a[H_MISS_VALUE]), "value": None, "note": "platform events without value"})
+        return rows
+
+    # ---- metrics --------------------------------------------------------------------------
+    def export_metrics(self, metrics: Any) -> None:
+        """Set the per-segment gauges of the last step (bounded labels, see streams.metrics)."""
+        for w, baselines in self._gauges:
+            labels = metrics.seg_labels(w)
+            seg = self.segments.get(f"{w.platform}|{w.event_name}", {}).get(w.segment_key)
+            if seg is None:
+                continue
+            for metric, det in seg.detectors.items():
+                base = baselines[metric]
+                if math.isfinite(base):
+                    metrics.segment_baseline.labels(**labels, metric=metric).set(base)
+                    low, high = det.baseline_interval
+                    if math.isfinite(low) and math.isfinite(high):
+                        metrics.segment_baseline_low.labels(**labels, metric=metric).set(low)
+                        metrics.segment_baseline_high.labels(**labels, metric=metric).set(high)
+                metrics.evidence.labels(**labels, metric=metric).set(det.evidence)
+        active: dict[tuple[str, str, str, str], int] = {}
+        for group, incs in self.incidents.items():
+            platform, event_name = group.split("|", 1)
+            for inc in incs.values():
+                key = (metrics.platform_cap(platform), metrics.event_name_cap(event_name), inc["metric"], inc["alert"]["direction"])
+                active[key] = active.get(key, 0) + 1
+        for group in self.incidents:
+            platform, event_name = group.split("|", 1)
+            for metric in METRICS:
+                for direction in ("drop", "inflation"):
+                    key = (metrics.platform_cap(platform), metrics.event_name_cap(event_name), metric, direction)
+                    metrics.active_gaps.labels(*key).set(active.get(key, 0))

@@ -1,0 +1,1138 @@
+"""`gapwatch slack`: forwards alerts from `gap-alerts` to a Slack incoming webhook.
+
+`format_alert` turns one alert into a Block Kit payload (pure, no I/O); `SlackForwarder`
+consumes the topic in order, posts with retries, and commits an offset only once its alert
+is delivered to Slack or parked on the DLQ. See docs/slack.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email.utils
+import enum
+import logging
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = [
+    "DEFAULT_DLQ_TOPIC",
+    "DEFAULT_GROUP_ID",
+    "DEFAULT_TOPIC",
+    "SlackForwarder",
+    "SlackMetrics",
+    "format_alert",
+    "grafana_url",
+    "load_webhook_url",
+    "register",
+    "run",
+]
+
+log = logging.getLogger("gapwatch.slack")
+
+DEFAULT_TOPIC = "gap-alerts"
+DEFAULT_DLQ_TOPIC = "gapwatch-dlq"
+DEFAULT_GROUP_ID = "gapwatch-slack"
+WEBHOOK_ENV = "GAPWATCH_SLACK_WEBHOOK_URL"
+GRAFANA_ENV = "GAPWATCH_GRAFANA_URL_TEMPLATE"
+
+# Block Kit limits (docs.slack.dev/reference/block-kit): we stay under them by construction.
+MAX_BLOCKS = 50
+MAX_HEADER_CHARS = 150
+MAX_SECTION_CHARS = 3000
+MAX_FIELD_CHARS = 2000
+MAX_FIELDS = 10
+MAX_CONTEXT_ELEMENTS = 10
+MAX_BUTTON_TEXT_CHARS = 75
+MAX_URL_CHARS = 3000
+MAX_FALLBACK_CHARS = 3000
+
+TOP_CAUSES = 3
+TOP_CHANGES = 3
+MAX_LOCALISATION_ITEMS = 8
+MAX_RECONCILIATION_ROWS = 12
+# Raw user strings are clipped before escaping so that one long summary cannot push a whole
+# section over its limit (escaping can grow a string up to 5x: "&" -> "&amp;").
+MAX_RAW_SNIPPET = 280
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------
+
+_BROWSERS = {
+    "chrome": "Chrome",
+    "safari": "Safari",
+    "firefox": "Firefox",
+    "edge": "Edge",
+    "samsung": "Samsung Internet",
+    "other": "other browsers",
+    "unknown": "unknown browser",
+}
+_REGIONS = {
+    "na": "NA",
+    "eu": "EU",
+    "uk": "UK",
+    "latam": "LATAM",
+    "apac": "APAC",
+    "mea": "MEA",
+    "other": "other regions",
+    "unknown": "unknown region",
+}
+_METRICS = {
+    "count_ratio": "count ratio",
+    "value_ratio": "value ratio",
+    "duplicate_rate": "duplicate rate",
+}
+_VERDICTS = {
+    "tracking_gap": "Tracking gap",
+    "business_change": "Business change",
+    "inconclusive": "Possible tracking gap",
+}
+_VERDICT_EXPLANATIONS = {
+    "tracking_gap": "the platform stopped seeing what the backend sees; the backend itself held",
+    "business_change": "the backend itself moved and the platform followed: a business change, not a tracking gap",
+    "inconclusive": "the ratio moved but the evidence does not separate measurement from business",
+}
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)] + "…"
+
+
+def _raw(value: Any, limit: int = MAX_RAW_SNIPPET) -> str:
+    """A user-provided value as one clipped line of plain text (not yet escaped)."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        value = str(value)
+    return _clip(_CONTROL_CHARS.sub(" ", value).strip(), limit)
+
+
+def _md(value: Any, limit: int = MAX_RAW_SNIPPET) -> str:
+    """A user-provided value, clipped and escaped for mrkdwn."""
+    return _escape(_raw(value, limit))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _epoch(value: Any) -> float | None:
+    """Epoch seconds from a number or an ISO-8601 string."""
+    number = _number(value)
+    if number is not None:
+        return number
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    return None
+
+
+def _iso(value: Any) -> str:
+    epoch = _epoch(value)
+    if epoch is None:
+        return _raw(value, 40) or "unknown"
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "unknown"
+
+
+def _metric_label(metric: Any) -> str:
+    name = _raw(metric, 60) or "ratio"
+    return _METRICS.get(name, name.replace("_", " "))
+
+
+def _is_rate(metric: Any) -> bool:
+    return isinstance(metric, str) and metric.endswith("_rate")
+
+
+def _fmt_ratio(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
+
+
+def _fmt_metric_value(metric: Any, value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "?"
+    return f"{number * 100:.1f}%" if _is_rate(metric) else _fmt_ratio(number)
+
+
+def _relative_change(baseline: Any, current: Any) -> float | None:
+    base, cur = _number(baseline), _number(current)
+    if base is None or cur is None or base == 0:
+        return None
+    return cur / base - 1.0
+
+
+def _segment_of(alert: Mapping[str, Any]) -> dict[str, str]:
+    segment = alert.get("segment")
+    if isinstance(segment, str):
+        return _parse_segment_key(segment)
+    if not isinstance(segment, Mapping):
+        segment = {}
+    return {k: _raw(segment.get(k), 60) or "*" for k in ("platform", "event_name", "browser", "region")}
+
+
+def _parse_segment_key(key: str) -> dict[str, str]:
+    parts = (key.split("|") + ["*"] * 4)[:4]
+    return dict(zip(("platform", "event_name", "browser", "region"), (_raw(p, 60) or "*" for p in parts), strict=True))
+
+
+def _browser_label(browser: str) -> str:
+    return _BROWSERS.get(browser, browser)
+
+
+def _region_label(region: str) -> str:
+    return _REGIONS.get(region, region)
+
+
+def _segment_title(segment: Mapping[str, str]) -> str:
+    """"meta purchase, Safari, EU": the rollups ("*") are left out."""
+    head = " ".join(p for p in (segment.get("platform", "*"), segment.get("event_name", "*")) if p != "*")
+    tail = []
+    if segment.get("browser", "*") != "*":
+        tail.append(_browser_label(segment["browser"]))
+    if segment.get("region", "*") != "*":
+        tail.append(_region_label(segment["region"]))
+    title = ", ".join(x for x in [head or "all platforms", *tail] if x)
+    return title
+
+
+def _segment_detail(segment: Mapping[str, str]) -> str:
+    browser = segment.get("browser", "*")
+    region = segment.get("region", "*")
+    return " · ".join(
+        [
+            f"platform `{_escape(segment.get('platform', '*'))}`",
+            f"event `{_escape(segment.get('event_name', '*'))}`",
+            f"browser {'all' if browser == '*' else _escape(_browser_label(browser))}",
+            f"region {'all' if region == '*' else _escape(_region_label(region))}",
+        ]
+    )
+
+
+def _child_label(item: Any) -> str:
+    """One localisation entry (a segment key, a segment dict, or a dict with ratio info)."""
+    ratio = ""
+    segment: dict[str, str] | None = None
+    if isinstance(item, str):
+        segment = _parse_segment_key(item) if "|" in item else None
+        if segment is None:
+            return _md(item, 120)
+    elif isinstance(item, Mapping):
+        inner = item.get("segment")
+        key = item.get("segment_key", item.get("key"))
+        if isinstance(inner, Mapping):
+            segment = _segment_of({"segment": inner})
+        elif isinstance(inner, str):
+            segment = _parse_segment_key(inner)
+        elif isinstance(key, str):
+            segment = _parse_segment_key(key)
+        elif any(k in item for k in ("platform", "browser", "region")):
+            segment = _segment_of({"segment": item})
+        base = _number(item.get("baseline"))
+        cur = _number(item.get("current", item.get("ratio")))
+        change = _number(item.get("change"))
+        if base is not None and cur is not None:
+            ratio = f" ({_fmt_ratio(base)} → {_fmt_ratio(cur)})"
+        elif cur is not None:
+            ratio = f" (ratio {_fmt_ratio(cur)})"
+        elif change is not None:
+            ratio = f" ({change * 100:+.0f}%)"
+        if segment is None:
+            return _md(orjson.dumps(item, default=str).decode(), 120)
+    else:
+        return _md(item, 120)
+    parts = []
+    if segment.get("browser", "*") != "*":
+        parts.append(_browser_label(segment["browser"]))
+    if segment.get("region", "*") != "*":
+        parts.append(_region_label(segment["region"]))
+    label = " · ".join(parts) if parts else _segment_title(segment)
+    return _md(label, 120) + ratio
+
+
+def _distance_text(change: Mapping[str, Any], change_at: float | None) -> str:
+    """ "18 min before" the change point; computed from `at` when possible, else `distance_s`
+    (positive = the change happened before the change point)."""
+    at = _epoch(change.get("at"))
+    if at is not None and change_at is not None:
+        delta = change_at - at
+    else:
+        number = _number(change.get("distance_s"))
+        if number is None:
+            return ""
+        delta = number
+    seconds = abs(delta)
+    if seconds < 90:
+        amount = f"{seconds:.0f} s"
+    elif seconds < 90 * 60:
+        amount = f"{seconds / 60:.0f} min"
+    elif seconds < 48 * 3600:
+        amount = f"{seconds / 3600:.1f} h"
+    else:
+        amount = f"{seconds / 86400:.1f} d"
+    return f"{amount} {'before' if delta >= 0 else 'after'}"
+
+
+def _safe_url(value: Any) -> str | None:
+    """An http(s) URL that can sit inside <url|text> and a button, or None."""
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if not url.lower().startswith(("https://", "http://")) or len(url) > MAX_URL_CHARS:
+        return None
+    if any(c.isspace() for c in url) or _CONTROL_CHARS.search(url):
+        return None
+    return url
+
+
+def _link(url: str, text: str) -> str:
+    """mrkdwn link; `text` must already be escaped."""
+    return f"<{_escape(url).replace('|', '%7C')}|{text.replace('|', '¦')}>"
+
+
+def _evidence_text(evidence: Any) -> str:
+    if evidence is None or evidence == "" or evidence == {}:
+        return ""
+    if isinstance(evidence, Mapping):
+        pieces = []
+        for key, value in evidence.items():
+            number = _number(value)
+            if number is not None and not isinstance(value, str):
+                shown = f"{number:.3g}" if not float(number).is_integer() else f"{int(number)}"
+            elif isinstance(value, str):
+                shown = value
+            else:
+                shown = orjson.dumps(value, default=str).decode()
+            pieces.append(f"{key}: {shown}")
+        return _md("; ".join(pieces))
+    if isinstance(evidence, list):
+        return _md("; ".join(str(e) for e in evidence))
+    return _md(evidence)
+
+
+def _ranked(items: Any, limit: int) -> list[Mapping[str, Any]]:
+    """The first `limit` dict entries, highest `score` first (stable for equal/missing scores)."""
+    if not isinstance(items, list):
+        return []
+    entries = [i for i in items if isinstance(i, Mapping)]
+
+    def rank(entry: Mapping[str, Any]) -> tuple[int, float]:
+        score = _number(entry.get("score"))
+        return (0, -score) if score is not None else (1, 0.0)
+
+    entries.sort(key=rank)
+    return entries[:limit]
+
+
+def _lines_within(lines: Iterable[str], limit: int, more_template: str = "… and {n} more") -> str:
+    """Join whole lines while they fit in `limit`; never cut a line (or a link) in half."""
+    all_lines = list(lines)
+    kept: list[str] = []
+    size = 0
+    reserve = len(more_template) + 6
+    for index, line in enumerate(all_lines):
+        extra = len(line) + (1 if kept else 0)
+        last = index == len(all_lines) - 1
+        if size + extra > (limit if last else limit - reserve):
+            kept.append(more_template.format(n=len(all_lines) - index))
+            break
+        kept.append(line)
+        size += extra
+    return "\n".join(kept)
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, MAX_SECTION_CHARS)}}
+
+
+def _reconciliation_table(rows: Any) -> str | None:
+    if not isinstance(rows, list):
+        return None
+    entries = [r for r in rows if isinstance(r, Mapping)]
+    if not entries:
+        return None
+    table: list[tuple[str, str, str, str]] = [("source", "count", "value", "note")]
+    for row in entries[:MAX_RECONCILIATION_ROWS]:
+        count = _number(row.get("count"))
+        value = _number(row.get("value"))
+        table.append(
+            (
+                _raw(row.get("source"), 24) or "?",
+                "" if count is None else (f"{count:,.0f}" if count.is_integer() else f"{count:,.2f}"),
+                "" if value is None else f"{value:,.2f}",
+                _raw(row.get("note"), 80),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
+    lines = [
+        f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip()
+        for r in table
+    ]
+    if len(entries) > MAX_RECONCILIATION_ROWS:
+        lines.append(f"… {len(entries) - MAX_RECONCILIATION_ROWS} more rows")
+    body = _lines_within((_escape(line) for line in lines), MAX_SECTION_CHARS - 40, "… {n} more rows")
+    return f"*Reconciliation*\n```\n{body}\n```"
+
+
+def grafana_url(template: str | None, alert: Mapping[str, Any], segment: Mapping[str, str] | None = None) -> str | None:
+    """The Grafana link for an alert, or None when no usable template is configured.
+
+    Placeholders: {platform} {event_name} {browser} {region} {from_ms} {to_ms}. A rollup ("*")
+    becomes Grafana's `$__all`. Other braces in the template are left alone.
+
+    >>> grafana_url("https://g/d/x?var-b={browser}&from={from_ms}&to={to_ms}",
+    ...             {"segment": {"browser": "safari", "region": "*"}, "change_at": 1000, "detected_at": 1600})
+    'https://g/d/x?var-b=safari&from=-20600000&to=5200000'
+    """
+    if not template:
+        return None
+    segment = segment or _segment_of(alert)
+    change_at = _epoch(alert.get("change_at"))
+    detected_at = _epoch(alert.get("detected_at"))
+    anchor_from = change_at if change_at is not None else detected_at
+    anchor_to = detected_at if detected_at is not None else change_at
+    values = {
+        "from_ms": "now-6h" if anchor_from is None else str(int((anchor_from - 6 * 3600) * 1000)),
+        "to_ms": "now" if anchor_to is None else str(int((anchor_to + 3600) * 1000)),
+    }
+    for name in ("platform", "event_name", "browser", "region"):
+        raw = segment.get(name, "*")
+        values[name] = "$__all" if raw == "*" else quote(raw, safe="")
+    url = template
+    for name, value in values.items():
+        url = url.replace("{" + name + "}", value)
+    return _safe_url(url)
+
+
+def format_alert(alert: Mapping[str, Any], grafana_url_template: str | None = None) -> dict[str, Any]:
+    """Slack incoming-webhook payload (`text` fallback + Block Kit `blocks`) for one alert.
+
+    >>> payload = format_alert({"alert_id": "a1", "status": "firing", "verdict": "tracking_gap",
+    ...     "segment": {"platform": "meta", "event_name": "purchase", "browser": "safari", "region": "*"},
+    ...     "direction": "drop", "baseline": 1.0, "current": 0.62})
+    >>> payload["blocks"][0]["text"]["text"]
+    ':rotating_light: Tracking gap: meta purchase, Safari — 38% drop'
+    """
+    if not isinstance(alert, Mapping):
+        alert = {}
+    segment = _segment_of(alert)
+    status = _raw(alert.get("status"), 20) or "firing"
+    resolved = status == "resolved"
+    verdict = _raw(alert.get("verdict"), 40) or "inconclusive"
+    metric = alert.get("metric") or "count_ratio"
+    metric_label = _metric_label(metric)
+    baseline, current = alert.get("baseline"), alert.get("current")
+    change = _relative_change(baseline, current)
+    direction = _raw(alert.get("direction"), 20)
+    if not direction and change is not None:
+        direction = "drop" if change < 0 else "inflation"
+    alert_id = _raw(alert.get("alert_id"), 120) or "unknown"
+    change_at = _epoch(alert.get("change_at"))
+
+    # Header (plain_text: Slack shows it verbatim, so it is not mrkdwn-escaped).
+    if _is_rate(metric):
+        magnitude = f"{metric_label} {_fmt_metric_value(metric, baseline)} → {_fmt_metric_value(metric, current)}"
+    elif change is not None:
+        magnitude = f"{abs(change) * 100:.0f}% {direction or 'change'}"
+        if metric != "count_ratio":
+            magnitude += f" in {metric_label}"
+    else:
+        magnitude = f"{metric_label} {direction}".strip()
+    title = _VERDICTS.get(verdict, verdict.replace("_", " ").capitalize())
+    if resolved:
+        emoji = ":white_check_mark:"
+        title = f"Resolved: {title[0].lower()}{title[1:]}"
+    elif verdict == "tracking_gap":
+        emoji = ":rotating_light:"
+    elif verdict == "business_change":
+        emoji = ":chart_with_downwards_trend:" if direction == "drop" else ":chart_with_upwards_trend:"
+    else:
+        emoji = ":warning:"
+    header = _clip(f"{emoji} {title}: {_segment_title(segment)} — {magnitude}", MAX_HEADER_CHARS)
+
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}}
+    ]
+
+    # Summary fields.
+    value_line = f"{_fmt_metric_value(metric, baseline)} → {_fmt_metric_value(metric, current)}"
+    if change is not None and not _is_rate(metric):
+        value_line += f" ({change * 100:+.0f}%)"
+    verdict_text = f"`{_escape(verdict)}`"
+    if verdict in _VERDICT_EXPLANATIONS:
+        verdict_text += f": {_VERDICT_EXPLANATIONS[verdict]}"
+    fields = [
+        f"*Segment*\n{_segment_detail(segment)}",
+        f"*{_escape(metric_label.capitalize())}* (baseline → current)\n{value_line}",
+        f"*Changed at*\n{_iso(alert.get('change_at'))}",
+        f"*Detected at*\n{_iso(alert.get('detected_at'))}",
+        f"*Verdict*\n{verdict_text}",
+        f"*Status*\n{_escape(status)}",
+    ]
+    blocks.append(
+        {
+            "type": "section",
+            "fields": [{"type": "mrkdwn", "text": _clip(f, MAX_FIELD_CHARS)} for f in fields[:MAX_FIELDS]],
+        }
+    )
+
+    causes = _ranked(alert.get("likely_causes"), TOP_CAUSES)
+    if causes:
+        lines = ["*Likely causes*"]
+        for rank, cause in enumerate(causes, 1):
+            name = _raw(cause.get("cause"), 80) or "unknown"
+            score = _number(cause.get("score"))
+            line = f"{rank}. *{_escape(name.replace('_', ' '))}*"
+            if score is not None:
+                line += f" (score {score:.2f})"
+            evidence = _evidence_text(cause.get("evidence"))
+            if evidence:
+                line += f"\n      {evidence}"
+            lines.append(line)
+        blocks.append(_section(_lines_within(lines, MAX_SECTION_CHARS)))
+
+    changes = _ranked(alert.get("nearby_changes"), TOP_CHANGES)
+    if changes:
+        lines = ["*Nearby changes*"]
+        for item in changes:
+            summary = _md(item.get("summary"), 160) or _md(item.get("change_id"), 80) or "change"
+            url = _safe_url(item.get("url"))
+            shown = _link(url, summary) if url else summary
+            kind = _md(item.get("kind"), 40) or "change"
+            pieces = [f"*{kind}*"]
+            if item.get("service"):
+                pieces.append(f"`{_md(item.get('service'), 60)}`")
+            pieces.append(shown)
+            distance = _distance_text(item, change_at)
+            if distance:
+                pieces.append(distance)
+            line = "• " + " · ".join(pieces)
+            if item.get("author"):
+                line += f" (by {_md(item.get('author'), 60)})"
+            lines.append(line)
+        blocks.append(_section(_lines_within(lines, MAX_SECTION_CHARS)))
+
+    localisation = alert.get("localisation")
+    if isinstance(localisation, Mapping):
+        loc_lines = []
+        for key, label in (("moved", "Moved"), ("steady", "Held")):
+            items = localisation.get(key)
+            if not isinstance(items, list) or not items:
+                continue
+            labels = [_child_label(i) for i in items[:MAX_LOCALISATION_ITEMS]]
+            if len(items) > MAX_LOCALISATION_ITEMS:
+                labels.append(f"+{len(items) - MAX_LOCALISATION_ITEMS} more")
+            loc_lines.append(f"*{label}:* " + ", ".join(labels))
+        if loc_lines:
+            blocks.append(_section(_lines_within(["*Where*", *loc_lines], MAX_SECTION_CHARS)))
+
+    table = _reconciliation_table(alert.get("reconciliation"))
+    if table:
+        blocks.append(_section(table))
+
+    link = grafana_url(grafana_url_template, alert, segment)
+    if link:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Open in Grafana", "emoji": True},
+                        "url": link,
+                        "action_id": "gapwatch_open_grafana",
+                    }
+                ],
+            }
+        )
+
+    context = [f"alert_id `{_escape(alert_id)}`", f"metric `{_escape(_raw(metric, 60))}`"]
+    if direction:
+        context.append(f"direction {_escape(direction)}")
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context), MAX_SECTION_CHARS)}][
+                :MAX_CONTEXT_ELEMENTS
+            ],
+        }
+    )
+
+    if len(blocks) > MAX_BLOCKS:  # cannot happen with the sections above; kept as a guard
+        blocks = blocks[: MAX_BLOCKS - 1] + [blocks[-1]]
+    fallback = _clip(
+        f"{_escape(header)} | {_escape(metric_label)} {value_line} | changed {_iso(alert.get('change_at'))}"
+        f" | alert {_escape(alert_id)}",
+        MAX_FALLBACK_CHARS,
+    )
+    return {"text": fallback, "blocks": blocks}
+
+
+def _minimal_payload(alert_id: str, status: str) -> dict[str, Any]:
+    """Used only if formatting fails: the alert still reaches Slack, just without detail."""
+    return {"text": f"gapwatch alert {_md(alert_id, 120)} ({_md(status, 20)}); details in Grafana / gap-alerts"}
+
+
+# --------------------------------------------------------------------------------------------
+# Forwarder
+# --------------------------------------------------------------------------------------------
+
+
+class SlackMetrics:
+    """The forwarder's Prometheus metrics, on the registry given (a fresh one by default)."""
+
+    OUTCOMES = ("delivered", "retried", "rate_limited", "failed_permanent")
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.posts = Counter(
+            "gapwatch_slack_posts",
+            "Slack webhook post outcomes: delivered, retried (5xx/connection error), "
+            "rate_limited (429), failed_permanent (other 4xx or undecodable alert, sent to the DLQ)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.delivery_seconds = Histogram(
+            "gapwatch_slack_delivery_seconds",
+            "Time from the first post attempt of an alert until Slack accepted it (retries included)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=self.registry,
+        )
+        self.skipped = Counter(
+            "gapwatch_slack_skipped",
+            "Alerts on the topic not posted: duplicate (alert_id, status already delivered)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for outcome in self.OUTCOMES:
+            self.posts.labels(outcome=outcome)
+        self.skipped.labels(reason="duplicate")
+
+
+class _Secret:
+    """Holds the webhook URL so that repr()/str() of a forwarder can never leak it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+class _Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    PERMANENT = "failed_permanent"
+    ABANDONED = "abandoned"  # stopping, or the partition was revoked: not committed
+
+
+class SlackForwarder:
+    """Consumes `topic` and posts each alert to the Slack webhook, in order, at least once.
+
+    Offsets are committed one message at a time, right after the alert was delivered (or
+    parked on the DLQ after a permanent rejection). A message that cannot be delivered yet
+    blocks its partition: nothing after it is processed until Slack accepts it.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        webhook_url: str,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        dlq_topic: str = DEFAULT_DLQ_TOPIC,
+        group_id: str = DEFAULT_GROUP_ID,
+        grafana_url_template: str | None = None,
+        registry: CollectorRegistry | None = None,
+        initial_backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        max_retry_after_s: float = 3600.0,
+        request_timeout_s: float = 10.0,
+        dedupe_capacity: int = 10_000,
+        auto_offset_reset: str = "earliest",
+        consumer_options: Mapping[str, Any] | None = None,
+        producer_options: Mapping[str, Any] | None = None,
+        rng: random.Random | None = None,
+    ):
+        if not _safe_url(webhook_url):
+            raise ValueError("the Slack webhook URL must be an http(s) URL without spaces")
+        self.bootstrap_servers = bootstrap_servers
+        self._webhook = _Secret(webhook_url)
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.group_id = group_id
+        self.grafana_url_template = grafana_url_template
+        self.metrics = SlackMetrics(registry)
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self.request_timeout_s = request_timeout_s
+        self.dedupe_capacity = dedupe_capacity
+        self.auto_offset_reset = auto_offset_reset
+        self.consumer_options = dict(consumer_options or {})
+        self.producer_options = dict(producer_options or {})
+        self._rng = rng or random.Random()
+        self._delivered: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._stopping = asyncio.Event()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._session: Any = None
+
+    def __repr__(self) -> str:
+        return f"SlackForwarder(topic={self.topic!r}, group_id={self.group_id!r}, webhook=<secret>)"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the forwarder to stop; safe from a signal handler. An alert that is mid-retry is
+        left uncommitted and will be delivered after the next start."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def start(self) -> None:
+        import aiohttp
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            # We deliberately sit on one message for as long as Slack is down; liveness is
+            # judged by heartbeats (session timeout), not by how often we poll.
+            "max_poll_interval_ms": 7 * 24 * 3600 * 1000,
+        }
+        options.update(self.consumer_options)
+        self._consumer = AIOKafkaConsumer(self.topic, **options)
+        producer_options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "acks": "all"}
+        producer_options.update(self.producer_options)
+        self._producer = AIOKafkaProducer(**producer_options)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "slack forwarder started: topic=%s group=%s dlq=%s webhook configured: yes",
+            self.topic, self.group_id, self.dlq_topic,
+        )
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        session, self._session = self._session, None
+        for closer in (
+            _stop_consumer(consumer) if consumer is not None else None,
+            producer.stop() if producer is not None else None,
+            session.close() if session is not None else None,
+        ):
+            if closer is not None:
+                try:
+                    await closer
+                except Exception as exc:  # closing must not mask the reason we stopped
+                    log.warning("error while closing: %s", type(exc).__name__)
+
+    async def run(self) -> None:
+        """Start (unless started), forward until stop(), then close."""
+        if self._consumer is None:
+            await self.start()
+        try:
+            while not self.stopping:
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=100)
+                for tp, records in batch.items():
+                    for record in records:
+                        if self.stopping or tp not in self._consumer.assignment():
+                            break  # uncommitted: redelivered to whoever owns tp next
+                        await self._handle(tp, record)
+        finally:
+            await self.close()
+            log.info("slack forwarder stopped")
+
+    # -- one message ----------------------------------------------------------------------
+
+    async def _handle(self, tp: Any, record: Any) -> None:
+        try:
+            alert = orjson.loads(record.value) if record.value is not None else None
+        except orjson.JSONDecodeError:
+            alert = None
+        key_id = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else ""
+        if not isinstance(alert, dict):
+            log.warning(
+                "undecodable alert at %s[%d]@%d: sent to %s", tp.topic, tp.partition, record.offset, self.dlq_topic
+            )
+            self.metrics.posts.labels(outcome="failed_permanent").inc()
+            if await self._send_to_dlq(record, "invalid_alert_json"):
+                await self._commit(tp, record.offset)
+            return
+        alert_id = _raw(alert.get("alert_id"), 200) or _raw(key_id, 200) or f"{tp.topic}-{tp.partition}-{record.offset}"
+        status = _raw(alert.get("status"), 40) or "firing"
+        dedupe_key = (alert_id, status)
+        if dedupe_key in self._delivered:
+            self._delivered.move_to_end(dedupe_key)
+            self.metrics.skipped.labels(reason="duplicate").inc()
+            log.info("alert %s (%s) already posted: skipped", alert_id, status)
+            await self._commit(tp, record.offset)
+            return
+        try:
+            payload = format_alert(alert, self.grafana_url_template)
+        except Exception as exc:  # a formatting bug must not lose the alert
+            log.error("could not format alert %s (%s): posting a minimal message", alert_id, type(exc).__name__)
+            payload = _minimal_payload(alert_id, status)
+        outcome, reason = await self._deliver(payload, alert_id, tp)
+        if outcome is _Outcome.DELIVERED:
+            self._remember(dedupe_key)
+            await self._commit(tp, record.offset)
+        elif outcome is _Outcome.PERMANENT:
+            if await self._send_to_dlq(record, reason):
+                await self._commit(tp, record.offset)
+
+    def _remember(self, key: tuple[str, str]) -> None:
+        self._delivered[key] = None
+        self._delivered.move_to_end(key)
+        while len(self._delivered) > self.dedupe_capacity:
+            self._delivered.popitem(last=False)
+
+    async def _commit(self, tp: Any, offset: int) -> None:
+        from aiokafka.errors import KafkaError
+
+        try:
+            await self._consumer.commit({tp: offset + 1})
+        except KafkaError as exc:
+            # Typically a rebalance took the partition away. The next owner re-reads the
+            # message; our dedupe memory stops a second post if it comes back to us.
+            log.warning("commit of %s[%d]@%d failed: %s", tp.topic, tp.partition, offset, type(exc).__name__)
+
+    def _owns(self, tp: Any) -> bool:
+        return self._consumer is not None and tp in self._consumer.assignment()
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Exponential backoff with "equal jitter": in [d/2, d], d = min(cap, base * 2^attempt)."""
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * (2 ** min(attempt, 62)))
+        return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless asked to stop; True if we should carry on."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
+        return not self.stopping
+
+    async def _post(self, payload: Mapping[str, Any]) -> tuple[int | None, str, str | None]:
+        """One POST: (status or None on a connection error, short description, Retry-After)."""
+        import aiohttp
+
+        try:
+            async with self._session.post(self._webhook.reveal(), data=orjson.dumps(payload)) as response:
+                body = await response.text(errors="replace")
+                return response.status, _slack_error(body), response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # Only the exception type (and OS reason): some aiohttp errors embed the URL.
+            return None, _describe_error(exc), None
+
+    async def _deliver(self, payload: dict[str, Any], alert_id: str, tp: Any) -> tuple[_Outcome, str]:
+        started = time.monotonic()
+        attempt = 0
+        text_only = False
+        while True:
+            if self.stopping or not self._owns(tp):
+                return _Outcome.ABANDONED, ""
+            status, detail, retry_after = await self._post(payload)
+            if status is not None and 200 <= status < 300:
+                self.metrics.posts.labels(outcome="delivered").inc()
+                self.metrics.delivery_seconds.observe(time.monotonic() - started)
+                log.info("alert %s posted to Slack (attempts: %d)", alert_id, attempt + 1)
+                return _Outcome.DELIVERED, ""
+            if status == 429:
+                self.metrics.posts.labels(outcome="rate_limited").inc()
+                wait = _parse_retry_after(retry_after, self.max_retry_after_s)
+                if wait is None:
+                    wait = self.backoff_delay(attempt)
+                    attempt += 1
+                else:  # a little extra so a herd of forwarders does not return at the same instant
+                    wait += self._rng.uniform(0, min(1.0, 0.1 * wait))
+                log.warning("Slack rate limited alert %s: retrying in %.1f s", alert_id, wait)
+            elif status is not None and 400 <= status < 500 and status != 408:
+                if status == 400 and "blocks" in payload and not text_only:
+                    # Slack refused our blocks (e.g. invalid_blocks): the plain text still informs.
+                    log.warning("Slack rejected the blocks of alert %s (%s): retrying as text only", alert_id, detail)
+                    payload = {"text": payload.get("text") or _minimal_payload(alert_id, "")["text"]}
+                    text_only = True
+                    continue
+                self.metrics.posts.labels(outcome="failed_permanent").inc()
+                log.error(
+                    "Slack rejected alert %s permanently: HTTP %d %s; sent to %s",
+                    alert_id, status, detail, self.dlq_topic,
+                )
+                return _Outcome.PERMANENT, f"slack_http_{status}" + (f": {detail}" if detail else "")
+            else:
+                self.metrics.posts.labels(outcome="retried").inc()
+                wait = self.backoff_delay(attempt)
+                attempt += 1
+                what = f"HTTP {status}" if status is not None else detail
+                log.warning("posting alert %s failed (%s): retry %d in %.1f s", alert_id, what, attempt, wait)
+            if not await self._sleep(wait):
+                return _Outcome.ABANDONED, ""
+
+    async def _send_to_dlq(self, record: Any, reason: str) -> bool:
+        """Park the original message on the DLQ (original key and bytes, reason in headers).
+        Retries until the broker takes it, so nothing is committed that is not kept."""
+        headers = [
+            ("gapwatch-reason", reason.encode()),
+            ("gapwatch-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            ("gapwatch-consumer", b"gapwatch-slack"),
+        ]
+        attempt = 0
+        while not self.stopping:
+            try:
+                await self._producer.send_and_wait(self.dlq_topic, value=record.value, key=record.key, headers=headers)
+                return True
+            except Exception as exc:
+                wait = self.backoff_delay(attempt)
+                attempt += 1
+                log.warning("DLQ send failed (%s): retry in %.1f s", type(exc).__name__, wait)
+                if not await self._sleep(wait):
+                    break
+        return False
+
+
+async def _stop_consumer(consumer: Any) -> None:
+    """Stop the consumer and leave the group, also when the group is in generation 0.
+
+    Tansu numbers a group's first generation 0 while aiokafka only sends LeaveGroup for
+    generation > 0; without this, the next forwarder of the group (a restart) waits a whole
+    session timeout for us to expire. Best effort, on aiokafka internals, guarded: a real Kafka
+    cluster starts at generation 1 and never takes this path.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    maybe_leave = getattr(coordinator, "_maybe_leave_group", None)
+    send_req = getattr(coordinator, "_send_req", None)
+    if coordinator is not None and callable(maybe_leave) and callable(send_req):
+        from aiokafka.protocol.group import LeaveGroupRequest
+
+        async def leave_group() -> None:
+            if getattr(coordinator, "generation", None) == 0 and getattr(coordinator, "member_id", ""):
+                with contextlib.suppress(Exception):
+                    await send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id))
+            await maybe_leave()
+
+        coordinator._maybe_leave_group = leave_group
+    await consumer.stop()
+
+
+def _slack_error(body: str) -> str:
+    """Slack answers errors with a short code such as `invalid_blocks`; keep only that shape."""
+    text = body.strip()
+    return text if re.fullmatch(r"[a-z0-9_]{1,60}", text) else ""
+
+
+def _describe_error(exc: BaseException) -> str:
+    os_error = getattr(exc, "os_error", None)
+    reason = getattr(os_error, "strerror", None)
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+def _parse_retry_after(value: str | None, cap: float) -> float | None:
+    """Retry-After as seconds (delta-seconds or HTTP date), bounded by [0, cap]."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), cap)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def load_webhook_url(webhook_url_file: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The webhook URL from `--webhook-url-file` (wins when given) or $GAPWATCH_SLACK_WEBHOOK_URL."""
+    environ = os.environ if environ is None else environ
+    if webhook_url_file:
+        with open(webhook_url_file, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    return (environ.get(WEBHOOK_ENV) or "").strip() or None
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "slack",
+        help="forward gap alerts to a Slack incoming webhook",
+        description=(
+            "Consume gap-alerts and post each alert to Slack (Block Kit). The webhook URL comes "
+            f"from ${WEBHOOK_ENV} or --webhook-url-file and is never printed."
+        ),
+    )
+    parser.add_argument(
+        "--broker", default=os.environ.get("GAPWATCH_BROKER", "127.0.0.1:9092"), metavar="HOST:PORT",
+        help="Kafka bootstrap servers (env GAPWATCH_BROKER; default %(default)s)",
+    )
+    parser.add_argument("--topic", default=DEFAULT_TOPIC, help="alerts topic (default %(default)s)")
+    parser.add_argument("--dlq-topic", default=DEFAULT_DLQ_TOPIC, help="dead-letter topic (default %(default)s)")
+    parser.add_argument("--group-id", default=DEFAULT_GROUP_ID, help="consumer group (default %(default)s)")
+    parser.add_argument(
+        "--webhook-url-file", metavar="FILE",
+        help=f"file holding the webhook URL (else env {WEBHOOK_ENV})",
+    )
+    parser.add_argument(
+        "--grafana-url-template", default=os.environ.get(GRAFANA_ENV) or None, metavar="URL",
+        help=(
+            f"Grafana link with {{platform}} {{event_name}} {{browser}} {{region}} {{from_ms}} {{to_ms}} "
+            f"(env {GRAFANA_ENV})"
+        ),
+    )
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address for /metrics (default %(default)s)")
+    parser.add_argument(
+        "--max-backoff-seconds", type=float, default=60.0,
+        help="cap of the exponential backoff between retries (default %(default)s)",
+    )
+    parser.add_argument(
+        "--session-timeout-ms", type=int, default=10_000,
+        help="consumer group session timeout; short values join faster on the embedded broker "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--offset-reset", choices=("earliest", "latest"), default="earliest",
+        help="where a brand-new consumer group starts (default %(default)s: nothing is skipped)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _group_timeouts(session_timeout_ms: int) -> dict[str, int]:
+    return {
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": max(100, min(3000, session_timeout_ms // 3)),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """`gapwatch slack`: forward until SIGTERM/SIGINT. Exit 2 on configuration errors."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        webhook_url = load_webhook_url(getattr(args, "webhook_url_file", None))
+    except OSError as exc:
+        print(f"gapwatch slack: cannot read --webhook-url-file: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not webhook_url:
+        print(
+            f"gapwatch slack: no webhook URL configured: set {WEBHOOK_ENV} or pass --webhook-url-file",
+            file=sys.stderr,
+        )
+        return 2
+    if not _safe_url(webhook_url):
+        print("gapwatch slack: the webhook URL is not an http(s) URL (value not shown)", file=sys.stderr)
+        return 2
+    if getattr(args, "session_timeout_ms", 10_000) < 1000:
+        print("gapwatch slack: --session-timeout-ms must be at least 1000", file=sys.stderr)
+        return 2
+    if args.max_backoff_seconds <= 0:
+        print("gapwatch slack: --max-backoff-seconds must be positive", file=sys.stderr)
+        return 2
+    template = getattr(args, "grafana_url_template", None) or None
+    if template and not template.lower().startswith(("http://", "https://")):
+        print("gapwatch slack: --grafana-url-template must be an http(s) URL", file=sys.stderr)
+        return 2
+
+    registry = CollectorRegistry()
+    forwarder = SlackForwarder(
+        args.broker,
+        webhook_url,
+        topic=args.topic,
+        dlq_topic=getattr(args, "dlq_topic", DEFAULT_DLQ_TOPIC),
+        group_id=getattr(args, "group_id", DEFAULT_GROUP_ID),
+        grafana_url_template=template,
+        registry=registry,
+        max_backoff_s=args.max_backoff_seconds,
+        initial_backoff_s=min(1.0, args.max_backoff_seconds),
+        auto_offset_reset=getattr(args, "offset_reset", "earliest"),
+        consumer_options=_group_timeouts(getattr(args, "session_timeout_ms", 10_000)),
+    )
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=getattr(args, "metrics_host", "0.0.0.0"), registry=registry)
+        log.info("metrics on %s:%d/metrics", getattr(args, "metrics_host", "0.0.0.0"), args.metrics_port)
+    log.info("webhook configured: yes; grafana link: %s", "yes" if template else "no")
+
+    async def _main() -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, forwarder.stop)
+        try:
+            await forwarder.run()
+        except Exception as exc:
+            log.error("slack forwarder failed: %s", _describe_error(exc))
+            return 1
+        return 0
+
+    return asyncio.run(_main())

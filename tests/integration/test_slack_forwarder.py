@@ -1,0 +1,399 @@
+"""SlackForwarder against the real embedded broker and a local HTTP server that behaves like
+Slack's incoming webhook (200, 429 + Retry-After, 4xx, 5xx, or not listening at all)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from streams.broker import EmbeddedBroker, ensure_topics, free_port
+from streams.slack import SlackForwarder
+
+pytestmark = pytest.mark.slow
+
+SECRET = "T0GAPW4TCH/B0TEST/xoxSeCrEtW3bh00kT0k3n"
+GROUP_TIMEOUTS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeSlack:
+    """An incoming-webhook stand-in: answers from a script (then `default_status`), records
+    every attempt and every accepted payload; `stop()` closes the port to mimic an outage."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.script: deque[int] = deque()
+        self.default_status = 200
+        self.attempts: list[tuple[float, int, str]] = []  # (monotonic time, status, alert_id)
+        self.posts: list[dict[str, Any]] = []
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/{SECRET}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.path != f"/services/{SECRET}":
+            return web.Response(status=404, text="no_service")
+        payload = await request.json()
+        status = self.script.popleft() if self.script else self.default_status
+        self.attempts.append((time.monotonic(), status, alert_id_of(payload)))
+        if status == 200:
+            self.posts.append(payload)
+            return web.Response(text="ok")
+        if status == 429:
+            return web.Response(status=429, text="rate_limited", headers={"Retry-After": "1"})
+        if status == 400:
+            if "blocks" in payload:
+                return web.Response(status=400, text="invalid_blocks")
+            self.posts.append(payload)
+            return web.Response(text="ok")
+        return web.Response(status=status, text="no_service" if status == 404 else "internal_error")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def posted_ids(self) -> list[tuple[str, str]]:
+        return [(alert_id_of(p), status_of(p)) for p in self.posts]
+
+
+def alert_id_of(payload: dict[str, Any]) -> str:
+    """The alert id from the context block (or, for a text-only post, from the fallback)."""
+    for block in payload.get("blocks", []):
+        if block["type"] == "context":
+            return block["elements"][0]["text"].split("`")[1]
+    return payload["text"].rsplit("alert ", 1)[-1]
+
+
+def status_of(payload: dict[str, Any]) -> str:
+    header = payload.get("blocks", [{}])[0].get("text", {}).get("text", payload.get("text", ""))
+    return "resolved" if "Resolved" in header else "firing"
+
+
+def make_alert(alert_id: str, status: str = "firing", browser: str = "safari") -> dict[str, Any]:
+    return {
+        "alert_id": alert_id,
+        "status": status,
+        "segment": {"platform": "meta", "event_name": "purchase", "browser": browser, "region": "*"},
+        "metric": "count_ratio",
+        "direction": "drop",
+        "baseline": 0.97,
+        "current": 0.6,
+        "change_at": 1767225600,
+        "detected_at": 1767227400,
+        "verdict": "tracking_gap",
+        "likely_causes": [{"cause": "consent_banner_change", "score": 0.8, "evidence": "denied 8% -> 31%"}],
+        "nearby_changes": [
+            {"change_id": "c1", "kind": "deploy", "summary": "new consent banner", "service": "web",
+             "url": "https://git.example/pr/9", "at": 1767224520, "score": 0.9}
+        ],
+        "reconciliation": [{"source": "backend", "count": 120, "value": 11850.0, "note": ""}],
+    }
+
+
+async def produce(bootstrap: str, topic: str, alerts: list[dict[str, Any]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for alert in alerts:
+            await producer.send_and_wait(topic, key=alert["alert_id"].encode(), value=orjson.dumps(alert))
+    finally:
+        await producer.stop()
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def committed(bootstrap: str, topic: str, group: str) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+
+
+class Harness:
+    """One test's topics, group, fake Slack and forwarders (each forwarder runs as a task)."""
+
+    def __init__(self, bootstrap: str, slack: FakeSlack) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        self.bootstrap = bootstrap
+        self.slack = slack
+        self.topic = f"gap-alerts-{suffix}"
+        self.dlq = f"gapwatch-dlq-{suffix}"
+        self.group = f"gapwatch-slack-{suffix}"
+        self.running: list[tuple[SlackForwarder, asyncio.Task[None]]] = []
+
+    async def start_forwarder(self, **overrides: Any) -> SlackForwarder:
+        options: dict[str, Any] = {
+            "topic": self.topic, "dlq_topic": self.dlq, "group_id": self.group,
+            "registry": CollectorRegistry(), "initial_backoff_s": 0.05, "max_backoff_s": 0.4,
+            "request_timeout_s": 2.0, "consumer_options": GROUP_TIMEOUTS,
+            "grafana_url_template": "https://grafana.example/d/gaps?var-browser={browser}&from={from_ms}&to={to_ms}",
+        }
+        options.update(overrides)
+        forwarder = SlackForwarder(self.bootstrap, self.slack.url, **options)
+        await forwarder.start()
+        self.running.append((forwarder, asyncio.create_task(forwarder.run())))
+        return forwarder
+
+    async def stop_forwarder(self, forwarder: SlackForwarder, timeout_s: float = 5.0) -> None:
+        task = next(t for f, t in self.running if f is forwarder)
+        forwarder.stop()
+        await asyncio.wait_for(task, timeout_s)
+        self.running = [(f, t) for f, t in self.running if f is not forwarder]
+
+    async def close(self) -> None:
+        for forwarder, task in self.running:
+            forwarder.stop()
+            try:
+                await asyncio.wait_for(task, 10)
+            except Exception:
+                task.cancel()
+        self.running = []
+
+    def produce(self, alerts: list[dict[str, Any]]) -> Any:
+        return produce(self.bootstrap, self.topic, alerts)
+
+
+@pytest.fixture(autouse=True)
+def webhook_never_logged(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """Every scenario below (200s, 429s, 5xx, refused connections, 4xx) runs with all loggers at
+    DEBUG; none of them may print or log the webhook URL or its secret path."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    captured = capsys.readouterr()
+    for text in (caplog.text, captured.out, captured.err):
+        assert SECRET not in text
+        assert "/services/" not in text
+        assert "xoxSeCrEt" not in text
+
+
+@pytest.fixture
+async def harness(broker: EmbeddedBroker) -> AsyncIterator[Harness]:
+    slack = FakeSlack()
+    await slack.start()
+    h = Harness(broker.bootstrap, slack)
+    await ensure_topics(broker.bootstrap, {h.topic: 1, h.dlq: 1})
+    try:
+        yield h
+    finally:
+        await h.close()
+        await slack.stop()
+
+
+def posts_total(forwarder: SlackForwarder, outcome: str) -> float:
+    value = forwarder.metrics.registry.get_sample_value("gapwatch_slack_posts_total", {"outcome": outcome})
+    return value or 0.0
+
+
+async def test_delivers_each_alert_once_with_content(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    alerts = [make_alert(f"a{i}", browser=b) for i, b in enumerate(["safari", "chrome", "firefox"])]
+    await harness.produce(alerts)
+    forwarder = await harness.start_forwarder()
+    await wait_for(lambda: len(harness.slack.posts) == 3, what="3 posts")
+    await asyncio.sleep(0.5)  # nothing more arrives
+    assert harness.slack.posted_ids() == [("a0", "firing"), ("a1", "firing"), ("a2", "firing")]
+    first = harness.slack.posts[0]
+    assert first["blocks"][0]["text"]["text"] == ":rotating_light: Tracking gap: meta purchase, Safari — 38% drop"
+    assert "Chrome" in harness.slack.posts[1]["blocks"][0]["text"]["text"]
+    texts = orjson.dumps(first).decode()
+    assert "consent banner change" in texts and "<https://git.example/pr/9|new consent banner>" in texts
+    assert "var-browser=safari" in texts
+    await wait_for(lambda: posts_total(forwarder, "delivered") == 3, what="metrics")
+    registry = forwarder.metrics.registry
+    assert registry.get_sample_value("gapwatch_slack_delivery_seconds_count") == 3
+    await harness.stop_forwarder(forwarder)
+    assert await committed(harness.bootstrap, harness.topic, harness.group) == 3
+    assert "webhook configured: yes" in caplog.text
+
+
+async def test_429_retry_after_is_honoured(harness: Harness) -> None:
+    harness.slack.script.extend([429, 200])
+    await harness.produce([make_alert("rl1")])
+    forwarder = await harness.start_forwarder()
+    await wait_for(lambda: len(harness.slack.posts) == 1, what="the post after the 429")
+    (t_limited, s1, _), (t_retry, s2, _) = harness.slack.attempts
+    assert (s1, s2) == (429, 200)
+    assert t_retry - t_limited >= 1.0  # Retry-After: 1
+    assert posts_total(forwarder, "rate_limited") == 1
+    assert posts_total(forwarder, "delivered") == 1
+    assert harness.slack.posted_ids() == [("rl1", "firing")]
+
+
+async def test_outage_loses_nothing_and_keeps_order(harness: Harness) -> None:
+    slack = harness.slack
+    await slack.stop()  # port closed: connection refused
+    forwarder = await harness.start_forwarder()
+    alerts = [make_alert(f"o{i}") for i in range(5)]
+    await harness.produce(alerts)
+    await wait_for(lambda: posts_total(forwarder, "retried") >= 3, what="retries while the port is closed")
+    slack.default_status = 503  # back up, but failing
+    await slack.start()
+    await wait_for(lambda: len(slack.attempts) >= 3, what="503 attempts")
+    await asyncio.sleep(0.5)
+    assert not slack.posts
+    # blocked on the first alert: nothing after it was tried
+    assert {alert_id for _, _, alert_id in slack.attempts} == {"o0"}
+    assert await committed(harness.bootstrap, harness.topic, harness.group) is None
+    slack.default_status = 200  # recovered
+    await wait_for(lambda: len(slack.posts) == 5, what="all 5 posts")
+    await asyncio.sleep(0.5)
+    assert slack.posted_ids() == [(f"o{i}", "firing") for i in range(5)]
+    assert posts_total(forwarder, "delivered") == 5
+    assert posts_total(forwarder, "failed_permanent") == 0
+    await harness.stop_forwarder(forwarder)
+    assert await committed(harness.bootstrap, harness.topic, harness.group) == 5
+
+
+async def test_duplicates_on_the_topic_are_posted_once(harness: Harness) -> None:
+    await harness.produce(
+        [make_alert("d1"), make_alert("d1"), make_alert("d1", "resolved"), make_alert("d2"),
+         make_alert("d1"), make_alert("d1", "resolved")]
+    )
+    forwarder = await harness.start_forwarder()
+    await wait_for(
+        lambda: forwarder.metrics.registry.get_sample_value("gapwatch_slack_skipped_total", {"reason": "duplicate"})
+        == 3, what="3 duplicates skipped",
+    )
+    await asyncio.sleep(0.3)
+    assert harness.slack.posted_ids() == [("d1", "firing"), ("d1", "resolved"), ("d2", "firing")]
+    await harness.stop_forwarder(forwarder)
+    assert await committed(harness.bootstrap, harness.topic, harness.group) == 6
+
+
+async def test_restart_does_not_repost_committed_alerts(harness: Harness) -> None:
+    await harness.produce([make_alert("r1"), make_alert("r2")])
+    first = await harness.start_forwarder()
+    await wait_for(lambda: len(harness.slack.posts) == 2, what="2 posts")
+    await harness.stop_forwarder(first)
+    await harness.produce([make_alert("r3")])
+    second = await harness.start_forwarder()
+    await wait_for(lambda: len(harness.slack.posts) == 3, what="the new post")
+    await asyncio.sleep(0.5)
+    assert harness.slack.posted_ids() == [("r1", "firing"), ("r2", "firing"), ("r3", "firing")]
+    assert posts_total(second, "delivered") == 1
+
+
+async def test_stop_while_retrying_leaves_the_alert_for_the_next_run(harness: Harness) -> None:
+    harness.slack.default_status = 500
+    await harness.produce([make_alert("s1")])
+    first = await harness.start_forwarder()
+    await wait_for(lambda: len(harness.slack.attempts) >= 2, what="failing attempts")
+    started = time.monotonic()
+    await harness.stop_forwarder(first)
+    assert time.monotonic() - started < 3.0  # a stop does not wait for Slack to come back
+    assert await committed(harness.bootstrap, harness.topic, harness.group) is None
+    harness.slack.default_status = 200
+    await harness.start_forwarder()
+    await wait_for(lambda: len(harness.slack.posts) == 1, what="the post after restart")
+    assert harness.slack.posted_ids() == [("s1", "firing")]
+
+
+async def test_permanent_rejection_goes_to_the_dlq(harness: Harness) -> None:
+    # 404 for p1: permanent, parked on the DLQ. 400 (invalid_blocks) for p2: re-sent as text.
+    harness.slack.script.extend([404, 400])
+    alerts = [make_alert("p1"), make_alert("p2"), make_alert("p3")]
+    await harness.produce(alerts)
+    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap)
+    await producer.start()
+    await producer.send_and_wait(harness.topic, key=b"junk", value=b"{not json")
+    await producer.stop()
+    forwarder = await harness.start_forwarder()
+    await wait_for(lambda: len(harness.slack.posts) == 2, what="p2 and p3")
+    assert harness.slack.posted_ids() == [("p2", "firing"), ("p3", "firing")]
+    assert "blocks" not in harness.slack.posts[0]  # the text-only fallback
+    await wait_for(lambda: posts_total(forwarder, "failed_permanent") == 2, what="p1 + junk counted")
+    await harness.stop_forwarder(forwarder)
+    assert await committed(harness.bootstrap, harness.topic, harness.group) == 4
+
+    consumer = AIOKafkaConsumer(
+        harness.dlq, bootstrap_servers=harness.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        records = []
+        deadline = time.monotonic() + 10
+        while len(records) < 2 and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    assert [r.key for r in records] == [b"p1", b"junk"]
+    assert orjson.loads(records[0].value) == alerts[0]  # original bytes, nothing lost
+    assert records[1].value == b"{not json"
+    headers = [dict(r.headers) for r in records]
+    assert headers[0]["gapwatch-reason"] == b"slack_http_404: no_service"
+    assert headers[1]["gapwatch-reason"] == b"invalid_alert_json"
+    assert headers[0]["gapwatch-source"].startswith(harness.topic.encode())
+
+
+async def test_cli_runs_until_sigterm_without_printing_the_webhook(harness: Harness, tmp_path: Path) -> None:
+    await harness.produce([make_alert("cli1")])
+    script = (
+        "import argparse, sys\n"
+        "from streams import slack\n"
+        "parser = argparse.ArgumentParser()\n"
+        "slack.register(parser.add_subparsers())\n"
+        "args = parser.parse_args(sys.argv[1:])\n"
+        "sys.exit(args.func(args))\n"
+    )
+    env = dict(os.environ, GAPWATCH_SLACK_WEBHOOK_URL=harness.slack.url, GAPWATCH_BROKER=harness.bootstrap)
+    metrics_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "slack", "--topic", harness.topic, "--group-id", harness.group,
+         "--dlq-topic", harness.dlq, "--session-timeout-ms", "6000", "--metrics-port", str(metrics_port),
+         "--metrics-host", "127.0.0.1", "--max-backoff-seconds", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        await wait_for(lambda: len(harness.slack.posts) == 1, timeout_s=25, what="the CLI's post")
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                metrics = await response.text()
+        assert 'gapwatch_slack_posts_total{outcome="delivered"} 1.0' in metrics
+        assert SECRET not in metrics
+        proc.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = output.decode()
+    assert proc.returncode == 0, text
+    assert "webhook configured: yes" in text
+    assert SECRET not in text and "/services/" not in text
+    assert harness.slack.posted_ids() == [("cli1", "firing")]

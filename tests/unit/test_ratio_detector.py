@@ -1,0 +1,152 @@
+"""RatioDetector and the value-ratio use: seeded streams, state round trip, recovery."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from detectors.changepoint import ChangePoint, rate_interval
+from detectors.ratio import RatioDetector, RatioDetectorConfig
+from detectors.value_ratio import ValueRatioDetector
+
+# hourly windows, one false alarm per segment per 300 days (ARL0 7200 windows): a stable
+# test stream of a few hundred windows then raises none with high probability
+HOUR = RatioDetectorConfig(window_seconds=3600, false_alarms_per_segment_per_30_days=0.1)
+
+
+def stream(seed: int, n: int, volume: float, ratio: list[tuple[int, float]], alpha: float = 0.0):
+    """Backend ~ Poisson(volume x daily cycle), platform ~ NB(ratio x backend, alpha)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        rho = [r for start, r in ratio if i >= start][-1]
+        backend = int(rng.poisson(volume * (1 + 0.6 * math.sin(2 * math.pi * i / 24))))
+        mean = rho * backend
+        if alpha > 0 and mean > 0:
+            mean = rng.gamma(1 / alpha, alpha * mean)
+        yield backend, int(rng.poisson(mean))
+
+
+def run(detector: RatioDetector, data) -> list[ChangePoint]:
+    return [cp for b, p in data if (cp := detector.update(b, p)) is not None]
+
+
+def test_drop_found_at_the_right_place() -> None:
+    found = run(RatioDetector(HOUR), stream(1, 500, 100, [(0, 0.8), (400, 0.5)]))
+    assert [(c.direction, c.change_index, c.detected_index) for c in found] == [
+        ("drop", 400, 403)
+    ]
+    cp = found[0]
+    assert cp.ratio_before_low < 0.8 < cp.ratio_before_high
+    assert cp.ratio_after_low < 0.5 < cp.ratio_after_high
+    assert cp.metric == "count_ratio" and cp.evidence >= 1.0 and 0.0 <= cp.p_value <= 1.0
+
+
+def test_inflation_found() -> None:
+    found = run(RatioDetector(HOUR), stream(2, 500, 100, [(0, 0.8), (400, 1.1)]))
+    assert [(c.direction, c.change_index) for c in found] == [("inflation", 400)]
+
+
+@pytest.mark.parametrize("volume", [1, 5, 100])
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_stable_streams_raise_nothing(volume: float, alpha: float) -> None:
+    detector = RatioDetector(HOUR)
+    assert run(detector, stream(3, 600, volume, [(0, 0.7)], alpha)) == []
+    if volume >= 100 and alpha > 0:
+        assert 0.03 < detector.dispersion < 0.3  # overdispersion learnt
+
+
+def test_zero_and_tiny_backend_windows_cannot_alarm() -> None:
+    rng = np.random.default_rng(9)
+    detector = RatioDetector(HOUR)
+    for i in range(2000):
+        backend = i % 3  # 0, 1, 2 backend events: skipped or nearly uninformative windows
+        detector.update(backend, int(rng.binomial(backend, 0.7)))
+    assert detector.alarms == 0
+    # ... yet a platform that goes silent on such a trickle is found once it is clear
+    found = [detector.update(i % 3, 0) for i in range(200)]
+    hits = [cp for cp in found if cp is not None]
+    assert [cp.direction for cp in hits] == ["drop"] and found.index(hits[0]) < 40
+
+
+def test_slow_drift_is_followed() -> None:
+    rng = np.random.default_rng(4)
+    detector = RatioDetector(HOUR)
+    for i in range(1500):  # 10 % over 30 days
+        backend = int(rng.poisson(200))
+        detector.update(backend, int(rng.poisson(0.7 * (1 + 0.1 * i / 720) * backend)))
+    assert detector.alarms == 0
+    assert detector.baseline_ratio == pytest.approx(0.7 * (1 + 0.1 * 1500 / 720), rel=0.03)
+
+
+def test_recovery_resolves_the_alarm() -> None:
+    detector = RatioDetector(HOUR)
+    found = run(detector, stream(5, 700, 100, [(0, 0.8), (300, 0.4), (500, 0.8)]))
+    assert [(c.direction, c.resolves) for c in found] == [("drop", False), ("inflation", True)]
+    assert found[1].change_index == pytest.approx(500, abs=2)
+    assert not detector.in_alarm and detector.recovered
+    assert detector.baseline_ratio == pytest.approx(0.8, rel=0.05)
+
+
+def test_state_round_trip_continues_identically() -> None:
+    data = list(stream(6, 700, 30, [(0, 0.8), (300, 0.5), (500, 0.8)], alpha=0.05))
+    whole = RatioDetector(HOUR)
+    split = RatioDetector(HOUR)
+    out_whole = [whole.update(b, p) for b, p in data]
+    out_split = [split.update(b, p) for b, p in data[:320]]
+    state = json.loads(json.dumps(split.to_dict(), allow_nan=False))
+    restored = RatioDetector.from_dict(state)
+    assert restored.to_dict() == split.to_dict()
+    out_split += [restored.update(b, p) for b, p in data[320:]]
+    assert out_split == out_whole
+    assert restored.to_dict() == whole.to_dict()
+    assert any(out_whole)
+
+
+def test_properties_for_metrics() -> None:
+    detector = RatioDetector(HOUR)
+    assert math.isnan(detector.baseline_ratio)
+    run(detector, stream(7, 100, 50, [(0, 0.6)]))
+    lo, hi = detector.baseline_interval
+    assert lo < detector.baseline_ratio < hi and lo < 0.6 < hi
+    assert 0.4 < detector.current_ratio < 0.8 and 0.0 <= detector.evidence < 1.0
+    assert detector.last_ratio >= 0.0 and detector.index == 100
+
+
+def test_rejects_negative_counts() -> None:
+    with pytest.raises(ValueError):
+        RatioDetector().update(-1, 0)
+
+
+def test_rate_interval_matches_gamma() -> None:
+    from scipy import stats
+
+    for events in (1, 5, 50, 500):
+        lo, hi = rate_interval(events, 1.0)
+        assert lo == pytest.approx(stats.gamma.ppf(0.025, events), rel=0.03)
+        assert hi == pytest.approx(stats.gamma.ppf(0.975, events + 1), rel=0.03)
+
+
+def test_value_ratio_detects_missing_values() -> None:
+    rng = np.random.default_rng(8)
+    detector = ValueRatioDetector(HOUR)
+    found = []
+    for i in range(500):
+        orders = int(rng.poisson(60))
+        values = rng.lognormal(4.0, 0.8, size=orders)
+        backend_value = float(values.sum())
+        seen = rng.random(orders) < 0.8
+        if i >= 400:  # value goes missing on 40 % of the platform's events
+            seen_value = values * seen * (rng.random(orders) < 0.6)
+        else:
+            seen_value = values * seen
+        cp = detector.update(backend_value, float(seen_value.sum()), orders)
+        if cp is not None:
+            found.append(cp)
+    assert [(c.direction, c.metric) for c in found] == [("drop", "value_ratio")]
+    assert found[0].change_index == pytest.approx(400, abs=3)
+    assert found[0].ratio_after == pytest.approx(0.48, rel=0.25)
+    restored = ValueRatioDetector.from_dict(json.loads(json.dumps(detector.to_dict())))
+    assert restored.to_dict() == detector.to_dict()
