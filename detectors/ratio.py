@@ -79,7 +79,7 @@ class RatioDetectorConfig:
     min_baseline_events: float = 20.0
     #: a member is idle while the baseline's relative standard error exceeds this fraction
     #: of its change (an estimated baseline erodes the CUSUM's drift; see calibration)
-    max_baseline_error: float = 0.12
+    max_baseline_error: float = 0.15
     #: members tuned to smaller relative changes than this are idle (0: all of them run)
     min_relative_change: float = 0.0
     #: members whose per-window information exceeds this are idle (a smaller one is as fast)

@@ -52,7 +52,9 @@ class GapwatchWorker:
         n_partitions: int,
         metrics: Metrics | None = None,
         monitor_factory: Callable[[int], Any] | None = None,
+        changes_partitions: int = 1,
     ) -> None:
+        self.changes_partitions = changes_partitions
         self.settings = s = settings
         self.n = n_partitions
         self.metrics = metrics or Metrics()
@@ -117,7 +119,9 @@ class GapwatchWorker:
         )
         self.ingest_table = app.Table("ingest-state", **table_kw)
         self.assemble_table = app.Table("assemble-state", **table_kw)
-        self.changes_table = app.GlobalTable("changes", key_type=bytes, value_type=bytes)
+        self.changes_table = app.GlobalTable(
+            "changes", key_type=bytes, value_type=bytes, partitions=self.changes_partitions,
+        )
 
         app.agent(self.source_topic, name="gapwatch.ingest")(self._ingest_agent)
         app.agent(self.partials_topic, name="gapwatch.assemble")(self._assemble_agent)
@@ -441,8 +445,9 @@ class GapwatchWorker:
         return ChangesView
 
 
-async def prepare_topics(settings: Settings) -> int:
-    """Create missing topics; return the source partition count (both event topics must match)."""
+async def prepare_topics(settings: Settings) -> tuple[int, int]:
+    """Create missing topics; return the partition counts of the event topics (they must match)
+    and of the changes topic (the changes table's changelog must match it)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     from streams.broker import ensure_topics
@@ -457,7 +462,7 @@ async def prepare_topics(settings: Settings) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=s.broker, **_admin_kwargs(s))
     await admin.start()
     try:
-        meta = await admin.describe_topics([s.backend_topic, s.platform_topic])
+        meta = await admin.describe_topics([s.backend_topic, s.platform_topic, s.changes_topic])
     finally:
         await admin.close()
     counts = {t["topic"]: len(t["partitions"]) for t in meta}
@@ -468,7 +473,7 @@ async def prepare_topics(settings: Settings) -> int:
             "they must be co-partitioned (same partition count, both keyed by order_id)"
         )
     await ensure_topics(s.broker, {s.partials_topic: nb}, **_admin_kwargs(s))
-    return nb
+    return nb, max(1, counts.get(s.changes_topic, 1))
 
 
 def _admin_kwargs(s: Settings) -> dict[str, Any]:
@@ -488,7 +493,7 @@ def _admin_kwargs(s: Settings) -> dict[str, Any]:
 
 def run_worker(settings: Settings) -> int:
     """Entry point of `gapwatch worker`."""
-    n = asyncio.run(prepare_topics(settings))
+    n, n_changes = asyncio.run(prepare_topics(settings))
     from detectors.monitor import GroupMonitor, MonitorConfig
 
     config = MonitorConfig(
@@ -496,7 +501,7 @@ def run_worker(settings: Settings) -> int:
         false_alarms_per_30_days=settings.false_alarms_per_30_days,
         change_lookback_s=settings.change_lookback_days * 86400,
     )
-    worker = GapwatchWorker(settings, n, monitor_factory=lambda k: GroupMonitor(config))
+    worker = GapwatchWorker(settings, n, monitor_factory=lambda k: GroupMonitor(config), changes_partitions=n_changes)
     from faust.worker import Worker
 
     level = settings.log_level.upper()
