@@ -373,7 +373,7 @@ class GroupMonitor:
             self._gauges.append((w, {m: d.baseline_ratio for m, d in seg.detectors.items()}))
         alerts: list[dict[str, Any]] = []
         # resolutions first: the segment an incident named reports the level came back
-        for seg, w, cp in fired:
+        for seg, _w, cp in fired:
             if not cp.resolves:
                 continue
             for key, inc in list(incidents.items()):

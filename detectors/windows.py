@@ -318,9 +318,9 @@ class PartitionWindows:
             stale = [k for k, v in store.items() if v[1] < cutoff]
             for k in stale:
                 del store[k]
-        stale_orders = [k for k, b in self.backend_orders.items() if b < cutoff]
-        for k in stale_orders:
-            del self.backend_orders[k]
+        stale_orders = [order for order, b in self.backend_orders.items() if b < cutoff]
+        for order in stale_orders:
+            del self.backend_orders[order]
         for seq, newest in list(self.deltas.items()):
             if newest < cutoff:
                 del self.deltas[seq]
@@ -427,7 +427,7 @@ class ClosedWindow:
         return segment_key(self.platform, self.event_name, self.browser, self.region)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "segment": {
                 "platform": self.platform, "event_name": self.event_name,
                 "browser": self.browser, "region": self.region,

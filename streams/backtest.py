@@ -19,7 +19,13 @@ from typing import Any
 import orjson
 
 from detectors.monitor import GroupMonitor, MonitorConfig
-from detectors.windows import ClosedWindow, PartitionWindows, WindowAssembler, WindowConfig, split_platform_by_group
+from detectors.windows import (
+    ClosedWindow,
+    PartitionWindows,
+    WindowAssembler,
+    WindowConfig,
+    split_platform_by_group,
+)
 from streams.ingest import InvalidEvent, parse_backend, parse_change, parse_platform
 
 __all__ = ["OfflinePipeline", "run_backtest", "register", "run"]

@@ -1,0 +1,181 @@
+"""Throughput: the gapwatch worker vs a bare aiokafka getmany + decode loop, same data, same broker.
+
+Not a test: a script that prints a table. It starts the embedded broker, produces N events once
+(backend and platform, realistic JSON from the simulator, keyed by order id), then reads them
+(1) with a bare aiokafka consumer that only decodes JSON, (2) with a Faust agent doing nothing
+per event (batched), (3) with the real `gapwatch worker` (validation, dedupe, window counts,
+changelog writes, metrics), each in a fresh consumer group, one after the other.
+
+    python tests/bench/bench_throughput.py --events 1000000 --partitions 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from streams.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
+from streams.simulate import generate, message_key  # noqa: E402
+
+
+async def produce(bootstrap: str, n: int, partitions: int) -> tuple[int, int]:
+    """Produce n events (backend + platform mix, as the simulator makes them)."""
+    from aiokafka import AIOKafkaProducer
+
+    await ensure_topics(bootstrap, {"backend-events": partitions, "platform-events": partitions})
+    sim = generate("steady", seed=11, days=7.0, orders_per_day=max(3000.0, n / 7 / 4.2))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1)
+    await producer.start()
+    sent = {"backend-events": 0, "platform-events": 0}
+    try:
+        total = 0
+        pairs = [("backend-events", sim.backend), ("platform-events", sim.platform)]
+        while total < n:
+            for topic, events in pairs:
+                role = "backend" if topic == "backend-events" else "platform"
+                for ev in events:
+                    if total >= n:
+                        break
+                    await producer.send(topic, orjson.dumps(ev), key=message_key(role, ev))
+                    sent[topic] += 1
+                    total += 1
+                # repeat the week shifted in time if more events are needed
+                for ev in events:
+                    ev["occurred_at"] = _shift(ev["occurred_at"], 7 * 86400)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent["backend-events"], sent["platform-events"]
+
+
+def _shift(ts: object, by: float) -> object:
+    if isinstance(ts, int | float):
+        return ts + by
+    from streams.ingest import parse_time
+
+    return parse_time(ts) + by
+
+
+async def bare_loop(bootstrap: str, n: int) -> float:
+    """aiokafka getmany + orjson.loads: the floor any consumer pays."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        "backend-events", "platform-events", bootstrap_servers=bootstrap, group_id=f"bare-{time.time()}",
+        auto_offset_reset="earliest", enable_auto_commit=True, session_timeout_ms=6000,
+        heartbeat_interval_ms=1000, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    got = 0
+    t0 = None
+    loads = orjson.loads
+    try:
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            for records in batch.values():
+                if t0 is None:
+                    t0 = time.perf_counter()
+                for rec in records:
+                    loads(rec.value)
+                got += len(records)
+    finally:
+        await consumer.stop()
+    return got / (time.perf_counter() - (t0 or time.perf_counter()))
+
+
+def _scrape(url: str) -> float:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
+    return sum(float(v) for v in re.findall(r'^gapwatch_events_consumed_total\{[^}]*\} (\S+)$', text, re.M))
+
+
+def run_worker(bootstrap: str, n: int, partitions: int, workdir: str) -> tuple[float, float]:
+    """The real worker as a subprocess; rate from the first to the n-th consumed event."""
+    port = free_port()
+    log = open(os.path.join(workdir, "worker.log"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap, "--metrics-port", str(port),
+         "--app-id", f"bench-{int(time.time())}", "--partitions", str(partitions), "--window-seconds", "300",
+         "--data-dir", os.path.join(workdir, "faust")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        first_t = None
+        first_n = 0.0
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            got = _scrape(url)
+            now = time.perf_counter()
+            if got > 0 and first_t is None:
+                first_t, first_n = now, got
+            if got >= n:
+                rate = (got - first_n) / (now - first_t) if first_t and now > first_t else float("nan")
+                rss = _rss_mb(proc.pid)
+                return rate, rss
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}; see {workdir}/worker.log")
+            time.sleep(0.1)
+        raise RuntimeError("worker did not finish in 15 minutes")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the bare loop / worker pair")
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="gapwatch-bench-")
+    with EmbeddedBroker(log_path=os.path.join(workdir, "broker.log")) as broker:
+        t0 = time.perf_counter()
+        nb, np_ = asyncio.run(produce(broker.bootstrap, args.events, args.partitions))
+        print(f"produced {nb + np_:,} events ({nb:,} backend, {np_:,} platform) over {args.partitions} partitions "
+              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        rows = []
+        for r in range(args.rounds):
+            bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
+            worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir)
+            rows.append((r + 1, bare, worker, worker / bare, rss))
+    print(f"\n{args.events:,} events, {args.partitions} partitions, embedded Tansu broker, 1 worker process\n")
+    print("| round | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) | ratio | worker RSS (MB) |")
+    print("|---:|---:|---:|---:|---:|")
+    for r, bare, worker, ratio, rss in rows:
+        print(f"| {r} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {rss:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
