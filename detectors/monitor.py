@@ -249,7 +249,7 @@ class GroupMonitor:
         self.backend: dict[str, BackendDetector] = {}  # event_name -> seasonal backend detector
         self.backend_incidents: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
-        self._gauges: list[tuple[ClosedWindow, dict[str, float]]] = []
+        self._gauges: dict[str, ClosedWindow] = {}  # segment -> newest window, for export_metrics
 
     # ---- persistence ----------------------------------------------------------------------
     def take_changes(self, prefix: str) -> dict[str, Any]:
@@ -299,7 +299,6 @@ class GroupMonitor:
             else:
                 by_group.setdefault(f"{w.platform}|{w.event_name}", []).append(w)
         alerts: list[dict[str, Any]] = []
-        self._gauges = []
         backend_moves: dict[str, ChangePoint | None] = {}
         for w in backend_windows.values():
             backend_moves[w.event_name] = self._update_backend(w, changes, alerts, emit=True)
@@ -370,7 +369,7 @@ class GroupMonitor:
                 seg = segs[w.segment_key] = _Segment(w.segment_key, self.config)
             for cp in seg.update(w):
                 fired.append((seg, w, cp))
-            self._gauges.append((w, {m: d.baseline_ratio for m, d in seg.detectors.items()}))
+            self._gauges[w.segment_key] = w
         alerts: list[dict[str, Any]] = []
         # resolutions first: the segment an incident named reports the level came back
         for seg, _w, cp in fired:
@@ -576,13 +575,14 @@ class GroupMonitor:
     # ---- metrics --------------------------------------------------------------------------
     def export_metrics(self, metrics: Any) -> None:
         """Set the per-segment gauges of the last step (bounded labels, see streams.metrics)."""
-        for w, baselines in self._gauges:
+        gauges, self._gauges = self._gauges, {}
+        for w in gauges.values():
             labels = metrics.seg_labels(w)
             seg = self.segments.get(f"{w.platform}|{w.event_name}", {}).get(w.segment_key)
             if seg is None:
                 continue
             for metric, det in seg.detectors.items():
-                base = baselines[metric]
+                base = det.baseline_ratio
                 if math.isfinite(base):
                     metrics.segment_baseline.labels(**labels, metric=metric).set(base)
                     low, high = det.baseline_interval

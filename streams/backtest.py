@@ -26,7 +26,7 @@ from detectors.windows import (
     WindowConfig,
     split_platform_by_group,
 )
-from streams.ingest import InvalidEvent, parse_backend, parse_change, parse_platform
+from streams.ingest import InvalidEvent, parse_backend_fast, parse_change, parse_platform_fast
 
 __all__ = ["OfflinePipeline", "run_backtest", "register", "run"]
 
@@ -57,9 +57,9 @@ class OfflinePipeline:
         self.consumed += 1
         try:
             if kind == "b":
-                self.partition.add_backend(offset, parse_backend(raw))
+                self.partition.add_backend(offset, parse_backend_fast(raw))
             else:
-                self.partition.add_platform(offset, parse_platform(raw))
+                self.partition.add_platform(offset, parse_platform_fast(raw))
         except InvalidEvent as exc:
             self.partition.skip(kind, offset)
             self.invalid[("backend-events" if kind == "b" else "platform-events", exc.reason)] += 1

@@ -456,3 +456,139 @@ def parse_change(raw: bytes | str | dict[str, Any] | None) -> ChangeEvent:
         change_id, kind.strip().lower(), at, _text(obj, "summary"), _text(obj, "service", 100),
         _text(obj, "author", 100), _text(obj, "url", 1000), scope,
     )
+
+
+# ---- fast path --------------------------------------------------------------------------------
+# Most events are well formed. These versions check the common shapes inline (exact type tests,
+# bounded caches of already-normalised strings) and fall back to the careful functions above
+# for anything unusual, so every error message and reason code stays theirs.
+
+_channel_cache: dict[str, str] = {}
+_platform_cache: dict[str, str] = {}
+_currency_cache: dict[str, str] = {c: c for c in _CURRENCIES}
+_currency_cache.update({c.lower(): c for c in _CURRENCIES})
+
+
+def _fast_time(raw: Any) -> float:
+    t = type(raw)
+    if (t is float or t is int) and MIN_TS <= raw < MAX_TS:
+        return float(raw)
+    if t is str and len(raw) >= 10 and raw[4] == "-":
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            return parse_time(raw)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ts = dt.timestamp()
+        if MIN_TS <= ts < MAX_TS:
+            return ts
+    return parse_time(raw)
+
+
+def _fast_common(obj: dict[str, Any]) -> tuple[str, str | None, float, float | None, str, str, bool, bool]:
+    get = obj.get
+    event_id = get("event_id")
+    if type(event_id) is not str or not event_id or len(event_id) > 256:
+        event_id = _event_id(obj)
+    order_id = get("order_id")
+    if order_id is not None and (type(order_id) is not str or not order_id or len(order_id) > 256):
+        order_id = _order_id(obj)
+    ts = _fast_time(get("occurred_at"))
+    value = get("value")
+    if value is not None and not ((type(value) is float or type(value) is int) and value >= 0 and value - value == 0):
+        value = _value(obj)
+    elif value is not None:
+        value = float(value)
+    browser = get("browser")
+    b = _browser_cache.get(browser) if type(browser) is str else None
+    if b is None:
+        b = normalise_browser(browser)
+    region = get("region")
+    r = _region_cache.get(region) if type(region) is str else None
+    if r is None:
+        r = normalise_region(region)
+    consent = get("consent")
+    denied = consent == "denied" or (type(consent) is str and consent != "granted" and _consent_denied(obj))
+    clicks = get("click_ids")
+    if clicks is None:
+        has_clicks = False
+    elif type(clicks) is dict:
+        has_clicks = any(clicks.values())
+    else:
+        has_clicks = _click_ids(obj)
+    return event_id, order_id, ts, value, b, r, denied, has_clicks
+
+
+def parse_backend_fast(raw: bytes | str | None) -> BackendEvent:
+    """Same result as `parse_backend`, faster for well-formed events.
+
+    >>> raw = b'{"event_id":"o1","type":"order","occurred_at":"2026-01-05T10:00:00Z","value":3,"currency":"eur","region":"FR"}'
+    >>> parse_backend_fast(raw) == parse_backend(raw)
+    True
+    """
+    obj = _decode(raw)
+    try:
+        return _backend_fast(obj)
+    except InvalidEvent:
+        return parse_backend(raw)  # the careful path names the first fault, in its order
+
+
+def _backend_fast(obj: dict[str, Any]) -> BackendEvent:
+    event_id, order_id, ts, value, browser, region, denied, has_clicks = _fast_common(obj)
+    currency = obj.get("currency")
+    if currency is not None and currency != "" and (type(currency) is not str or currency not in _currency_cache):
+        _currency(obj)
+    kind = obj.get("type")
+    name = _name_cache.get(kind) if type(kind) is str else None
+    if name is None:
+        name = canonical_event_name(kind, "purchase")
+    return BackendEvent(event_id, name, order_id, ts, value, browser, region, denied, has_clicks)
+
+
+def parse_platform_fast(raw: bytes | str | None) -> PlatformEvent:
+    """Same result as `parse_platform`, faster for well-formed events.
+
+    >>> raw = b'{"event_id":"e","platform":"Meta","channel":"CAPI","occurred_at":1767607200,"value":"2.5","currency":"usd"}'
+    >>> parse_platform_fast(raw) == parse_platform(raw)
+    True
+    """
+    obj = _decode(raw)
+    try:
+        return _platform_fast(obj)
+    except InvalidEvent:
+        return parse_platform(raw)  # the careful path names the first fault, in its order
+
+
+def _platform_fast(obj: dict[str, Any]) -> PlatformEvent:
+    get = obj.get
+    platform = get("platform")
+    p = _platform_cache.get(platform) if type(platform) is str else None
+    if p is None:
+        p = _platform_name(obj)
+        if len(_platform_cache) < _CACHE_MAX:
+            _platform_cache[platform] = p
+    event_id, order_id, ts, value, browser, region, denied, has_clicks = _fast_common(obj)
+    channel = get("channel")
+    c = _channel_cache.get(channel) if type(channel) is str else None
+    if c is None:
+        if channel is None or channel == "":
+            c = "unknown"
+        elif type(channel) is not str:
+            raise InvalidEvent("invalid_field", "channel must be a string")
+        else:
+            c = channel.strip().lower()[:20] or "unknown"
+            if len(_channel_cache) < _CACHE_MAX:
+                _channel_cache[channel] = c
+    name_raw = get("event_name")
+    name = _name_cache.get(name_raw) if type(name_raw) is str else None
+    if name is None:
+        name = canonical_event_name(name_raw, "purchase")
+    currency = get("currency")
+    if currency is None or currency == "":
+        cur = None
+    else:
+        cur = _currency_cache.get(currency) if type(currency) is str else None
+        if cur is None:
+            cur = _currency(obj)
+    return PlatformEvent(p, c, name, event_id, order_id, ts, value, cur, browser, region, denied, has_clicks)

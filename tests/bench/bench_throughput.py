@@ -36,7 +36,9 @@ async def produce(bootstrap: str, n: int, partitions: int) -> tuple[int, int]:
     from aiokafka import AIOKafkaProducer
 
     await ensure_topics(bootstrap, {"backend-events": partitions, "platform-events": partitions})
-    sim = generate("steady", seed=11, days=7.0, orders_per_day=max(3000.0, n / 7 / 4.2))
+    # about a day of event time for n events: a busy shop's real density (a replay of months
+    # of sparse data emits many more windows per event; windows cost per segment, not per event)
+    sim = generate("steady", seed=11, days=1.0, orders_per_day=max(3000.0, n / 4.2))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1)
     await producer.start()
     sent = {"backend-events": 0, "platform-events": 0}
@@ -54,7 +56,7 @@ async def produce(bootstrap: str, n: int, partitions: int) -> tuple[int, int]:
                     total += 1
                 # repeat the week shifted in time if more events are needed
                 for ev in events:
-                    ev["occurred_at"] = _shift(ev["occurred_at"], 7 * 86400)
+                    ev["occurred_at"] = _shift(ev["occurred_at"], 86400)
         await producer.flush()
     finally:
         await producer.stop()

@@ -290,6 +290,13 @@ async def consume(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bo
             if got:
                 last_new = time.monotonic()
             if until is not None and until(records):
+                # drain what is already there (several partitions), then stop
+                while True:
+                    batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+                    if not any(batch.values()):
+                        break
+                    for rs in batch.values():
+                        records.extend(rs)
                 break
             if idle_s is not None and time.monotonic() - last_new >= idle_s:
                 break

@@ -1,0 +1,270 @@
+"""Faust customisations for high-throughput batch consumption (faust-streaming 0.15.3, pinned).
+
+Measured here (tests/bench, /BENCHMARKS.md): stock Faust delivers ~6k events/s to an agent
+because every message costs several asyncio tasks (``wait_first`` per message in the fetch
+loop), a lock, flow control, an Event and a queue hop. Handing the agent one message per
+(partition, fetched chunk) removes those per-event costs; the agent stays the consumer and
+Faust's own ack/commit machinery still commits exactly the processed offsets.
+
+Nothing here monkey-patches Faust: everything is a subclass wired in through supported hooks
+(``App(Monitor=...)`` setting, ``Transport.Consumer`` class attribute, ``App._new_transport``).
+
+* NoopMonitor          -- Monitor that records nothing per message/event.
+* FastDrainConsumer    -- same message flow as Faust, but the fetch loop wraps each *fetched
+                          batch* (not each message) in ``wait_first(..., suspend_flow.wait())``.
+                          Stock Faust creates 4 asyncio tasks + an ``asyncio.wait`` per message.
+* BatchMessageConsumer -- FastDrainConsumer that hands the stream ONE Faust message per
+                          (partition, fetched chunk); ``event.value`` is a ``RecordBatch`` with the
+                          topic, partition, offsets, keys and value bytes of the chunk.  Acking that
+                          one message acks every offset in it, so commits stay exact.
+"""
+from __future__ import annotations
+
+# ruff: noqa
+# mypy: ignore-errors
+
+import asyncio
+from typing import Any, List, Optional
+
+import faust
+from faust.sensors import Monitor
+from faust.transport.drivers import aiokafka as _aiokafka_driver
+from faust.types import TP, ConsumerMessage
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+
+class NoopMonitor(Monitor):
+    """Monitor that keeps no per-message / per-event statistics."""
+
+    def on_message_in(self, tp, offset, message):
+        pass
+
+    def on_stream_event_in(self, tp, offset, stream, event):
+        return None
+
+    def on_stream_event_out(self, tp, offset, stream, event, state=None):
+        pass
+
+    def on_message_out(self, tp, offset, message):
+        pass
+
+    def track_tp_end_offset(self, tp, offset):
+        pass
+
+    def on_topic_buffer_full(self, tp):
+        pass
+
+
+class FastDrainConsumer(_aiokafka_driver.Consumer):
+    """Faust aiokafka Consumer whose fetch loop is cancellable per batch, not per message."""
+
+    #: give the event loop (the streams) a turn every this many delivered messages
+    yield_every = 1000
+
+    async def _drain_messages(self, fetcher) -> None:  # pragma: no cover
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        flag_consumer_fetching = _aiokafka_driver.CONSUMER_FETCHING if hasattr(
+            _aiokafka_driver, "CONSUMER_FETCHING") else "CONSUMER_FETCHING"
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        yield_every = self.yield_every
+        sleep = asyncio.sleep
+        suspend_flow = self.suspend_flow
+        track_gaps = self._track_gaps
+
+        async def deliver(ait) -> bool:
+            """Deliver messages; return True if we stopped early because a commit is due."""
+            n = 0
+            async for tp, message in ait:
+                n += 1
+                if n >= yield_every:
+                    await sleep(0)
+                    n = 0
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is None or offset >= r_offset:
+                    gap = offset - (r_offset or 0)
+                    if track_gaps and gap > 1 and r_offset:
+                        if acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                    await callback(message)
+                    set_read_offset(tp, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        return True  # commit outside the cancellable section, then continue
+            return False
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(flag_consumer_fetching)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                while not self.should_stop:
+                    coro = deliver(ait)
+                    res = await self.wait_first(coro, suspend_flow.wait())
+                    if res.stopped or suspend_flow.is_set():
+                        break
+                    commit_due = any(w is coro and r for w, r in zip(res.done, res.results))
+                    if not commit_due:
+                        break
+                    self._n_acked = 0
+                    await self.commit()
+                unset_flag(flag_consumer_fetching)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(flag_consumer_fetching)
+
+    _track_gaps = True
+
+
+class RecordBatch:
+    """What the agent receives per event with BatchMessageConsumer."""
+
+    __slots__ = ("topic", "partition", "offsets", "keys", "values", "timestamps")
+
+    def __init__(self, topic, partition, offsets, keys, values, timestamps):
+        self.topic = topic
+        self.partition = partition
+        self.offsets = offsets
+        self.keys = keys
+        self.values = values
+        self.timestamps = timestamps
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __repr__(self) -> str:
+        return f"<RecordBatch {self.topic}[{self.partition}] {self.offsets[0]}..{self.offsets[-1]} n={len(self)}>"
+
+
+class BatchMessageConsumer(FastDrainConsumer):
+    """Delivers one Faust message per (partition, chunk of fetched records).
+
+    The message's offset is the chunk's LAST offset (so Faust's read-offset bookkeeping and
+    ``event.message.offset`` stay meaningful) and ``ack()`` of it acks every offset in the chunk.
+    """
+
+    #: max records per batch message (a fetch for one partition is split into chunks of this)
+    chunk_size = 5000
+    #: topics delivered as RecordBatch; ``None`` = every topic.  Anything else (table changelogs,
+    #: other agents' topics) keeps Faust's normal one-message-per-record path.
+    batch_topics = None
+    _track_gaps = False  # the chunk covers its own offsets; gaps inside it are not gaps
+
+    async def getmany(self, timeout: float):
+        records, active_partitions = await self._wait_next_records(timeout)
+        generation_id = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+        if not self.flow_active:
+            try:
+                await self.perform_seek()
+            except Exception as ex:
+                self.log.warning(f"exception performing seek when flow not active {ex}")
+            return
+        chunk = self.chunk_size
+        batch_topics = self.batch_topics
+        to_message = self._to_message
+        track_end = self.app.monitor.track_tp_end_offset
+        for tp, recs in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                break
+            if not (active_partitions is None or tp in active_partitions
+                    or tp in self._buffered_partitions):
+                continue
+            track_end(tp, self.highwater(tp))
+            if batch_topics is not None and tp.topic not in batch_topics:
+                for rec in recs:
+                    yield tp, to_message(tp, rec)
+                continue
+            for i in range(0, len(recs), chunk):
+                part = recs[i:i + chunk]
+                yield tp, self._batch_message(tp, part, generation_id)
+
+    def _batch_message(self, tp: TP, recs: List[Any], generation_id: int) -> ConsumerMessage:
+        last = recs[-1]
+        batch = RecordBatch(tp.topic, tp.partition, [r.offset for r in recs],
+                            [r.key for r in recs], [r.value for r in recs],
+                            [r.timestamp for r in recs])
+        ts = last.timestamp / 1000.0 if last.timestamp is not None else None
+        return ConsumerMessage(
+            tp.topic, tp.partition, last.offset, ts, last.timestamp_type, [],
+            None, batch, None, 0, sum(r.serialized_value_size for r in recs), tp,
+            generation_id=generation_id,
+        )
+
+    def ack(self, message) -> bool:
+        batch = message.value
+        if not isinstance(batch, RecordBatch):
+            return super().ack(message)
+        with ack_lock:
+            if message.acked:
+                return False
+            message.acked = True
+            tp = message.tp
+            try:
+                if not self.app.topics.acks_enabled_for(message.topic):
+                    return False
+                committed = self._committed_offset[tp]
+                acked_index = self._acked_index[tp]
+                new = [o for o in batch.offsets
+                       if (committed is None or o >= committed) and o not in acked_index]
+                self._unacked_messages.discard(message)
+                if not new:
+                    return False
+                acked_index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+                return True
+            finally:
+                notify(self._waiting_for_ack)
+
+
+class BatchStream(faust.Stream):
+    """Stream that always uses Faust's pure-Python iterator.
+
+    The Cython StreamIterator inlines ``Consumer.ack`` (it appends ``message.offset`` to the
+    consumer's acked list itself), which would bypass ``BatchMessageConsumer.ack`` and only mark
+    a chunk's last offset as done.  The Python iterator acks through ``Message.ack`` ->
+    ``Consumer.ack``.  With one event per chunk the iterator's speed does not matter.
+    """
+
+    def __aiter__(self):
+        it = self._py_aiter()
+        self._active_agens.add(it)
+        return it
+
+
+def transport_class(consumer_cls):
+    return type("FastTransport", (_aiokafka_driver.Transport,), {"Consumer": consumer_cls})
+
+
+def app_class(consumer_cls):
+    """A faust.App whose Kafka transport uses ``consumer_cls``.
+
+    For BatchMessageConsumer also pass ``Stream=BatchStream`` to the App.
+    """
+    transport_cls = transport_class(consumer_cls)
+
+    class FastApp(faust.App):
+        def _new_transport(self):
+            return transport_cls(self.conf.broker_consumer, self)
+
+    return FastApp
