@@ -170,3 +170,69 @@ def inflated_threshold(threshold: float, baseline_error: float) -> float:
     if disc <= 0.0:
         return math.inf
     return (1.0 - math.sqrt(disc)) / (4.0 * r2)
+
+
+# Quantisation of the estimated-baseline threshold cache: error in steps of 0.01 of the
+# member's change, memory in 8 steps per e-fold.
+_ERROR_STEP = 0.01
+_MEMORY_STEPS = 8.0
+#: standard-normal quadrature nodes for the baseline error (z in -5..5)
+_Z = np.linspace(-5.0, 5.0, 81)
+_W = np.exp(-0.5 * _Z * _Z)
+_W = _W / _W.sum()
+
+
+def _estimated_rate(h: float, info: float, error: float, memory: float) -> float:
+    rate = 0.0
+    for z, w in zip(_Z.tolist(), _W.tolist(), strict=True):
+        effective = h * (1.0 - 2.0 * error * z)
+        per_window = 1.0 / cusum_arl0(effective, info) if effective > 0.0 else 1.0
+        rate += w * min(1.0, memory * per_window)
+    return rate / memory
+
+
+@lru_cache(maxsize=16384)
+def _estimated_cached(arl_key: int, info_key: int, error_key: int, memory_key: int) -> float:
+    arl0 = math.exp(arl_key / _ARL_STEPS)
+    info = math.exp(info_key / _INFO_STEPS)
+    error = error_key * _ERROR_STEP
+    memory = math.exp(memory_key / _MEMORY_STEPS)
+    target = 1.0 / arl0
+    lo, hi = 0.0, 1.0
+    while _estimated_rate(hi, info, error, memory) > target and hi < 400.0:
+        hi *= 2.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if _estimated_rate(mid, info, error, memory) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def estimated_baseline_threshold(arl0: float, info: float, error: float, memory: float) -> float:
+    """Threshold of a CUSUM whose baseline is estimated, for the in-control ARL ``arl0``.
+
+    ``error`` is the baseline's relative standard error over the member's tuned change
+    (``r = se / g``), ``memory`` the baseline's correlation time in windows (its mean age).
+    A baseline off by ``e`` lowers the CUSUM's effective threshold to ``h (1 - 2 e / g)``;
+    the error is redrawn about once per ``memory`` windows (the baseline learns, and
+    restarts after an alarm), so one wrong baseline costs at most one false alarm:
+
+        rate(h) = E_e[ min(1, memory / ARL0(h (1 - 2 e / g))) ] / memory,  e ~ N(0, r^2)
+
+    solved for ``rate = 1 / arl0`` (cached on a quantised grid). Equals
+    :func:`cusum_threshold` for ``error = 0`` and grows smoothly, without the blow-up of
+    :func:`inflated_threshold`, for large errors.
+
+    >>> h0 = estimated_baseline_threshold(8640.0, 0.05, 0.0, 500.0)
+    >>> abs(h0 - cusum_threshold(8640.0, 0.05)) < 0.2
+    True
+    >>> h0 < estimated_baseline_threshold(8640.0, 0.05, 0.2, 500.0) < 100
+    True
+    """
+    arl_key = round(math.log(max(arl0, 1.0)) * _ARL_STEPS)
+    info_key = round(math.log(min(max(info, 1e-9), 1e6)) * _INFO_STEPS)
+    error_key = round(min(max(error, 0.0), 1.0) / _ERROR_STEP)
+    memory_key = round(math.log(min(max(memory, 1.0), 1e6)) * _MEMORY_STEPS)
+    return _estimated_cached(arl_key, info_key, error_key, memory_key)

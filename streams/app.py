@@ -410,8 +410,16 @@ class GapwatchWorker:
                 )
                 continue
             self.changes_table[ch.change_id.encode()] = orjson.dumps(ch._asdict())
+            self._prune_changes(ch.at)
             self.metrics.change_events.labels(kind=ch.kind).inc()
             self.metrics.change_ts.labels(kind=ch.kind, service=self.metrics.service_cap(ch.service or "unknown")).set(ch.at)
+
+    def _prune_changes(self, newest_at: float) -> None:
+        """Keep changes for the lookback (event time of the newest change), in a restart-safe table."""
+        cutoff = newest_at - self.settings.change_lookback_days * 86400
+        for key, value in list(self.changes_table.items()):
+            if value and orjson.loads(value)["at"] < cutoff:
+                del self.changes_table[key]
 
     def recent_changes(self) -> list[dict[str, Any]]:
         out = []

@@ -107,13 +107,13 @@ def _scrape(url: str) -> float:
     return sum(float(v) for v in re.findall(r'^gapwatch_events_consumed_total\{[^}]*\} (\S+)$', text, re.M))
 
 
-def run_worker(bootstrap: str, n: int, partitions: int, workdir: str) -> tuple[float, float]:
+def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: int) -> tuple[float, float]:
     """The real worker as a subprocess; rate from the first to the n-th consumed event."""
     port = free_port()
     log = open(os.path.join(workdir, "worker.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap, "--metrics-port", str(port),
-         "--app-id", f"bench-{int(time.time())}", "--partitions", str(partitions), "--window-seconds", "300",
+         "--app-id", f"bench-{int(time.time())}", "--partitions", str(partitions), "--window-seconds", str(window_s),
          "--data-dir", os.path.join(workdir, "faust")],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )
@@ -159,6 +159,8 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=1, help="repeat the bare loop / worker pair")
+    ap.add_argument("--window-seconds", type=int, nargs="+", default=[300, 3600],
+                    help="worker window sizes to run (per-window work is spread over fewer events at small sizes)")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="gapwatch-bench-")
     with EmbeddedBroker(log_path=os.path.join(workdir, "broker.log")) as broker:
@@ -168,14 +170,15 @@ def main() -> int:
               f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         rows = []
         for r in range(args.rounds):
-            bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
-            worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir)
-            rows.append((r + 1, bare, worker, worker / bare, rss))
+            for window_s in args.window_seconds:
+                bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
+                worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s)
+                rows.append((r + 1, window_s, bare, worker, worker / bare, rss))
     print(f"\n{args.events:,} events, {args.partitions} partitions, embedded Tansu broker, 1 worker process\n")
-    print("| round | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) | ratio | worker RSS (MB) |")
-    print("|---:|---:|---:|---:|---:|")
-    for r, bare, worker, ratio, rss in rows:
-        print(f"| {r} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {rss:,.0f} |")
+    print("| round | worker window (s) | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) | ratio | worker RSS (MB) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r, window_s, bare, worker, ratio, rss in rows:
+        print(f"| {r} | {window_s} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {rss:,.0f} |")
     return 0
 
 
