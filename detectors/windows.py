@@ -147,6 +147,7 @@ class PartitionWindows:
         self._delta: dict[str, list[Any]] = {"s": [], "o": [], "b": []}
         self._meta_dirty = False
         self.last_late = False
+        self.last_duplicate = False  # the last platform event was a duplicate trigger
 
     # ---- hot path -------------------------------------------------------------------------
     def already_applied(self, topic: str, offset: int) -> bool:
@@ -211,6 +212,7 @@ class PartitionWindows:
             return False
         self.offsets["p"] = offset
         self._meta_dirty = True
+        self.last_duplicate = False
         window, late = self._window_for("p", ev.ts)
         leaf = f"{ev.platform}|{ev.event_name}|{ev.browser}|{ev.region}"
         counters = window["p"].get(leaf)
@@ -233,6 +235,7 @@ class PartitionWindows:
                 # same event id again on the same channel: a duplicate trigger, and the
                 # platform counts it, so it inflates the count
                 counters[P_DUP] += 1
+                self.last_duplicate = True
             else:
                 # the other channel of a pixel + server pair: the platform's dedupe working
                 seen[0] = seen[0] + [ev.channel]

@@ -236,6 +236,7 @@ class GapwatchWorker:
         redelivered = late = 0
         invalid: Tally[str] = Tally()
         labels: Tally[tuple[str, ...]] = Tally()
+        dups: Tally[tuple[str, str]] = Tally()
         for offset, key, value in zip(offsets, keys, values, strict=True):
             if offset <= applied_through:
                 redelivered += 1  # seen before a restart: already in the counts
@@ -257,6 +258,8 @@ class GapwatchWorker:
             add(offset, ev)  # type: ignore[arg-type]
             if st.last_late:
                 late += 1
+            if kind == "p" and st.last_duplicate:
+                dups[(ev.platform, ev.event_name)] += 1  # type: ignore[union-attr]
             if kind == "b":
                 labels[(ev.event_name, ev.browser, ev.region)] += 1
             else:
@@ -271,6 +274,8 @@ class GapwatchWorker:
             mt.late.labels(topic=topic).inc(late)
         for reason, n in invalid.items():
             mt.invalid.labels(topic=topic, reason=reason).inc(n)
+        for (platform, event_name), n in dups.items():
+            mt.duplicates.labels(platform=mt.platform_cap(platform), event_name=mt.event_name_cap(event_name)).inc(n)
         if kind == "b":
             for (event_name, browser, region), n in labels.items():
                 mt.backend.labels(event_name=mt.event_name_cap(event_name), browser=browser, region=region).inc(n)
