@@ -29,7 +29,7 @@ from detectors.windows import (
     WindowConfig,
     split_platform_by_group,
 )
-from streams.config import Settings
+from streams.config import Settings, kafka_security_options
 from streams.ingest import InvalidEvent, parse_backend_fast, parse_change, parse_platform_fast
 from streams.metrics import Metrics
 
@@ -488,18 +488,7 @@ async def prepare_topics(settings: Settings) -> tuple[int, int]:
 
 
 def _admin_kwargs(s: Settings) -> dict[str, Any]:
-    proto = s.security_protocol.upper()
-    if proto == "PLAINTEXT":
-        return {}
-    import ssl
-
-    kw: dict[str, Any] = {"security_protocol": proto}
-    if "SSL" in proto:
-        kw["ssl_context"] = ssl.create_default_context(cafile=s.ssl_cafile or None)
-    if proto.startswith("SASL"):
-        kw.update(sasl_mechanism=s.sasl_mechanism.upper() or "PLAIN", sasl_plain_username=s.sasl_username,
-                  sasl_plain_password=s.sasl_password)
-    return kw
+    return kafka_security_options(s)
 
 
 def run_worker(settings: Settings) -> int:

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Secrets come only from the environment or files: GAPWATCH_SASL_PASSWORD / --sasl-password-file, "
         "GAPWATCH_API_TOKEN / --api-token-file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # `--sasl-password x` must not pass as `--sasl-password-file x`
     )
     add_arguments(p)
     p.set_defaults(func=run)

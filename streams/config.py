@@ -15,7 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "add_arguments", "load_settings", "ConfigError"]
+__all__ = ["Settings", "add_arguments", "load_settings", "ConfigError", "kafka_security_options", "SECURITY_SETTINGS"]
+
+#: the settings any Kafka client of gapwatch needs to reach a secured cluster
+SECURITY_SETTINGS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password_file", "ssl_cafile")
 
 
 class ConfigError(ValueError):
@@ -160,3 +163,21 @@ def _read_secret(path: str, name: str) -> str:
         return Path(path).read_text().strip()
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+
+def kafka_security_options(s: Settings) -> dict[str, Any]:
+    """aiokafka client keyword arguments for the configured security protocol (none for PLAINTEXT)."""
+    proto = s.security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return {}
+    if proto not in ("SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, got {proto!r}")
+    import ssl
+
+    kw: dict[str, Any] = {"security_protocol": proto}
+    if "SSL" in proto:
+        kw["ssl_context"] = ssl.create_default_context(cafile=s.ssl_cafile or None)
+    if proto.startswith("SASL"):
+        kw.update(sasl_mechanism=s.sasl_mechanism.upper() or "PLAIN", sasl_plain_username=s.sasl_username,
+                  sasl_plain_password=s.sasl_password)
+    return kw

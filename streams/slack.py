@@ -1024,6 +1024,7 @@ def load_webhook_url(webhook_url_file: str | None, environ: Mapping[str, str] | 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "slack",
+        allow_abbrev=False,
         help="forward gap alerts to a Slack incoming webhook",
         description=(
             "Consume gap-alerts and post each alert to Slack (Block Kit). The webhook URL comes "
@@ -1063,6 +1064,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--offset-reset", choices=("earliest", "latest"), default="earliest",
         help="where a brand-new consumer group starts (default %(default)s: nothing is skipped)",
     )
+    from streams.config import SECURITY_SETTINGS, add_arguments
+
+    add_arguments(parser, only=SECURITY_SETTINGS)  # SASL/TLS, same flags and env as the worker
     parser.set_defaults(func=run)
     return parser
 
@@ -1103,6 +1107,13 @@ def run(args: argparse.Namespace) -> int:
         print("gapwatch slack: --grafana-url-template must be an http(s) URL", file=sys.stderr)
         return 2
 
+    from streams.config import ConfigError, kafka_security_options, load_settings
+
+    try:
+        security = kafka_security_options(load_settings(args))
+    except ConfigError as exc:
+        print(f"gapwatch slack: {exc}", file=sys.stderr)
+        return 2
     registry = CollectorRegistry()
     forwarder = SlackForwarder(
         args.broker,
@@ -1115,7 +1126,8 @@ def run(args: argparse.Namespace) -> int:
         max_backoff_s=args.max_backoff_seconds,
         initial_backoff_s=min(1.0, args.max_backoff_seconds),
         auto_offset_reset=getattr(args, "offset_reset", "earliest"),
-        consumer_options=_group_timeouts(getattr(args, "session_timeout_ms", 10_000)),
+        consumer_options={**_group_timeouts(getattr(args, "session_timeout_ms", 10_000)), **security},
+        producer_options=security,
     )
     if args.metrics_port is not None:
         from prometheus_client import start_http_server

@@ -152,6 +152,12 @@ def test_windows_after_the_restart_equal_an_uninterrupted_run(restart_run: Resta
     got, _ = _in_range(r)
     missing = sorted(set(r.expected) - set(got))
     extra = sorted(set(got) - set(r.expected))
+    if missing:
+        starts = sorted({k[1] for k in missing})
+        complete = [s for s in starts if not any(k[1] == s for k in got)]
+        print(f"missing windows: {len(missing)}, {len(starts)} window starts from {starts[0] - r.start:.0f} s "
+              f"to {starts[-1] - r.start:.0f} s after the start; {len(complete)} starts without any segment; "
+              f"segments: {Counter(k[0].split('|')[0] + '|' + k[0].split('|')[1] for k in missing).most_common(12)}")
     assert not missing and not extra, f"missing {len(missing)} e.g. {missing[:3]}; extra {len(extra)} e.g. {extra[:3]}"
     diffs: Counter[str] = Counter()
     examples: list[str] = []
