@@ -44,7 +44,8 @@ from typing import Any
 
 from detectors.calibration import (
     arl0_windows,
-    estimated_baseline_threshold,
+    cusum_threshold,
+    inflated_threshold,
     member_arl0,
 )
 from detectors.changepoint import ChangePoint, Direction, rate_interval
@@ -70,11 +71,7 @@ class RatioDetectorConfig:
 
     window_seconds: float = 300.0
     false_alarms_per_segment_per_30_days: float = 1.0
-    baseline_half_life_s: float = 14 * 86400.0
-    #: follow a linear trend of the ratio (local linear baseline on the same weights); the
-    #: slope is used only as far as it is significant (soft threshold at this z-score)
-    trend: bool = True
-    trend_min_z: float = 2.0
+    baseline_half_life_s: float = 3 * 86400.0
     current_half_life_s: float = 3600.0
     #: memory of the dispersion estimate (a stable property of a segment: long)
     dispersion_half_life_s: float = 7 * 86400.0
@@ -176,10 +173,6 @@ class RatioDetector:
         self._base_p = 0.0
         self._base_b = 0.0
         self._base_var = 0.0
-        # trend: EW sums of backend x age, backend x age^2 and platform x age (age in updates)
-        self._base_ba = 0.0
-        self._base_ba2 = 0.0
-        self._base_pa = 0.0
         # dispersion: EW sums of the moment numerator / denominator and window weight
         self._disp_num = 0.0
         self._disp_den = 0.0
@@ -220,20 +213,12 @@ class RatioDetector:
         """Current baseline ``rho0`` (``nan`` before any backend event)."""
         if self._base_b <= 0.0:
             return math.nan
-        return self._trend()[0]
+        return max(self._base_p, 0.5) / self._base_b
 
     @property
     def baseline_interval(self) -> tuple[float, float]:
         """95 % interval of the baseline ratio (sampling error and overdispersion)."""
-        low, high = self._interval(self._base_p, self._base_b, self._base_var)
-        if self._base_b > 0.0 and self._base_p > 0.0:
-            # centred on the trend-corrected level, widened by the slope's share of its error
-            level = self.baseline_ratio
-            raw = max(self._base_p, 0.5) / self._base_b
-            widen = math.sqrt(self._baseline_rel_var() / (self._base_var / self._base_p**2))
-            low = level * (low / raw) ** widen
-            high = level * (high / raw) ** widen
-        return (low, high)
+        return self._interval(self._base_p, self._base_b, self._base_var)
 
     @property
     def current_ratio(self) -> float:
@@ -266,40 +251,10 @@ class RatioDetector:
         return self._alarms
 
     # ------------------------------------------------------------------ helpers
-    def _trend(self) -> tuple[float, float]:
-        """(level now, variance the trend adds): local linear fit on the baseline weights.
-
-        The weighted mean ratio lags a linear trend by slope x mean age; the slope (weighted
-        least squares of the ratio on age) is soft-thresholded at ``trend_min_z`` standard
-        errors, so a stable ratio keeps the plain mean and its precision.
-        """
-        raw = max(self._base_p, 0.5) / self._base_b
-        cfg = self.config
-        if not cfg.trend or self._base_p <= 0.0:
-            return raw, 0.0
-        age = self._base_ba / self._base_b
-        spread = self._base_ba2 / self._base_b - age * age
-        if spread <= 1.0:
-            return raw, 0.0
-        slope = (age * raw - self._base_pa / self._base_b) / spread
-        phi = 1.0 + self.dispersion * self._mean_mu
-        slope_var = raw * phi * (self._base_var / self._base_p) / (self._base_b * spread)
-        keep = 1.0 - cfg.trend_min_z * cfg.trend_min_z * slope_var / max(slope * slope, 1e-300)
-        if keep <= 0.0:
-            return raw, 0.0
-        level = raw + keep * slope * age
-        if level <= 0.25 * raw:
-            return raw, 0.0
-        return level, keep * age * age * slope_var
-
     def _baseline_rel_var(self) -> float:
         if self._base_p <= 0.0:
             return math.inf
-        rel = self._base_var / (self._base_p * self._base_p)
-        if not self.config.trend:
-            return rel
-        level, extra = self._trend()
-        return rel + extra / (level * level)
+        return self._base_var / (self._base_p * self._base_p)
 
     def _interval(self, p: float, b: float, var: float) -> tuple[float, float]:
         if b <= 0.0:
@@ -368,10 +323,6 @@ class RatioDetector:
             self._mean_mu = lam * self._mean_mu + (1.0 - lam) * mu
         if freeze_baseline:
             return
-        # every window in the baseline ages by one update, the new one enters at age 0
-        self._base_ba2 = lam * (self._base_ba2 + 2.0 * self._base_ba + self._base_b)
-        self._base_ba = lam * (self._base_ba + self._base_b)
-        self._base_pa = lam * (self._base_pa + self._base_p)
         self._base_p = lam * self._base_p + platform
         self._base_b = lam * self._base_b + backend
         self._base_var = lam * lam * self._base_var + platform
@@ -406,8 +357,6 @@ class RatioDetector:
                     kept_first = True
                     active += 1
         threshold_arl = member_arl0(self._arl0 * self._updated_fraction, active)
-        # correlation time of the baseline's error: the mean age of its windows
-        memory = self._base_ba / self._base_b if self._base_ba > 0.0 else 1.0 / (1.0 - lam)
 
         best: _Member | None = None
         best_ratio = 0.0
@@ -434,11 +383,9 @@ class RatioDetector:
             if m.stat <= 0.0:
                 m.reset(index + 1, None)
                 continue
-            h = max(
-                estimated_baseline_threshold(
-                    threshold_arl, max(m.info, 1e-9), baseline_se / abs(m.log_factor), memory
-                ),
-                MIN_THRESHOLD,
+            h = inflated_threshold(
+                max(cusum_threshold(threshold_arl, max(m.info, 1e-9)), MIN_THRESHOLD),
+                baseline_se / abs(m.log_factor),
             )
             ratio = m.stat / h
             evidence = max(evidence, ratio)
@@ -515,7 +462,6 @@ class RatioDetector:
         self._base_p = start.run_p * weight
         self._base_b = start.run_b * weight if weight > 0.0 else start.run_b
         self._base_var = self._base_p
-        self._base_ba = self._base_ba2 = self._base_pa = 0.0
         for m in self._members:
             m.reset(index + 1, None)
         self._evidence = 0.0
@@ -531,7 +477,6 @@ class RatioDetector:
             "index": self._index,
             "updates": self._updates,
             "base": [self._base_p, self._base_b, self._base_var],
-            "trend": [self._base_ba, self._base_ba2, self._base_pa],
             "disp": [self._disp_num, self._disp_den, self._disp_n],
             "mean_mu": self._mean_mu,
             "updated_fraction": self._updated_fraction,
@@ -552,7 +497,6 @@ class RatioDetector:
         d._index = int(data["index"])
         d._updates = int(data["updates"])
         d._base_p, d._base_b, d._base_var = (float(x) for x in data["base"])
-        d._base_ba, d._base_ba2, d._base_pa = (float(x) for x in data.get("trend", (0, 0, 0)))
         d._disp_num, d._disp_den, d._disp_n = (float(x) for x in data["disp"])
         d._mean_mu = float(data["mean_mu"])
         d._updated_fraction = float(data["updated_fraction"])
