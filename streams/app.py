@@ -302,10 +302,20 @@ class GapwatchWorker:
         now = time.monotonic()
         idle_s = self.settings.idle_partition_seconds
         relaxed: dict[int, float] = {}
+        topics = {"b": self.settings.backend_topic, "p": self.settings.platform_topic}
         for p in assigned:
             seen = self.last_event_wall.setdefault(p, {})
-            idle = {t for t in ("b", "p") if now - seen.setdefault(t, now) >= idle_s}
-            relaxed[p] = self.partitions[p].watermark_without(idle)
+            st = self.partitions[p]
+            # An input is idle when it had nothing for a while AND nothing is left to read: a
+            # backlog that Faust has not fetched for a few seconds is not idleness, and letting
+            # the other input's watermark run ahead would make its events late.
+            idle = set()
+            for t in ("b", "p"):
+                quiet = now - seen.setdefault(t, now)
+                caught_up = self._caught_up(topics[t], p, st.offsets[t])
+                if (quiet >= idle_s and caught_up) or (caught_up is None and st.offsets[t] < 0 and quiet >= 3 * idle_s):
+                    idle.add(t)
+            relaxed[p] = st.watermark_without(idle)
         worker_mark = max(relaxed.values(), default=float("-inf"))
         for p in sorted(assigned):
             st = self.partitions[p]
@@ -321,6 +331,16 @@ class GapwatchWorker:
             self.metrics.watermark.set(low)
             self.metrics.watermark_lag.set(max(0.0, time.time() - low))
         self._update_lag(assigned)
+
+    def _caught_up(self, topic: str, p: int, applied: int) -> bool | None:
+        """True when nothing is left to read on the input; None when the end is unknown yet."""
+        try:
+            hw = self.app.consumer.highwater(faust.types.TP(topic, p))
+        except Exception:
+            return None
+        if hw is None:
+            return None
+        return bool(hw - 1 <= applied)
 
     def send_partial(self, partial: Any) -> None:
         n = self.n
