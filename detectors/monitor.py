@@ -248,6 +248,7 @@ class GroupMonitor:
         self.incidents: dict[str, dict[str, dict[str, Any]]] = {}  # group -> incident key -> alert
         self.backend: dict[str, BackendDetector] = {}  # event_name -> seasonal backend detector
         self.backend_incidents: dict[str, dict[str, Any]] = {}
+        self.last_window: dict[str, int] = {}  # group -> newest window start applied
         self._dirty: set[str] = set()
         self._gauges: dict[str, ClosedWindow] = {}  # segment -> newest window, for export_metrics
 
@@ -260,11 +261,13 @@ class GroupMonitor:
                 out[f"{prefix}g:{group}"] = {
                     "det": self.backend[event_name].to_dict(),
                     "incident": self.backend_incidents.get(event_name),
+                    "last": self.last_window.get(group, -1),
                 }
             else:
                 out[f"{prefix}g:{group}"] = {
                     "segments": {k: s.to_dict() for k, s in self.segments[group].items()},
                     "incidents": self.incidents.get(group, {}),
+                    "last": self.last_window.get(group, -1),
                 }
         self._dirty = set()
         return out
@@ -274,6 +277,7 @@ class GroupMonitor:
             if not key.startswith(f"{prefix}g:") or value is None:
                 continue
             group = key[len(prefix) + 2:]
+            self.last_window[group] = int(value.get("last", -1))
             if group.startswith("*backend*|"):
                 event_name = group.split("|", 1)[1]
                 self.backend[event_name] = BackendDetector.from_dict(value["det"])
@@ -300,9 +304,14 @@ class GroupMonitor:
                 by_group.setdefault(f"{w.platform}|{w.event_name}", []).append(w)
         alerts: list[dict[str, Any]] = []
         backend_moves: dict[str, ChangePoint | None] = {}
+        start = windows[0].window_start
         for w in backend_windows.values():
             backend_moves[w.event_name] = self._update_backend(w, changes, alerts, emit=True)
         for group in sorted(by_group):
+            # idempotent: a window re-closed after a crash does not update a group twice
+            if self.last_window.get(group, -1) >= start:
+                continue
+            self.last_window[group] = start
             parent = next((w for w in by_group[group] if w.level == "platform"), None)
             if parent is not None and parent.event_name not in backend_moves:
                 backend_moves[parent.event_name] = self._update_backend(parent, changes, alerts, emit=False)
@@ -312,6 +321,9 @@ class GroupMonitor:
     def _update_backend(self, parent: ClosedWindow, changes: list[Mapping[str, Any]], alerts: list[dict[str, Any]],
                         emit: bool) -> ChangePoint | None:
         event_name = parent.event_name
+        if self.last_window.get(f"*backend*|{event_name}", -1) >= parent.window_start:
+            return None
+        self.last_window[f"*backend*|{event_name}"] = parent.window_start
         det = self.backend.get(event_name)
         if det is None:
             det = self.backend[event_name] = BackendDetector(BackendDetectorConfig(

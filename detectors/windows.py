@@ -141,10 +141,11 @@ class PartitionWindows:
         self.seen_events: dict[tuple[str, str], list[Any]] = {}  # (platform, event_id) -> [channels, bucket]
         self.order_events: dict[tuple[str, str], list[Any]] = {}  # (platform, order_id) -> [event_id, bucket]
         self.backend_orders: dict[str, int] = {}  # order_id -> bucket
+        self.conversions: dict[int, list[list[str]]] = {}  # bucket -> [leaf, order_id] with an order id
         self.deltas: dict[int, int] = {}  # delta seq -> newest bucket it holds (for expiry)
         self._dirty_windows: set[int] = set()
         self._deleted_keys: list[str] = []
-        self._delta: dict[str, list[Any]] = {"s": [], "o": [], "b": []}
+        self._delta: dict[str, list[Any]] = {"s": [], "o": [], "b": [], "c": []}
         self._meta_dirty = False
         self.last_late = False
         self.last_duplicate = False  # the last platform event was a duplicate trigger
@@ -169,7 +170,10 @@ class PartitionWindows:
             max_ts[topic] = ts
         size = self.config.window_s
         start = int(ts // size) * size
-        limit = max(min(max_ts["b"], max_ts["p"]) - self.config.allowed_lateness_s, self.closed_through)
+        # Late is judged against this event's own input: its order within its partition is
+        # fixed, so the verdict does not depend on how the two topics' reads interleave.
+        # (A window closed earlier is closed: the partition watermark never exceeds this one.)
+        limit = max(max_ts[topic] - self.config.allowed_lateness_s, self.closed_through)
         late = start + size <= limit
         self.last_late = late
         if late:
@@ -260,8 +264,10 @@ class PartitionWindows:
             counters[P_DENIED] += 1
         order_id = ev.order_id
         if order_id is not None and is_new:
-            if order_id in self.backend_orders:
-                counters[P_MATCHED] += 1
+            # matched against the backend when the window closes (see close): by then every
+            # backend order up to the window's end has been read, whatever the interleaving
+            self.conversions.setdefault(bucket, []).append([leaf, order_id])
+            self._delta["c"].append([leaf, order_id, bucket])
             okey = (ev.platform, order_id)
             first = self.order_events.get(okey)
             if first is None:
@@ -303,7 +309,10 @@ class PartitionWindows:
                 break
             window = self.windows.pop(start)
             self._dirty_windows.discard(start)
-            self._deleted_keys.append(f"{self.partition}:w:{start}")
+            backend_orders = self.backend_orders
+            for leaf, order_id in self.conversions.pop(start, ()):
+                if backend_orders.get(order_id, start + 1) <= start and leaf in window["p"]:
+                    window["p"][leaf][P_MATCHED] += 1
             if window["b"]:
                 backend[start] = window["b"]
             if window["p"]:
@@ -338,26 +347,29 @@ class PartitionWindows:
             out[key] = None
         self._deleted_keys = []
         delta = self._delta
-        if delta["s"] or delta["o"] or delta["b"]:
+        if delta["s"] or delta["o"] or delta["b"] or delta["c"]:
             self.seq += 1
             newest = max(
                 [r[3] for r in delta["s"]] + [r[3] for r in delta["o"]] + [r[1] for r in delta["b"]]
+                + [r[2] for r in delta["c"]]
             )
             self.deltas[self.seq] = newest
             out[f"{p}:d:{self.seq}"] = delta
-            self._delta = {"s": [], "o": [], "b": []}
+            self._delta = {"s": [], "o": [], "b": [], "c": []}
             self._meta_dirty = True
-        for start in self._dirty_windows:
-            out[f"{p}:w:{start}"] = self.windows[start]
-        self._dirty_windows = set()
-        if self._meta_dirty:
+        if self._meta_dirty or self._dirty_windows:
+            # One value holds the offsets AND the open windows' counts: whatever prefix of the
+            # changelog survives a crash, counts and offsets agree (no double counting). It is
+            # written after this batch's dedupe delta, which it names by `seq`.
             out[f"{p}:m"] = {
                 "offsets": self.offsets,
                 "max_ts": {k: (None if v == NEG_INF else v) for k, v in self.max_ts.items()},
                 "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
                 "seq": self.seq,
+                "windows": {str(k): v for k, v in self.windows.items()},
             }
             self._meta_dirty = False
+            self._dirty_windows = set()
         return out
 
     @classmethod
@@ -375,11 +387,12 @@ class PartitionWindows:
                 self.max_ts = {k: (NEG_INF if v is None else v) for k, v in value["max_ts"].items()}
                 self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
                 self.seq = value["seq"]
-            elif kind == "w":
-                self.windows[int(rest)] = value
+                self.windows = {int(k): v for k, v in value.get("windows", {}).items()}
             elif kind == "d":
                 deltas.append((int(rest), value))
         for seq, delta in sorted(deltas):
+            if seq > self.seq:
+                continue  # written by a batch whose snapshot did not survive: not applied
             newest = NEG_INF
             for platform, event_id, channels, bucket in delta["s"]:
                 self.seen_events[(platform, event_id)] = [list(channels), bucket]
@@ -389,6 +402,10 @@ class PartitionWindows:
                 newest = max(newest, bucket)
             for order_id, bucket in delta["b"]:
                 self.backend_orders.setdefault(order_id, bucket)
+                newest = max(newest, bucket)
+            for leaf, order_id, bucket in delta.get("c", ()):
+                if bucket + config.window_s > self.closed_through:  # its window is still open
+                    self.conversions.setdefault(bucket, []).append([leaf, order_id])
                 newest = max(newest, bucket)
             self.deltas[seq] = int(newest) if newest != NEG_INF else 0
         return self
@@ -472,7 +489,8 @@ class WindowAssembler:
     """
 
     def __init__(self, n_sources: int, window_s: int, group_ttl_s: float = 7 * 86_400.0,
-                 owns_group: Any = None) -> None:
+                 owns_group: Any = None, max_gap_s: float = 86_400.0) -> None:
+        self.max_gap_s = max_gap_s
         self.n_sources = n_sources
         self.window_s = window_s
         self.group_ttl_s = group_ttl_s
@@ -535,12 +553,18 @@ class WindowAssembler:
         out: list[list[ClosedWindow]] = []
         if through == NEG_INF:
             return out
-        # also close empty windows between the last closed one and `through`: silence is data
+        # also close the empty windows up to `through`: silence is data. From the last closed
+        # window, or on the first close from the first window with data; never more than
+        # `max_gap_s` of them (a jump in event time must not build millions of empty windows).
         if self.closed_through != NEG_INF:
-            start = int(self.closed_through)
-            while start + self.window_s <= through:
-                self.open.setdefault(start, {"b": {}, "p": {}, "seen": []})
-                start += self.window_s
+            first = int(self.closed_through)
+        else:
+            first = min(self.open) if self.open else int(through)
+        first = max(first, int(through - self.max_gap_s) // self.window_s * self.window_s)
+        start = first
+        while start + self.window_s <= through:
+            self.open.setdefault(start, {"b": {}, "p": {}, "seen": []})
+            start += self.window_s
         for start in sorted(self.open):
             if start + self.window_s > through:
                 break
@@ -617,35 +641,27 @@ class WindowAssembler:
                     w.backend_consent_denied += int(c[B_DENIED])
         return [segments[k] for k in sorted(segments)]
 
-    # persistence: same item scheme as stage A, under a caller-chosen prefix
+    # persistence: one value under a caller-chosen prefix, so markers, merged counts and the
+    # partials already seen always agree after a crash
     def take_changes(self, prefix: str) -> dict[str, JSON | None]:
-        out: dict[str, JSON | None] = {}
-        for start in self._deleted:
-            out[f"{prefix}w:{start}"] = None
-        self._deleted = []
-        for start in self._dirty:
-            out[f"{prefix}w:{start}"] = self.open[start]
-        self._dirty = set()
-        if self._meta_dirty:
-            out[f"{prefix}m"] = {
-                "markers": {str(k): v for k, v in self.markers.items()},
-                "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
-                "groups": self.groups,
-            }
-            self._meta_dirty = False
-        return out
+        if not (self._meta_dirty or self._dirty or self._deleted):
+            return {}
+        self._dirty, self._deleted, self._meta_dirty = set(), [], False
+        return {f"{prefix}a": {
+            "markers": {str(k): v for k, v in self.markers.items()},
+            "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
+            "groups": self.groups,
+            "open": {str(k): v for k, v in self.open.items()},
+        }}
 
     def restore(self, prefix: str, items: Mapping[str, JSON]) -> None:
-        for key, value in items.items():
-            if not key.startswith(prefix) or value is None:
-                continue
-            rest = key[len(prefix):]
-            if rest == "m":
-                self.markers = {int(k): v for k, v in value["markers"].items()}
-                self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
-                self.groups = dict(value["groups"])
-            elif rest.startswith("w:"):
-                self.open[int(rest[2:])] = value
+        value = items.get(f"{prefix}a")
+        if value is None:
+            return
+        self.markers = {int(k): v for k, v in value["markers"].items()}
+        self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
+        self.groups = dict(value["groups"])
+        self.open = {int(k): v for k, v in value["open"].items()}
 
 
 def _merge(into: dict[str, list[Any]], leaves: Mapping[str, list[Any]]) -> None:

@@ -38,6 +38,10 @@ __all__ = ["GapwatchWorker", "group_partition"]
 log = logging.getLogger("gapwatch.worker")
 
 
+#: marks an outbox entry as a state (changelog) write
+_STATE: Any = object()
+
+
 def group_partition(group: str, n: int) -> int:
     """Partition of the partials topic that owns a `platform|event_name` group (stable)."""
     return zlib.crc32(group.encode()) % n
@@ -66,6 +70,12 @@ class GapwatchWorker:
         self.assemblers: dict[int, WindowAssembler] = {}
         self.monitors: dict[int, Any] = {}
         self.last_event_wall: dict[int, dict[str, float]] = {}
+        # Outgoing messages of the current batch, sent by `_flush_outbox` straight to the
+        # transport producer. Faust's buffered `send_soon` would make the conductor stop
+        # delivering whenever more than 100 messages wait, one event-loop round trip each;
+        # Faust still flushes this producer before it commits any offset.
+        self._outbox: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
+        self._outbox_lock = asyncio.Lock()
         self.ready = False
         self.app = self._make_app()
 
@@ -77,6 +87,7 @@ class GapwatchWorker:
 
         consumer_cls = type("GapwatchConsumer", (BatchMessageConsumer,), {
             "batch_topics": {s.backend_topic, s.platform_topic}, "chunk_size": s.batch_size,
+            "verify_end_offsets": {"bootstrap_servers": s.broker, **kafka_security_options(s)},
         })
         app = app_class(consumer_cls)(
             s.app_id,
@@ -201,16 +212,40 @@ class GapwatchWorker:
         return asm
 
     def _persist(self, table: Any, partition: int, changes: Mapping[str, Any]) -> None:
+        """Apply state changes to the table and queue them for its changelog partition."""
         data = table.data
+        changelog = table.changelog_topic.get_topic_name()
+        out = self._outbox.append
         for key, value in changes.items():
             kb = key.encode()
             if value is None:
                 data.pop(kb, None)
-                table.send_changelog(partition, kb, None, value_serializer="raw")
+                out((changelog, kb, None, partition, _STATE))
             else:
                 vb = orjson.dumps(value)
                 data[kb] = vb
-                table.send_changelog(partition, kb, vb)
+                out((changelog, kb, vb, partition, _STATE))
+
+    async def _flush_outbox(self) -> None:
+        """Send the batch's messages in the order they were made.
+
+        Under a lock: the agents and the timer all flush, and a newer state value must never
+        reach a changelog partition before an older one. Kafka orders only within a partition,
+        so outputs (windows, alerts, partials, DLQ) are awaited until delivered before any
+        state write that follows them: state never says "done" for output that was lost.
+        """
+        async with self._outbox_lock:
+            outbox, self._outbox = self._outbox, []
+            send = self.app.producer.send
+            in_flight: list[Any] = []
+            for topic, key, value, partition, headers in outbox:
+                is_state = headers is _STATE
+                if is_state and in_flight:
+                    await asyncio.gather(*in_flight)
+                    in_flight = []
+                fut = await send(topic, key, value, partition, None, None if is_state else headers)
+                if not is_state:
+                    in_flight.append(fut)
 
     async def _on_revoked(self, app: Any, revoked: Any = None, **_: Any) -> None:
         # Drop the in-memory views; they are rebuilt from the recovered tables on next use.
@@ -225,6 +260,7 @@ class GapwatchWorker:
         async for event in stream.events():
             batch = event.value
             self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values)
+            await self._flush_outbox()
 
     def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any]) -> None:
         """Validate and count one chunk of one source partition; persist its state once."""
@@ -246,14 +282,11 @@ class GapwatchWorker:
             except InvalidEvent as exc:
                 st.skip(kind, offset)
                 invalid[exc.reason] += 1
-                self.dlq_topic.send_soon(
-                    key=key, value=value,
-                    headers=[
-                        ("gapwatch-reason", exc.reason.encode()),
-                        ("gapwatch-detail", exc.detail.encode()),
-                        ("gapwatch-source", f"{topic}/{p}/{offset}".encode()),
-                    ],
-                )
+                self._outbox.append((self.settings.dlq_topic, key, value, None, [
+                    ("gapwatch-reason", exc.reason.encode()),
+                    ("gapwatch-detail", exc.detail.encode()),
+                    ("gapwatch-source", f"{topic}/{p}/{offset}".encode()),
+                ]))
                 continue
             add(offset, ev)  # type: ignore[arg-type]
             if st.last_late:
@@ -294,14 +327,15 @@ class GapwatchWorker:
             assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.backend_topic}
         except Exception:  # consumer not started yet
             return
-        if not assigned or self.app.rebalancing:
+        if not assigned or not self._recovered():
             return
         self.ready = True
         for p in assigned:
             self._partition_state(p)
         now = time.monotonic()
         idle_s = self.settings.idle_partition_seconds
-        relaxed: dict[int, float] = {}
+        idle_event_s = self.settings.idle_input_event_seconds
+        relaxed: dict[int, float | None] = {}
         topics = {"b": self.settings.backend_topic, "p": self.settings.platform_topic}
         for p in assigned:
             seen = self.last_event_wall.setdefault(p, {})
@@ -310,27 +344,41 @@ class GapwatchWorker:
             # backlog that Faust has not fetched for a few seconds is not idleness, and letting
             # the other input's watermark run ahead would make its events late.
             idle = set()
-            for t in ("b", "p"):
+            for t, other in (("b", "p"), ("p", "b")):
                 quiet = now - seen.setdefault(t, now)
                 caught_up = self._caught_up(topics[t], p, st.offsets[t])
-                if (quiet >= idle_s and caught_up) or (caught_up is None and st.offsets[t] < 0 and quiet >= 3 * idle_s):
+                # event time the other input is ahead: in a replay a backlog can pause for a
+                # few wall-clock seconds while hours of event time are still to come
+                behind = st.max_ts[other] - st.max_ts[t]
+                if caught_up and quiet >= idle_s and behind >= idle_event_s:
                     idle.add(t)
-            relaxed[p] = st.watermark_without(idle)
-        worker_mark = max(relaxed.values(), default=float("-inf"))
+                elif caught_up is None and st.offsets[t] < 0 and quiet >= 3 * idle_s:
+                    idle.add(t)  # never had a message (no high-water mark to compare with)
+            # every input idle: follow the worker (None); otherwise the slowest active input,
+            # which is -inf while one has not delivered its first event: nothing closes yet
+            relaxed[p] = None if len(idle) == 2 else st.watermark_without(idle)
+        marks = [m for m in relaxed.values() if m is not None and m > float("-inf")]
+        worker_mark = max(marks, default=float("-inf"))
         for p in sorted(assigned):
             st = self.partitions[p]
-            mark = relaxed[p] if relaxed[p] > float("-inf") else worker_mark
+            mark = worker_mark if relaxed[p] is None else relaxed[p]
             partial = st.close(mark)
             if partial is None:
                 continue
             self.send_partial(partial)
             self._persist(self.ingest_table, p, st.take_changes())
+        await self._flush_outbox()
         live = [st.watermark for p, st in self.partitions.items() if p in assigned and st.watermark > float("-inf")]
         if live:
             low = min(live)
             self.metrics.watermark.set(low)
             self.metrics.watermark_lag.set(max(0.0, time.time() - low))
         self._update_lag(assigned)
+
+    def _recovered(self) -> bool:
+        """Tables hold their full state: never build a view from a half-recovered table."""
+        app = self.app
+        return not app.rebalancing and not getattr(app, "in_recovery", False) and app.tables.recovery.completed.is_set()
 
     def _caught_up(self, topic: str, p: int, applied: int) -> bool | None:
         """True when nothing is left to read on the input; None when the end is unknown yet."""
@@ -344,17 +392,17 @@ class GapwatchWorker:
 
     def send_partial(self, partial: Any) -> None:
         n = self.n
+        topic = self.settings.partials_topic
         for start, group, leaves in split_platform_by_group(partial.platform):
-            self.partials_topic.send_soon(
-                key=group.encode(), partition=group_partition(group, n),
-                value=orjson.dumps({"t": "p", "src": partial.partition, "w": start, "g": group, "l": leaves}),
-            )
+            self._outbox.append((topic, group.encode(),
+                                 orjson.dumps({"t": "p", "src": partial.partition, "w": start, "g": group, "l": leaves}),
+                                 group_partition(group, n), None))
         marker = orjson.dumps(
             {"t": "m", "src": partial.partition, "through": partial.closed_through,
              "b": {str(k): v for k, v in partial.backend.items()}}
         )
         for k in range(n):
-            self.partials_topic.send_soon(key=b"marker", partition=k, value=marker)
+            self._outbox.append((topic, b"marker", marker, k, None))
 
     def _update_lag(self, assigned: set[int]) -> None:
         consumer = self.app.consumer
@@ -374,6 +422,7 @@ class GapwatchWorker:
     async def _assemble_agent(self, stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.2):
             self.process_partials([e.message for e in events])
+            await self._flush_outbox()
 
     def process_partials(self, messages: list[Any]) -> None:
         touched: dict[int, WindowAssembler] = {}
@@ -393,17 +442,20 @@ class GapwatchWorker:
             changes = {}
             for windows in asm.close_ready():
                 self.emit_windows(k, windows)
-            changes.update(asm.take_changes(f"{k}:"))
             mon = self.monitors.get(k)
             if mon is not None:
                 mon.export_metrics(self.metrics)  # once per batch: gauges show the newest window
+                # the monitor's state goes first: if a crash cuts the writes in between, the
+                # window is closed again and the monitor, idempotent per window, skips it
                 changes.update(mon.take_changes(f"{k}:"))
+            changes.update(asm.take_changes(f"{k}:"))
             self._persist(self.assemble_table, k, changes)
 
     def emit_windows(self, k: int, windows: list[ClosedWindow]) -> None:
         mt = self.metrics
+        windows_topic = self.settings.windows_topic
         for w in windows:
-            self.windows_topic.send_soon(key=w.segment_key.encode(), value=orjson.dumps(w.to_dict()))
+            self._outbox.append((windows_topic, w.segment_key.encode(), orjson.dumps(w.to_dict()), None, None))
             mt.windows_closed.labels(level=w.level).inc()
             if w.backend_count > 0:
                 mt.segment_ratio.labels(**mt.seg_labels(w), metric="count_ratio").set(w.platform_count / w.backend_count)
@@ -414,7 +466,7 @@ class GapwatchWorker:
             return
         changes = self.recent_changes()
         for alert in mon.on_windows(windows, changes):
-            self.alerts_topic.send_soon(key=alert["alert_id"].encode(), value=orjson.dumps(alert))
+            self._outbox.append((self.settings.alerts_topic, alert["alert_id"].encode(), orjson.dumps(alert), None, None))
             seg = alert["segment"]
             mt.alerts.labels(
                 platform=mt.platform_cap(seg["platform"]), verdict=alert["verdict"],

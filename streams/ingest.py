@@ -8,6 +8,7 @@ the same events. An invalid event raises `InvalidEvent` with a short, stable rea
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -154,6 +155,7 @@ _EVENT_NAME_ALIASES = {
     "sign_up": "registration",
 }
 
+_NAME_UNSAFE = re.compile(r"[^a-z0-9_]")
 _browser_cache: dict[str, str] = {}
 _region_cache: dict[str, str] = {}
 _name_cache: dict[str, str] = {}
@@ -209,8 +211,8 @@ def canonical_event_name(raw: Any, default: str) -> str:
 
     >>> canonical_event_name("order", "purchase"), canonical_event_name("CompletePayment", "x")
     ('purchase', 'purchase')
-    >>> canonical_event_name("Add To Cart", "x")
-    'add_to_cart'
+    >>> canonical_event_name("Add To Cart", "x"), canonical_event_name("Purchase|gift", "x")
+    ('add_to_cart', 'purchase_gift')
     """
     if raw is None or raw == "":
         return default
@@ -219,7 +221,7 @@ def canonical_event_name(raw: Any, default: str) -> str:
     hit = _name_cache.get(raw)
     if hit is not None:
         return hit
-    key = raw.strip().lower().replace(" ", "_").replace("-", "_")
+    key = _NAME_UNSAFE.sub("_", raw.strip().lower())  # `|` separates segment keys: never in a name
     out = _EVENT_NAME_ALIASES.get(key) or _EVENT_NAME_ALIASES.get(key.replace("_", "")) or key[:40]
     if len(_name_cache) < _CACHE_MAX:
         _name_cache[raw] = out

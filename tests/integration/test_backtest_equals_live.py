@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,6 +50,7 @@ class Comparison:
     backtest_windows: dict[tuple[str, int], dict[str, Any]]
     live_windows: dict[tuple[str, int], dict[str, Any]]
     late_live: float
+    diag: str
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +105,28 @@ def comparison(broker: EmbeddedBroker, pool: WorkerPool, tmp_path_factory: pytes
     total = len(sim.backend) + len(sim.platform) + len(flush)
     worker.wait_metrics(lambda m: m.value("gapwatch_events_consumed_total") >= total, 120, "every event consumed")
     last = flush_ts - LATENESS_S - 2 * WINDOW_S
-    records = run(consume(broker.bootstrap, names["windows"], timeout_s=120,
-                          until=lambda rs: any(orjson.loads(r.value)["window_start"] >= last for r in rs)))
+    # every window the worker says it published must be read (the topic has several
+    # partitions: one reaching the end says nothing about the others)
+    published = worker.wait_metrics(
+        lambda m: m.value("gapwatch_windows_closed_total") > 0 and m.value("gapwatch_watermark_seconds") >= last,
+        60, "windows closed").value("gapwatch_windows_closed_total")
+    records = run(consume(broker.bootstrap, names["windows"], timeout_s=45,
+                          until=lambda rs: len(rs) >= published))
     live_windows = {}
     for r in records:
         w = orjson.loads(r.value)
         live_windows[(w["segment_key"], w["window_start"])] = w
     time.sleep(1.0)  # alerts are sent right after their windows
     alerts = run(consume(broker.bootstrap, names["alerts"], timeout_s=10, idle_s=2.0))
-    late = worker.metrics().value("gapwatch_late_events_total")
+    m = worker.metrics()
+    late = m.value("gapwatch_late_events_total")
+    newest = max((k[1] for k in live_windows), default=0)
+    diag = (f"live windows up to {newest} (want >= {last}), watermark {m.value('gapwatch_watermark_seconds')}, "
+            f"windows closed {m.by_label('gapwatch_windows_closed_total', 'level')}, "
+            f"consumed {m.by_label('gapwatch_events_consumed_total', 'topic')}\n{worker.log_tail(15)}")
     assert worker.alive(), worker.log_tail()
-    return Comparison(sim.truth, backtest, [orjson.loads(r.value) for r in alerts], bt_windows, live_windows, late)
+    return Comparison(sim.truth, backtest, [orjson.loads(r.value) for r in alerts], bt_windows, live_windows, late,
+                      diag)
 
 
 def test_backtest_finds_the_injected_gap(comparison: Comparison) -> None:
@@ -132,8 +143,12 @@ def test_backtest_finds_the_injected_gap(comparison: Comparison) -> None:
 def test_live_alerts_equal_backtest_alerts(comparison: Comparison) -> None:
     bt = sorted(summary(a) for a in comparison.backtest)
     live = sorted({summary(a) for a in comparison.live})  # a re-send is the same alert
+    for a in comparison.backtest:
+        print("backtest alert", summary(a), "detected_at", a.get("detected_at"))
+    for a in comparison.live:
+        print("live alert", summary(a), "detected_at", a.get("detected_at"))
     assert live == bt, (
-        f"backtest {len(bt)} alerts, live {len(comparison.live)}\nbacktest: {bt}\nlive: {live}")
+        f"backtest {len(bt)} alerts, live {len(comparison.live)}\nbacktest: {bt}\nlive: {live}\n{comparison.diag}")
     firing = [a for a in comparison.live if a["status"] == "firing"]
     assert firing
     a = firing[0]
@@ -147,11 +162,14 @@ def test_live_windows_equal_backtest_windows(comparison: Comparison) -> None:
     """Same counts per (segment, window) in the data range. Differences come from where the
     live worker judges lateness (per partition, at read time) and from order matching."""
     c = comparison
-    start, end = c.truth["start"], c.truth["end"]
-    keys = {k for k in c.backtest_windows if start <= k[1] < end - WINDOW_S}
-    live_keys = {k for k in c.live_windows if start <= k[1] < end - WINDOW_S}
     diffs: dict[str, int] = {}
     examples: list[str] = []
+    start, end = c.truth["start"], c.truth["end"]
+    last = end + 4 * 3600  # the flush (end + 6 h) closes every window before end + 5 h in both
+    keys = {k for k in c.backtest_windows if start <= k[1] <= last}
+    live_keys = {k for k in c.live_windows if start <= k[1] <= last}
+    for k in sorted(keys ^ live_keys)[:6]:
+        examples.append(f"only {'backtest' if k in keys else 'live'}: {k}")
     for k in keys & live_keys:
         for f, v in c.backtest_windows[k].items():
             if c.live_windows[k].get(f) != v:
@@ -160,4 +178,4 @@ def test_live_windows_equal_backtest_windows(comparison: Comparison) -> None:
                     examples.append(f"{k} {f}: live {c.live_windows[k].get(f)}, backtest {v}")
     assert keys == live_keys and not diffs, (
         f"only backtest: {len(keys - live_keys)}, only live: {len(live_keys - keys)}, field differences "
-        f"(windows): {diffs}; live late events {c.late_live:.0f}\n" + "\n".join(examples))
+        f"(windows): {diffs}; live late events {c.late_live:.0f}\n" + "\n".join(examples) + "\n" + c.diag)

@@ -96,7 +96,7 @@ class WorkerProcess:
 
     def __init__(self, bootstrap: str, names: dict[str, str], log_path: Path, *,
                  window_s: int = 60, lateness_s: float = 30.0, partitions: int = 2,
-                 idle_s: float = 2.0, port: int | None = None, extra: Sequence[str] = ()) -> None:
+                 idle_s: float = 120.0, port: int | None = None, extra: Sequence[str] = ()) -> None:
         self.bootstrap = bootstrap
         self.names = names
         self.log_path = log_path
@@ -290,11 +290,16 @@ async def consume(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bo
             if got:
                 last_new = time.monotonic()
             if until is not None and until(records):
-                # drain what is already there (several partitions), then stop
-                while True:
-                    batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
-                    if not any(batch.values()):
+                # drain every partition to its high-water mark (one partition reaching the
+                # condition says nothing about the others), then stop
+                drain_deadline = time.monotonic() + 15
+                while time.monotonic() < drain_deadline:
+                    parts = consumer.assignment()
+                    behind = [tp for tp in parts if consumer.highwater(tp) is None
+                              or await consumer.position(tp) < consumer.highwater(tp)]
+                    if not behind:
                         break
+                    batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
                     for rs in batch.values():
                         records.extend(rs)
                 break
