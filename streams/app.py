@@ -114,7 +114,7 @@ class GapwatchWorker:
             stream_wait_empty=False,
             broker_max_poll_records=None,
             consumer_max_fetch_size=8 * 1024 * 1024,
-            broker_commit_interval=1.0,
+            broker_commit_interval=s.commit_interval_seconds,
             producer_linger=0.005,
             producer_max_batch_size=1024 * 1024,
             table_cleanup_interval=3600.0,

@@ -47,6 +47,7 @@ class Settings:
     tick_seconds: float = field(default=1.0, metadata={"help": "how often windows are checked for closing"})
     idle_partition_seconds: float = field(default=10.0, metadata={"help": "an input partition with nothing to read for this long (wall clock) may be idle"})
     idle_input_event_seconds: float = field(default=3600.0, metadata={"help": "... and only once the other input is this far ahead in event time; then windows close without it"})
+    commit_interval_seconds: float = field(default=1.0, metadata={"help": "how often consumed offsets are committed (a restart re-reads at most this much; counts stay exact)"})
     session_timeout_seconds: float = field(default=0.0, metadata={"help": "Kafka group session timeout (0 = 6 s on a loopback broker, else 30 s)"})
     data_dir: str = field(default="", metadata={"help": "directory for Faust's data (default: a temp dir)"})
     log_level: str = field(default="warning", metadata={"help": "worker log level"})

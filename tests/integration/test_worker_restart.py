@@ -77,7 +77,10 @@ def restart_run(broker: EmbeddedBroker, pool: WorkerPool) -> RestartRun:
     flush = flush_messages(names, flush_ts)
     total = len(sim.backend) + len(sim.platform) + len(flush)
 
-    worker_a = pool.start(names, "worker-a", window_s=WINDOW_S, lateness_s=LATENESS_S)
+    # worker A commits rarely, so the kill surely lands after offsets it applied but did not
+    # commit: worker B must see them again and skip them (redelivery is not duplication)
+    worker_a = pool.start(names, "worker-a", window_s=WINDOW_S, lateness_s=LATENESS_S,
+                          extra=["--commit-interval-seconds", "60"])
     worker_a.wait_ready()
 
     # the stream, paced on an accelerated clock, from a background thread
@@ -106,11 +109,20 @@ def restart_run(broker: EmbeddedBroker, pool: WorkerPool) -> RestartRun:
 
     worker_b = pool.start(names, "worker-b", window_s=WINDOW_S, lateness_s=LATENESS_S)
     worker_b.wait_ready(120)
-    last = int(end // WINDOW_S) * WINDOW_S
-    records = run(consume(
-        broker.bootstrap, names["windows"], timeout_s=90,
-        until=lambda rs: any(orjson.loads(r.value)["window_start"] >= last for r in rs),
-    ))
+    pipe = OfflinePipeline(WINDOW_S, LATENESS_S, detect=False)
+    pipe.run([orjson.dumps(v) for v in sim.backend] + [v for t, _, v in flush if t == names["backend"]],
+             [orjson.dumps(v) for v in sim.platform] + [v for t, _, v in flush if t == names["platform"]])
+    expected = {(w.segment_key, w.window_start): orjson.loads(orjson.dumps(w.to_dict())) for w in pipe.windows
+                if start <= w.window_start < end}
+    # read until every expected window is there (or the timeout): worker B catches up a
+    # backlog, and the groups of each partials partition reach the end at their own pace
+    want = set(expected)
+
+    def complete(rs: list[Any]) -> bool:
+        have = {(v["segment_key"], v["window_start"]) for v in (orjson.loads(r.value) for r in rs)}
+        return want <= have
+
+    records = run(consume(broker.bootstrap, names["windows"], timeout_s=90, until=complete))
     metrics_b = worker_b.wait_metrics(
         lambda m: m.value("gapwatch_events_consumed_total") > 0
         and m.value("gapwatch_consumer_lag_messages", topic=names["backend"]) == 0
@@ -118,12 +130,6 @@ def restart_run(broker: EmbeddedBroker, pool: WorkerPool) -> RestartRun:
         and len(m.samples.get("gapwatch_consumer_lag_messages", [])) >= 2, 30,
         "worker B to read the rest (consumer lag 0)")
     assert worker_b.alive(), worker_b.log_tail()
-
-    pipe = OfflinePipeline(WINDOW_S, LATENESS_S, detect=False)
-    pipe.run([orjson.dumps(v) for v in sim.backend] + [v for t, _, v in flush if t == names["backend"]],
-             [orjson.dumps(v) for v in sim.platform] + [v for t, _, v in flush if t == names["platform"]])
-    expected = {(w.segment_key, w.window_start): orjson.loads(orjson.dumps(w.to_dict())) for w in pipe.windows
-                if start <= w.window_start < end}
     return RestartRun(names, window_values(records), expected, start, end, consumed_at_kill, total, metrics_b,
                       windows_before_kill)
 
