@@ -64,6 +64,7 @@ class GapwatchWorker:
         self.metrics = metrics or Metrics()
         self.window_config = WindowConfig(
             window_s=s.window_seconds, allowed_lateness_s=s.allowed_lateness_seconds,
+            dedupe_horizon_s=s.dedupe_horizon_seconds,
         )
         self.monitor_factory = monitor_factory
         self.partitions: dict[int, PartitionWindows] = {}

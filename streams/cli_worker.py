@@ -16,7 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "variable or a TOML file (--config); flags win over the environment, which wins over the file. "
         "Secrets come only from the environment or files: GAPWATCH_SASL_PASSWORD / --sasl-password-file, "
         "GAPWATCH_API_TOKEN / --api-token-file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,  # `--sasl-password x` must not pass as `--sasl-password-file x`
     )
     add_arguments(p)

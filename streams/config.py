@@ -30,6 +30,7 @@ class Settings:
     broker: str = field(default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap HOST:PORT (comma-separated for several)"})
     window_seconds: int = field(default=300, metadata={"help": "window size in seconds of event time"})
     allowed_lateness_seconds: float = field(default=120.0, metadata={"help": "how late (event time) an event may be and still count in its window"})
+    dedupe_horizon_seconds: float = field(default=86_400.0, metadata={"help": "how long (event time) event and order ids are remembered for dedupe and order matching"})
     metrics_port: int = field(default=6066, metadata={"help": "port of the worker's web server: /metrics, /healthz, /readyz, POST /changes"})
     web_host: str = field(default="127.0.0.1", metadata={"help": "address the web server binds to (0.0.0.0 in containers)"})
     app_id: str = field(default="gapwatch", metadata={"help": "Faust app id: consumer group and changelog topic prefix"})
