@@ -191,11 +191,12 @@ async def _produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> 
 
 @pytest.fixture(scope="module")
 def traffic(broker: EmbeddedBroker, worker: str, names: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Four simulated days (hour windows: past the detectors' one-day warm-up) with a Safari drop, plus the odd events a real stream carries:
+    """Four simulated days (hour windows: past the detectors' one-day warm-up) played over ~30 s, so
+    the counters rise across many scrapes as in a live stream, with a Safari drop, plus the odd events a real stream carries:
     undecodable messages (DLQ), a duplicate trigger, a late event and a deploy."""
     log = tmp_path_factory.mktemp("simulate") / "simulate.log"
     cmd = _gapwatch(
-        "simulate", "--scenario", "safari_drop", "--days", "4", "--start", SIM_START, "--broker", broker.bootstrap,
+        "simulate", "--scenario", "safari_drop", "--days", "4", "--speedup", "12000", "--start", SIM_START, "--broker", broker.bootstrap,
         "--partitions", "2", "--backend-topic", names["backend"], "--platform-topic", names["platform"],
         "--changes-topic", names["changes"],
     )
