@@ -298,10 +298,16 @@ def handmade_run(broker: EmbeddedBroker, pool: WorkerPool) -> PipelineRun:
     print(f"first windows after {time.monotonic() - t0:.1f} s")
     # ... and a flush pair far later in event time closes minute 29 and the silent windows after it
     produced.update(run(produce_messages(broker.bootstrap, flush_messages(names, flush_ts), partitions=2)))
-    records = run(consume(
-        broker.bootstrap, names["windows"], timeout_s=30,
-        until=lambda rs: any(orjson.loads(r.value)["window_start"] >= flush_ts - 2 * W for r in rs),
-    ))
+    # every group's last windows (stage B emits each partials partition's groups at its own
+    # pace: one group reaching the end says nothing about the others)
+    groups = ("meta|purchase|*|*", "google_ads|purchase|*|*", "meta|lead|*|*", "*|purchase|*|*", "*|lead|*|*")
+
+    def all_groups_done(rs: list[Any]) -> bool:
+        done = {v["segment_key"] for v in (orjson.loads(r.value) for r in rs)
+                if v["window_start"] >= flush_ts - 2 * W}
+        return all(g in done for g in groups)
+
+    records = run(consume(broker.bootstrap, names["windows"], timeout_s=60, until=all_groups_done))
     values = window_values(records)
     print(f"windows after {time.monotonic() - t0:.1f} s")
     assert any(v["window_start"] >= last_start for v in values), (
@@ -549,8 +555,9 @@ def test_bad_input_goes_to_the_dlq_with_reason(broker: EmbeddedBroker, pool: Wor
     sent_flush = run(produce_messages(broker.bootstrap, flush_messages(names, flush_ts), partitions=2))
     total = sum(sent.values()) + sum(sent_flush.values())
     m = worker.wait_metrics(lambda m: m.value("gapwatch_events_consumed_total") >= total, 30, "every event consumed")
-    windows = run(consume(broker.bootstrap, names["windows"], timeout_s=30,
-                          until=lambda rs: any(orjson.loads(r.value)["window_start"] >= T0 + 9 * 60 for r in rs)))
+    want = {(k, T0 + 60 * minute) for minute in range(10) for k in ("*|purchase|*|*", "meta|purchase|*|*")}
+    windows = run(consume(broker.bootstrap, names["windows"], timeout_s=60, until=lambda rs: want <= {
+        (v["segment_key"], v["window_start"]) for v in (orjson.loads(r.value) for r in rs)}))
     got, conflicts = distinct_windows(window_values(windows))
     assert not conflicts
     for minute in range(10):
