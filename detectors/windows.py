@@ -143,7 +143,6 @@ class PartitionWindows:
         self.backend_orders: dict[str, int] = {}  # order_id -> bucket
         self.conversions: dict[int, list[list[str]]] = {}  # bucket -> [leaf, order_id] with an order id
         self.deltas: dict[int, int] = {}  # delta seq -> newest bucket it holds (for expiry)
-        self._dirty_windows: set[int] = set()
         self._deleted_keys: list[str] = []
         self._delta: dict[str, list[Any]] = {"s": [], "o": [], "b": [], "c": []}
         self._meta_dirty = False
@@ -184,7 +183,6 @@ class PartitionWindows:
         window = self.windows.get(start)
         if window is None:
             window = self.windows[start] = {"b": {}, "p": {}, "c": {}}
-        self._dirty_windows.add(start)
         return window, late
 
     def add_backend(self, offset: int, ev: BackendLike) -> bool:
@@ -308,7 +306,6 @@ class PartitionWindows:
             if start + size > through:
                 break
             window = self.windows.pop(start)
-            self._dirty_windows.discard(start)
             backend_orders = self.backend_orders
             for leaf, order_id in self.conversions.pop(start, ()):
                 if backend_orders.get(order_id, start + 1) <= start and leaf in window["p"]:
@@ -357,7 +354,7 @@ class PartitionWindows:
             out[f"{p}:d:{self.seq}"] = delta
             self._delta = {"s": [], "o": [], "b": [], "c": []}
             self._meta_dirty = True
-        if self._meta_dirty or self._dirty_windows:
+        if self._meta_dirty:
             # One value holds the offsets AND the open windows' counts: whatever prefix of the
             # changelog survives a crash, counts and offsets agree (no double counting). It is
             # written after this batch's dedupe delta, which it names by `seq`.
@@ -369,7 +366,6 @@ class PartitionWindows:
                 "windows": {str(k): v for k, v in self.windows.items()},
             }
             self._meta_dirty = False
-            self._dirty_windows = set()
         return out
 
     @classmethod
@@ -500,9 +496,7 @@ class WindowAssembler:
         self.groups: dict[str, int] = {}  # group -> newest window start with platform data
         # window_start -> {"b": leaves, "p": leaves, "seen": [[partition, group], ...]}
         self.open: dict[int, dict[str, Any]] = {}
-        self._dirty: set[int] = set()
-        self._deleted: list[int] = []
-        self._meta_dirty = False
+        self._meta_dirty = False  # anything changed since the last snapshot
 
     def add_platform(self, partition: int, window_start: int, group: str, leaves: Mapping[str, list[Any]]) -> bool:
         if window_start + self.window_s <= self.markers.get(partition, NEG_INF):
@@ -538,7 +532,7 @@ class WindowAssembler:
         window = self.open.get(start)
         if window is None:
             window = self.open[start] = {"b": {}, "p": {}, "seen": []}
-        self._dirty.add(start)
+        self._meta_dirty = True
         return window
 
     @property
@@ -569,8 +563,7 @@ class WindowAssembler:
             if start + self.window_s > through:
                 break
             window = self.open.pop(start)
-            self._dirty.discard(start)
-            self._deleted.append(start)
+            self._meta_dirty = True
             out.append(self._build(start, window))
         if through > self.closed_through:
             self.closed_through = through
@@ -644,9 +637,9 @@ class WindowAssembler:
     # persistence: one value under a caller-chosen prefix, so markers, merged counts and the
     # partials already seen always agree after a crash
     def take_changes(self, prefix: str) -> dict[str, JSON | None]:
-        if not (self._meta_dirty or self._dirty or self._deleted):
+        if not self._meta_dirty:
             return {}
-        self._dirty, self._deleted, self._meta_dirty = set(), [], False
+        self._meta_dirty = False
         return {f"{prefix}a": {
             "markers": {str(k): v for k, v in self.markers.items()},
             "closed_through": None if self.closed_through == NEG_INF else self.closed_through,

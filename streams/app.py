@@ -168,19 +168,16 @@ class GapwatchWorker:
         return app
 
     def _credentials(self) -> Any:
-        s = self.settings
-        proto = s.security_protocol.upper()
-        if proto == "PLAINTEXT":
+        """Faust credentials from the same settings as every other Kafka client of gapwatch."""
+        kw = kafka_security_options(self.settings)  # validates the protocol too
+        if not kw:
             return None
-        import ssl
-
-        ctx = ssl.create_default_context(cafile=s.ssl_cafile or None) if "SSL" in proto else None
-        if proto.startswith("SASL"):
-            mechanism = s.sasl_mechanism.upper() or "PLAIN"
+        if kw["security_protocol"].startswith("SASL"):
             return faust.SASLCredentials(
-                username=s.sasl_username, password=s.sasl_password, mechanism=mechanism, ssl_context=ctx,
+                username=kw["sasl_plain_username"], password=kw["sasl_plain_password"],
+                mechanism=kw["sasl_mechanism"], ssl_context=kw.get("ssl_context"),
             )
-        return faust.SSLCredentials(ctx)
+        return faust.SSLCredentials(kw["ssl_context"])
 
     # ---- state loading --------------------------------------------------------------------
     def _items(self, table: Any, partition: int) -> dict[str, Any]:
@@ -541,9 +538,9 @@ async def prepare_topics(settings: Settings) -> tuple[int, int]:
         s.broker,
         {s.backend_topic: s.partitions, s.platform_topic: s.partitions, s.changes_topic: 1,
          s.windows_topic: s.partitions, s.alerts_topic: s.partitions, s.dlq_topic: s.partitions},
-        **_admin_kwargs(s),
+        **kafka_security_options(s),
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.broker, **_admin_kwargs(s))
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.broker, **kafka_security_options(s))
     await admin.start()
     try:
         meta = await admin.describe_topics([s.backend_topic, s.platform_topic, s.changes_topic])
@@ -556,12 +553,8 @@ async def prepare_topics(settings: Settings) -> tuple[int, int]:
             f"gapwatch: {s.backend_topic} has {nb} partitions and {s.platform_topic} has {np_}; "
             "they must be co-partitioned (same partition count, both keyed by order_id)"
         )
-    await ensure_topics(s.broker, {s.partials_topic: nb}, **_admin_kwargs(s))
+    await ensure_topics(s.broker, {s.partials_topic: nb}, **kafka_security_options(s))
     return nb, max(1, counts.get(s.changes_topic, 1))
-
-
-def _admin_kwargs(s: Settings) -> dict[str, Any]:
-    return kafka_security_options(s)
 
 
 def run_worker(settings: Settings) -> int:
