@@ -45,7 +45,6 @@ from typing import Any
 from detectors.calibration import (
     arl0_windows,
     cusum_threshold,
-    inflated_threshold,
     member_arl0,
 )
 from detectors.changepoint import ChangePoint, Direction, rate_interval
@@ -56,7 +55,7 @@ LOG_FACTORS: tuple[float, ...] = (0.05, 0.09, 0.16, 0.28, 0.5, 0.9, 1.6)
 #: floor of a member's threshold (members with huge per-window information get ~0 otherwise)
 MIN_THRESHOLD = 3.0
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,10 @@ class RatioDetectorConfig:
     min_baseline_events: float = 20.0
     #: a member is idle while the baseline's relative standard error exceeds this fraction
     #: of its change (an estimated baseline erodes the CUSUM's drift; see calibration)
-    max_baseline_error: float = 0.15
+    max_baseline_error: float = 0.25
+    #: drift of the ratio (relative, per 30 days) that is followed rather than alarmed: the
+    #: baseline lags such a drift by ``drift x its mean age``, which counts as baseline error
+    drift_allowance_per_30_days: float = 0.1
     #: members tuned to smaller relative changes than this are idle (0: all of them run)
     min_relative_change: float = 0.0
     #: members whose per-window information exceeds this are idle (a smaller one is as fast)
@@ -112,7 +114,8 @@ class _Member:
     """One one-sided CUSUM of the bank, tuned to ``rho0 -> rho0 * exp(log_factor)``."""
 
     __slots__ = (
-        "log_factor", "factor", "stat", "start", "start_at", "run_p", "run_b", "info", "active"
+        "log_factor", "factor", "stat", "start", "start_at", "run_p", "run_b", "info", "active",
+        "score_f", "fisher_f", "score_1", "fisher_1",
     )
 
     def __init__(self, log_factor: float) -> None:
@@ -128,9 +131,16 @@ class _Member:
         self.start_at = start_at
         self.run_p = 0.0
         self.run_b = 0.0
+        self.score_f = 0.0
+        self.fisher_f = 0.0
+        self.score_1 = 0.0
+        self.fisher_1 = 0.0
 
     def to_list(self) -> list[Any]:
-        return [self.stat, self.start, self.start_at, self.run_p, self.run_b, self.info]
+        return [
+            self.stat, self.start, self.start_at, self.run_p, self.run_b, self.info,
+            self.score_f, self.fisher_f, self.score_1, self.fisher_1,
+        ]
 
     def load(self, data: list[Any]) -> None:
         self.stat = float(data[0])
@@ -139,6 +149,9 @@ class _Member:
         self.run_p = float(data[3])
         self.run_b = float(data[4])
         self.info = float(data[5])
+        # version 1 state had no score sums: start them from zero
+        sums = [float(x) for x in data[6:10]] + [0.0] * (10 - len(data))
+        self.score_f, self.fisher_f, self.score_1, self.fisher_1 = sums
 
 
 class RatioDetector:
@@ -165,6 +178,11 @@ class RatioDetector:
         self._disp_decay = 0.5 ** (cfg.window_seconds / cfg.dispersion_half_life_s)
         self._current_decay = 0.5 ** (cfg.window_seconds / cfg.current_half_life_s)
         self._warmup_windows = math.ceil(cfg.warmup_s / cfg.window_seconds)
+        # the lag of an EW baseline behind a linear drift: drift per window x mean age
+        mean_age = self._decay / (1.0 - self._decay)
+        self._drift_lag = (
+            cfg.drift_allowance_per_30_days * cfg.window_seconds / (30 * 86400.0) * mean_age
+        )
         self._arl0 = cfg.arl0
         self._members = [_Member(g) for g in LOG_FACTORS] + [_Member(-g) for g in LOG_FACTORS]
         self._index = 0
@@ -337,7 +355,10 @@ class RatioDetector:
         alpha = self.dispersion
         inv_alpha = 1.0 / alpha if alpha > 1e-12 else 0.0
         ready = self._ready()
-        baseline_se = math.sqrt(self._baseline_rel_var() * (1.0 + alpha * self._mean_mu))
+        baseline_se = math.sqrt(
+            self._baseline_rel_var() * (1.0 + alpha * self._mean_mu) + self._drift_lag**2
+        )
+        precision = 1.0 / max(baseline_se * baseline_se, 1e-300)
 
         # idle rules: a baseline too uncertain for the member's change, or so much
         # information per window that the next smaller member detects the change as fast
@@ -361,6 +382,7 @@ class RatioDetector:
         best: _Member | None = None
         best_ratio = 0.0
         best_h = 0.0
+        best_stat = 0.0
         evidence = 0.0
         for m in self._members:
             delta = mu0 * (m.factor - 1.0)
@@ -383,18 +405,21 @@ class RatioDetector:
             if m.stat <= 0.0:
                 m.reset(index + 1, None)
                 continue
-            h = inflated_threshold(
-                max(cusum_threshold(threshold_arl, max(m.info, 1e-9)), MIN_THRESHOLD),
-                baseline_se / abs(m.log_factor),
-            )
-            ratio = m.stat / h
+            mu_f = mu0 * m.factor
+            m.score_f += (platform - mu_f) / (1.0 + alpha * mu_f)
+            m.fisher_f += mu_f / (1.0 + alpha * mu_f)
+            m.score_1 += (platform - mu0) / (1.0 + alpha * mu0)
+            m.fisher_1 += mu0 / (1.0 + alpha * mu0)
+            h = max(cusum_threshold(threshold_arl, max(m.info, 1e-9)), MIN_THRESHOLD)
+            stat = _two_sample(m, precision)
+            ratio = stat / h
             evidence = max(evidence, ratio)
             if ratio >= 1.0 and ratio > best_ratio:
-                best, best_ratio, best_h = m, ratio, h
+                best, best_ratio, best_h, best_stat = m, ratio, h, stat
         self._evidence = evidence
         if best is None:
             return None, evidence >= cfg.freeze_evidence
-        return self._alarm(index, at, best, best_h, active), False
+        return self._alarm(index, at, best, best_stat, best_h, active), False
 
     def _change_start(self, member: _Member) -> _Member:
         """Member whose run start best explains the change (max profile GLR of its run).
@@ -416,7 +441,13 @@ class RatioDetector:
         return best
 
     def _alarm(
-        self, index: int, at: float | None, member: _Member, threshold: float, active: int
+        self,
+        index: int,
+        at: float | None,
+        member: _Member,
+        statistic: float,
+        threshold: float,
+        active: int,
     ) -> ChangePoint:
         start = self._change_start(member)
         before = self.baseline_ratio
@@ -440,10 +471,10 @@ class RatioDetector:
             ratio_after=after,
             ratio_after_low=after_lo,
             ratio_after_high=after_hi,
-            statistic=member.stat,
+            statistic=statistic,
             threshold=threshold,
             # Wald's bound on one excursion of any active member reaching this statistic
-            p_value=min(1.0, max(active, 1) * math.exp(-member.stat)),
+            p_value=min(1.0, max(active, 1) * math.exp(-statistic)),
             resolves=resolves,
             change_at=start.start_at,
             detected_at=at,
@@ -491,7 +522,7 @@ class RatioDetector:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RatioDetector:
-        if data.get("version") != _STATE_VERSION:
+        if data.get("version") not in (1, _STATE_VERSION):
             raise ValueError(f"unsupported RatioDetector state version {data.get('version')}")
         d = cls(RatioDetectorConfig.from_dict(data["config"]), metric=str(data["metric"]))
         d._index = int(data["index"])
@@ -509,6 +540,24 @@ class RatioDetector:
         for m, values in zip(d._members, data["members"], strict=True):
             m.load(values)
         return d
+
+
+def _two_sample(m: _Member, precision: float) -> float:
+    """The member's run statistic with the baseline's uncertainty profiled out.
+
+    The CUSUM sum treats ``rho0`` as known. Let the true baseline be ``rho0 * exp(u)`` with
+    ``u ~ Normal(0, 1 / precision)`` (the baseline's own sampling error). Maximising the joint
+    log-likelihood over ``u`` under "ratio x f" and under "ratio unchanged" (quadratic expansion
+    around ``u = 0``: score ``D`` and Fisher information ``J`` of the run, summed per window)
+    adds ``D_f^2 / 2 (J_f + K) - D_1^2 / 2 (J_1 + K)`` with ``K = precision``. With a precise
+    baseline the correction vanishes; with a vague one a run that differs from the baseline
+    by less than the baseline's own error earns nothing (it is a two-sample test).
+    """
+    return (
+        m.stat
+        + m.score_f * m.score_f / (2.0 * (m.fisher_f + precision))
+        - m.score_1 * m.score_1 / (2.0 * (m.fisher_1 + precision))
+    )
 
 
 def _log_distance(a: float, b: float) -> float:
