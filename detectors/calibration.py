@@ -42,7 +42,7 @@ OVERSHOOT = 1.166
 #: bank raises fewer false alarms than a Bonferroni union would. Chosen so that the
 #: RatioDetector's false-alarm rate, measured on stable streams of 1..1000 events per window
 #: with and without overdispersion (tests/bench/bench_detectors.py), matches the setting.
-BANK_CORRELATION = 0.55
+BANK_CORRELATION = 0.5
 
 # Quantisation of the cache keys: 32 steps per e-fold of information, 8 per e-fold of ARL0.
 _INFO_STEPS = 32.0
@@ -114,7 +114,7 @@ def member_arl0(arl0: float, members: int) -> float:
     """ARL0 each member of a bank of ``members`` one-sided CUSUMs must have.
 
     >>> member_arl0(1000.0, 10)
-    5500.0
+    5000.0
     """
     return arl0 * max(1.0, members * BANK_CORRELATION)
 
