@@ -151,6 +151,12 @@ class PartitionWindows:
         self._meta_dirty = False
         self.last_late = False
         self.last_duplicate = False  # the last platform event was a duplicate trigger
+        # tallies for metrics since the last `take_tallies` (not state: never persisted)
+        self.late_events = 0
+        self.leaf_events: dict[str, int] = {}  # leaf -> events counted (late ones included)
+        self.duplicate_events: dict[tuple[str, str], int] = {}  # (platform, event_name) -> triggers
+        self._size = config.window_s
+        self._lateness = config.allowed_lateness_s
 
     # ---- hot path -------------------------------------------------------------------------
     def already_applied(self, topic: str, offset: int) -> bool:
@@ -168,17 +174,21 @@ class PartitionWindows:
     def _window_for(self, topic: str, ts: float) -> tuple[dict[str, dict[str, Any]], bool]:
         """The open window that an event of time `ts` counts in, and whether it is late."""
         max_ts = self.max_ts
-        if ts > max_ts[topic]:
-            max_ts[topic] = ts
-        size = self.config.window_s
+        newest = max_ts[topic]
+        if ts > newest:
+            max_ts[topic] = newest = ts
+        size = self._size
         start = int(ts // size) * size
         # Late is judged against this event's own input: its order within its partition is
         # fixed, so the verdict does not depend on how the two topics' reads interleave.
         # (A window closed earlier is closed: the partition watermark never exceeds this one.)
-        limit = max(max_ts[topic] - self.config.allowed_lateness_s, self.closed_through)
+        limit = newest - self._lateness
+        if limit < self.closed_through:
+            limit = self.closed_through
         late = start + size <= limit
         self.last_late = late
         if late:
+            self.late_events += 1
             # counted as late in the oldest window still open, never lost
             start = int(max(self.closed_through, start) // size) * size
             while start + size <= self.closed_through:
@@ -195,6 +205,8 @@ class PartitionWindows:
         self._meta_dirty = True
         window, late = self._window_for("b", ev.ts)
         leaf = f"{ev.event_name}|{ev.browser}|{ev.region}"
+        leaf_events = self.leaf_events
+        leaf_events[leaf] = leaf_events.get(leaf, 0) + 1
         counters = window["b"].get(leaf)
         if counters is None:
             counters = window["b"][leaf] = [0, 0.0, 0, 0]
@@ -220,6 +232,8 @@ class PartitionWindows:
         self.last_duplicate = False
         window, late = self._window_for("p", ev.ts)
         leaf = f"{ev.platform}|{ev.event_name}|{ev.browser}|{ev.region}"
+        leaf_events = self.leaf_events
+        leaf_events[leaf] = leaf_events.get(leaf, 0) + 1
         counters = window["p"].get(leaf)
         if counters is None:
             counters = window["p"][leaf] = [0] * N_PLATFORM
@@ -241,6 +255,8 @@ class PartitionWindows:
                 # platform counts it, so it inflates the count
                 counters[P_DUP] += 1
                 self.last_duplicate = True
+                dkey = (ev.platform, ev.event_name)
+                self.duplicate_events[dkey] = self.duplicate_events.get(dkey, 0) + 1
             else:
                 # the other channel of a pixel + server pair: the platform's dedupe working
                 seen_on = seen[0] + (ev.channel,)
@@ -279,6 +295,14 @@ class PartitionWindows:
                 # one order under two event ids: the platform counts it twice
                 counters[P_BROKEN] += 1
         return True
+
+    def take_tallies(self) -> tuple[int, dict[str, int], dict[tuple[str, str], int]]:
+        """(late events, events per leaf, duplicate triggers per platform group) since the last call."""
+        out = (self.late_events, self.leaf_events, self.duplicate_events)
+        self.late_events = 0
+        self.leaf_events = {}
+        self.duplicate_events = {}
+        return out
 
     # ---- closing --------------------------------------------------------------------------
     @property

@@ -268,10 +268,8 @@ class GapwatchWorker:
         parse = parse_backend_fast if kind == "b" else parse_platform_fast
         add = st.add_backend if kind == "b" else st.add_platform
         applied_through = st.offsets[kind]
-        redelivered = late = 0
+        redelivered = 0
         invalid: Tally[str] = Tally()
-        labels: Tally[tuple[str, ...]] = Tally()
-        dups: Tally[tuple[str, str]] = Tally()
         for offset, key, value in zip(offsets, keys, values, strict=True):
             if offset <= applied_through:
                 redelivered += 1  # seen before a restart: already in the counts
@@ -288,14 +286,8 @@ class GapwatchWorker:
                 ]))
                 continue
             add(offset, ev)  # type: ignore[arg-type]
-            if st.last_late:
-                late += 1
-            if kind == "p" and st.last_duplicate:
-                dups[(ev.platform, ev.event_name)] += 1  # type: ignore[union-attr]
-            if kind == "b":
-                labels[(ev.event_name, ev.browser, ev.region)] += 1
-            else:
-                labels[(ev.platform, ev.event_name, ev.browser, ev.region)] += 1  # type: ignore[union-attr]
+        # late events, events per leaf and duplicate triggers, tallied by the counting itself
+        late, labels, dups = st.take_tallies()
         self.last_event_wall.setdefault(p, {})[kind] = time.monotonic()
         self._persist(self.ingest_table, p, st.take_changes())
         mt = self.metrics
@@ -309,10 +301,12 @@ class GapwatchWorker:
         for (platform, event_name), n in dups.items():
             mt.duplicates.labels(platform=mt.platform_cap(platform), event_name=mt.event_name_cap(event_name)).inc(n)
         if kind == "b":
-            for (event_name, browser, region), n in labels.items():
+            for leaf, n in labels.items():
+                event_name, browser, region = leaf.split("|")
                 mt.backend.labels(event_name=mt.event_name_cap(event_name), browser=browser, region=region).inc(n)
         else:
-            for (platform, event_name, browser, region), n in labels.items():
+            for leaf, n in labels.items():
+                platform, event_name, browser, region = leaf.split("|")
                 mt.platform.labels(
                     platform=mt.platform_cap(platform), event_name=mt.event_name_cap(event_name),
                     browser=browser, region=region,
