@@ -12,13 +12,15 @@ is an exponentially weighted ratio of sums (half-life ``baseline_half_life_s``),
 an alarm is pending (evidence >= ``freeze_evidence``). ``alpha`` is a bounded, winsorised
 method-of-moments estimate on the same exponential weights; the baseline's own sampling error
 is added to it (``alpha_eff = alpha + var(rho0) / rho0^2``), so a young or thin baseline
-cannot raise alarms either. Each member's threshold comes from the false-alarm budget
-(``detectors.calibration``); members whose change is below the baseline's resolution, or
+cannot raise alarms either. Each member's alarm statistic is a two-sample test of its run
+against the baseline (the baseline's sampling error and its lag behind an allowed drift are
+profiled out, see ``_two_sample``); its threshold comes from the false-alarm budget
+(``detectors.calibration``). Members whose change is below the baseline's resolution, or
 whose per-window information is so high that a smaller member detects the same change as
 fast, stay idle. After an alarm the baseline is re-set to the post-change level; a later
 change back towards the level before the alarm is reported with ``resolves=True``.
 
-Memory: a fixed number of floats (14 CUSUM members x 7 + ~20 scalars); O(1) per update.
+Memory: a fixed number of floats (14 CUSUM members x 10 + ~20 scalars); O(1) per update.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(7)
