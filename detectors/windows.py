@@ -547,19 +547,31 @@ class ClosedWindow:
         return segment_key(self.platform, self.event_name, self.browser, self.region)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "segment": {
-                "platform": self.platform, "event_name": self.event_name,
-                "browser": self.browser, "region": self.region,
-            },
-            "segment_key": self.segment_key,
+        # spelled out (the fields in declaration order): ~450 of these per closed window
+        platform, event_name, browser, region = self.platform, self.event_name, self.browser, self.region
+        return {
+            "segment": {"platform": platform, "event_name": event_name, "browser": browser, "region": region},
+            "segment_key": f"{platform}|{event_name}|{browser}|{region}",
+            "level": self.level,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "backend_count": self.backend_count,
+            "backend_value": round(self.backend_value, 6),
+            "backend_consent_denied": self.backend_consent_denied,
+            "platform_count": self.platform_count,
+            "platform_value": round(self.platform_value, 6),
+            "platform_duplicates": self.platform_duplicates,
+            "platform_pair_deduped": self.platform_pair_deduped,
+            "platform_broken_dedupe": self.platform_broken_dedupe,
+            "platform_missing_value": self.platform_missing_value,
+            "platform_missing_currency": self.platform_missing_currency,
+            "platform_missing_click_ids": self.platform_missing_click_ids,
+            "platform_consent_denied": self.platform_consent_denied,
+            "platform_matched_orders": self.platform_matched_orders,
+            "platform_events": self.platform_events,
+            "platform_channels": self.platform_channels,
+            "late_events": self.late_events,
         }
-        for name in self.__dataclass_fields__:
-            if name not in ("platform", "event_name", "browser", "region"):
-                d[name] = getattr(self, name)
-        d["backend_value"] = round(self.backend_value, 6)
-        d["platform_value"] = round(self.platform_value, 6)
-        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClosedWindow:
