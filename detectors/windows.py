@@ -7,8 +7,12 @@ Stage A, `PartitionWindows`: one per source partition index. It counts events in
 counters per window, remembers event ids for dedupe, and the last applied offset per source
 topic, so a redelivered message (offset <= last applied) is recognised and skipped. Its
 state is a set of items (key -> JSON value) of which only the changed ones are written after
-each batch: `{p}:m` (meta), `{p}:w:{start}` (one open window), `{p}:d:{seq}` (append-only
-dedupe memory added by one batch).
+each batch, in this order: `{p}:d:{seq}` (append-only dedupe memory added by batch `seq`),
+`{p}:v:{seq}` (the windows batch `seq` touched, whole), `{p}:m` (offsets, watermarks and the
+newest `seq`) and, now and then, `{p}:w` (every open window, as of a `seq`) followed by
+deletions of the window deltas it covers. A restore takes `{p}:w` and applies the deltas up
+to the `seq` named by `{p}:m`: whatever prefix of the writes survives a crash, the windows
+are those of the batch that `{p}:m` names, so counts and offsets agree.
 
 Stage B, `WindowAssembler`: merges the partials of all source partitions and, once every
 partition has closed a window, builds the closed window of every segment.
@@ -16,6 +20,7 @@ partition has closed a window, builds the closed window of every segment.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -134,7 +139,13 @@ class PartitionWindows:
         # its inputs (minus lateness), so a topic read ahead never makes the other one late
         self.max_ts: dict[str, float] = {"b": NEG_INF, "p": NEG_INF}
         self.closed_through = NEG_INF
-        self.seq = 0
+        self.seq = 0  # batches that changed the dedupe memory or the windows
+        self.base_seq = 0  # the batch whose windows the last full snapshot `{p}:w` holds
+        self._window_deltas: list[int] = []  # seqs of the `{p}:v:{seq}` items still stored
+        self._delta_leaves = 0  # leaves written in window deltas since the last full snapshot
+        self._full_leaves = 0  # leaves in the last full snapshot
+        self._dirty: set[int] = set()  # windows touched since the last take_changes
+        self._carry_full: JSON = None  # a full snapshot restored from an old-format meta
         # window_start -> {"b": {leaf: counters}, "p": {leaf: counters}, "c": {leaf: {channel: n}}}
         self.windows: dict[int, dict[str, dict[str, Any]]] = {}
         # dedupe memory: key -> [value, bucket]; buckets expire by event time
@@ -193,6 +204,7 @@ class PartitionWindows:
             start = int(max(self.closed_through, start) // size) * size
             while start + size <= self.closed_through:
                 start += size
+        self._dirty.add(start)
         window = self.windows.get(start)
         if window is None:
             window = self.windows[start] = {"b": {}, "p": {}, "c": {}}
@@ -364,16 +376,32 @@ class PartitionWindows:
                 self._deleted_keys.append(f"{self.partition}:d:{seq}")
 
     # ---- persistence ----------------------------------------------------------------------
+    #: a full snapshot of the windows is written once the window deltas since the last one
+    #: hold this many times its leaves: writes stay within (1 + 1/ratio) x the deltas, and a
+    #: restore reads at most (1 + ratio) x the open windows
+    full_snapshot_ratio = 4.0
+    #: ... or once this many window deltas are stored
+    max_window_deltas = 256
+
     def take_changes(self) -> dict[str, JSON | None]:
-        """Items changed since the last call (None = delete); write them after each batch."""
+        """Items changed since the last call (None = delete); write them in order after each batch."""
         out: dict[str, JSON | None] = {}
         p = self.partition
+        if self._carry_full is not None:
+            out[f"{p}:w"] = self._carry_full
+            self._carry_full = None
         for key in self._deleted_keys:
             out[key] = None
         self._deleted_keys = []
         delta = self._delta
-        if delta["s"] or delta["o"] or delta["b"] or delta["c"]:
+        windows = self.windows
+        dirty = [start for start in self._dirty if start in windows]
+        self._dirty = set()
+        has_dedupe = bool(delta["s"] or delta["o"] or delta["b"] or delta["c"])
+        if has_dedupe or dirty:
             self.seq += 1
+            self._meta_dirty = True
+        if has_dedupe:
             newest = max(
                 [r[3] for r in delta["s"]] + [r[3] for r in delta["o"]] + [r[1] for r in delta["b"]]
                 + [r[2] for r in delta["c"]]
@@ -381,19 +409,36 @@ class PartitionWindows:
             self.deltas[self.seq] = newest
             out[f"{p}:d:{self.seq}"] = delta
             self._delta = {"s": [], "o": [], "b": [], "c": []}
-            self._meta_dirty = True
+        if dirty:
+            # the touched windows, whole: applied in seq order they give the newest counts
+            out[f"{p}:v:{self.seq}"] = {str(start): windows[start] for start in dirty}
+            self._window_deltas.append(self.seq)
+            self._delta_leaves += sum(len(windows[start]["b"]) + len(windows[start]["p"]) for start in dirty)
         if self._meta_dirty:
-            # One value holds the offsets AND the open windows' counts: whatever prefix of the
-            # changelog survives a crash, counts and offsets agree (no double counting). It is
-            # written after this batch's dedupe delta, which it names by `seq`.
+            # The offsets and the seq of the newest batch in one value: whatever prefix of the
+            # changelog survives a crash, the windows restored (full snapshot + deltas up to
+            # this seq) are those of the batch whose offsets it holds (no double counting).
             out[f"{p}:m"] = {
                 "offsets": self.offsets,
                 "max_ts": {k: (None if v == NEG_INF else v) for k, v in self.max_ts.items()},
                 "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
                 "seq": self.seq,
-                "windows": {str(k): v for k, v in self.windows.items()},
             }
             self._meta_dirty = False
+            if self._window_deltas and (
+                self._delta_leaves >= self.full_snapshot_ratio * max(self._full_leaves, 1)
+                or len(self._window_deltas) >= self.max_window_deltas
+            ):
+                # after the meta: a full snapshot never runs ahead of the offsets. The deltas
+                # it covers are deleted after it, except this batch's own (written above,
+                # needed if the snapshot is lost), which goes with the next one.
+                out[f"{p}:w"] = {"seq": self.seq, "windows": {str(k): v for k, v in windows.items()}}
+                self.base_seq = self.seq
+                for seq in self._window_deltas[:-1]:
+                    out[f"{p}:v:{seq}"] = None
+                self._window_deltas = self._window_deltas[-1:]
+                self._full_leaves = sum(len(w["b"]) + len(w["p"]) for w in windows.values())
+                self._delta_leaves = 0
         return out
 
     @classmethod
@@ -402,6 +447,8 @@ class PartitionWindows:
         self = cls(partition, config)
         prefix = f"{partition}:"
         deltas: list[tuple[int, JSON]] = []
+        window_deltas: list[tuple[int, JSON]] = []
+        full: JSON = None
         for key, value in items.items():
             if not key.startswith(prefix) or value is None:
                 continue
@@ -411,12 +458,41 @@ class PartitionWindows:
                 self.max_ts = {k: (NEG_INF if v is None else v) for k, v in value["max_ts"].items()}
                 self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
                 self.seq = value["seq"]
-                self.windows = {int(k): v for k, v in value.get("windows", {}).items()}
+                if "windows" in value:
+                    # written before window deltas existed: a full snapshot, which the next
+                    # meta overwrites, so it is first written again as `{p}:w`
+                    full = {"seq": value["seq"], "windows": value["windows"]}
+                    self._carry_full = copy.deepcopy(full)
             elif kind == "d":
                 deltas.append((int(rest), value))
+            elif kind == "w" and full is None:
+                full = value
+            elif kind == "v":
+                window_deltas.append((int(rest), value))
+        if full is not None and full["seq"] <= self.seq:
+            self.base_seq = full["seq"]
+            self.windows = {int(k): v for k, v in full["windows"].items()}
+        for seq, changed in sorted(window_deltas):
+            if seq > self.seq:
+                # written by a batch whose meta did not survive: delete it before the next
+                # batch reuses its seq (that batch may touch no window and not overwrite it)
+                self._deleted_keys.append(f"{prefix}v:{seq}")
+                continue
+            self._window_deltas.append(seq)
+            if self.base_seq < seq:  # newer than the full snapshot
+                for k, v in changed.items():
+                    self.windows[int(k)] = v
+                self._delta_leaves += sum(len(v["b"]) + len(v["p"]) for v in changed.values())
+        size = config.window_s
+        for start in [s for s in self.windows if s + size <= self.closed_through]:
+            del self.windows[start]  # closed after the snapshot that holds it
+        self._full_leaves = sum(len(w["b"]) + len(w["p"]) for w in self.windows.values())
         for seq, delta in sorted(deltas):
             if seq > self.seq:
-                continue  # written by a batch whose snapshot did not survive: not applied
+                # written by a batch whose meta did not survive: not applied, and deleted
+                # before its seq is reused (the next batch may add no dedupe memory)
+                self._deleted_keys.append(f"{prefix}d:{seq}")
+                continue
             newest = NEG_INF
             for platform, event_id, channels, bucket in delta["s"]:
                 self.seen_events[(platform, event_id)] = (tuple(channels), bucket)
@@ -471,19 +547,31 @@ class ClosedWindow:
         return segment_key(self.platform, self.event_name, self.browser, self.region)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "segment": {
-                "platform": self.platform, "event_name": self.event_name,
-                "browser": self.browser, "region": self.region,
-            },
-            "segment_key": self.segment_key,
+        # spelled out (the fields in declaration order): ~450 of these per closed window
+        platform, event_name, browser, region = self.platform, self.event_name, self.browser, self.region
+        return {
+            "segment": {"platform": platform, "event_name": event_name, "browser": browser, "region": region},
+            "segment_key": f"{platform}|{event_name}|{browser}|{region}",
+            "level": self.level,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "backend_count": self.backend_count,
+            "backend_value": round(self.backend_value, 6),
+            "backend_consent_denied": self.backend_consent_denied,
+            "platform_count": self.platform_count,
+            "platform_value": round(self.platform_value, 6),
+            "platform_duplicates": self.platform_duplicates,
+            "platform_pair_deduped": self.platform_pair_deduped,
+            "platform_broken_dedupe": self.platform_broken_dedupe,
+            "platform_missing_value": self.platform_missing_value,
+            "platform_missing_currency": self.platform_missing_currency,
+            "platform_missing_click_ids": self.platform_missing_click_ids,
+            "platform_consent_denied": self.platform_consent_denied,
+            "platform_matched_orders": self.platform_matched_orders,
+            "platform_events": self.platform_events,
+            "platform_channels": self.platform_channels,
+            "late_events": self.late_events,
         }
-        for name in self.__dataclass_fields__:
-            if name not in ("platform", "event_name", "browser", "region"):
-                d[name] = getattr(self, name)
-        d["backend_value"] = round(self.backend_value, 6)
-        d["platform_value"] = round(self.platform_value, 6)
-        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClosedWindow:

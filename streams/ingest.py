@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 import orjson
@@ -466,6 +468,10 @@ def parse_change(raw: bytes | str | dict[str, Any] | None) -> ChangeEvent:
 # for anything unusual, so every error message and reason code stays theirs.
 
 _channel_cache: dict[str, str] = {}
+# A NamedTuple's constructor is a Python function (one frame per event); `tuple.__new__` on
+# the class builds the same object in C.
+_new_backend: Callable[[tuple[Any, ...]], BackendEvent] = partial(tuple.__new__, BackendEvent)
+_new_platform: Callable[[tuple[Any, ...]], PlatformEvent] = partial(tuple.__new__, PlatformEvent)
 _platform_cache: dict[str, str] = {}
 _currency_cache: dict[str, str] = {c: c for c in _CURRENCIES}
 _currency_cache.update({c.lower(): c for c in _CURRENCIES})
@@ -545,7 +551,7 @@ def _backend_fast(obj: dict[str, Any]) -> BackendEvent:
     name = _name_cache.get(kind) if type(kind) is str else None
     if name is None:
         name = canonical_event_name(kind, "purchase")
-    return BackendEvent(event_id, name, order_id, ts, value, browser, region, denied, has_clicks)
+    return _new_backend((event_id, name, order_id, ts, value, browser, region, denied, has_clicks))
 
 
 def parse_platform_fast(raw: bytes | str | None) -> PlatformEvent:
@@ -593,4 +599,4 @@ def _platform_fast(obj: dict[str, Any]) -> PlatformEvent:
         cur = _currency_cache.get(currency) if type(currency) is str else None
         if cur is None:
             cur = _currency(obj)
-    return PlatformEvent(p, c, name, event_id, order_id, ts, value, cur, browser, region, denied, has_clicks)
+    return _new_platform((p, c, name, event_id, order_id, ts, value, cur, browser, region, denied, has_clicks))

@@ -179,6 +179,59 @@ def test_restore_from_changes_gives_identical_state_and_output() -> None:
     assert PartitionWindows.restore(4, CFG, items).windows == {}
 
 
+STATE_ATTRS = ("offsets", "max_ts", "closed_through", "seq", "windows", "seen_events", "order_events",
+               "backend_orders", "deltas")
+
+
+@pytest.mark.parametrize("ratio", [0.5, 4.0])
+def test_any_prefix_of_the_writes_restores_the_state_of_a_whole_batch(ratio: float) -> None:
+    """A crash may cut the changelog writes anywhere: window deltas, full snapshots, deletions.
+
+    Whatever prefix survives, the restored state is exactly the one after the batch that the
+    surviving meta names, and driving the rest of the stream from there gives the same output
+    as an uninterrupted run (counts and offsets agree).
+    """
+    events = _stream(300)
+    a = PartitionWindows(3, CFG)
+    a.full_snapshot_ratio = ratio
+    writes: list[tuple[str, Any]] = []
+    states: dict[int, dict[str, Any]] = {0: copy.deepcopy({k: getattr(a, k) for k in STATE_ATTRS})}
+    for i in range(0, len(events), 29):
+        _drive(a, events[i:i + 29])
+        writes.extend((k, orjson.loads(orjson.dumps(v))) for k, v in a.take_changes().items())
+        states[a.seq] = copy.deepcopy({k: getattr(a, k) for k in STATE_ATTRS})
+    assert any(k == "3:w" for k, _ in writes) and any(k.startswith("3:v:") and v is None for k, v in writes)
+    full = _drive(PartitionWindows(3, CFG), events)
+    for cut in range(len(writes) + 1):
+        items: dict[str, Any] = {}
+        for k, v in writes[:cut]:
+            if v is None:
+                items.pop(k, None)
+            else:
+                items[k] = v
+        b = PartitionWindows.restore(3, CFG, copy.deepcopy(items))
+        want = states[b.seq]
+        for attr in STATE_ATTRS:
+            assert getattr(b, attr) == want[attr], (cut, attr)
+        # the restored worker goes on (writes included) and ends where an uninterrupted run ends
+        b.full_snapshot_ratio = ratio
+        b.take_changes()
+        since = b.closed_through
+        rest = _drive(b, [e for e in events if e[1] > b.offsets[e[0]]])
+        assert [p for p in full if p["closed_through"] > since] == rest, cut
+
+
+def test_restore_of_a_meta_with_windows_writes_them_as_a_full_snapshot_first() -> None:
+    a = PartitionWindows(0, CFG)
+    _drive(a, _stream(40))
+    old_meta = {"offsets": a.offsets, "max_ts": a.max_ts, "closed_through": a.closed_through, "seq": a.seq,
+                "windows": {str(k): v for k, v in a.windows.items()}}
+    b = PartitionWindows.restore(0, CFG, orjson.loads(orjson.dumps({"0:m": old_meta})))
+    assert b.windows == a.windows
+    changes = list(b.take_changes().items())
+    assert changes[0][0] == "0:w" and changes[0][1]["windows"] == orjson.loads(orjson.dumps(old_meta["windows"]))
+
+
 def test_dedupe_memory_expires_but_survives_restore() -> None:
     cfg = WindowConfig(window_s=60, allowed_lateness_s=0, dedupe_horizon_s=600)
     pw = PartitionWindows(0, cfg)
