@@ -466,11 +466,10 @@ class GapwatchWorker:
             return
         changes = self.recent_changes()
         for alert in mon.on_windows(windows, changes):
-            self._outbox.append((self.settings.alerts_topic, alert["alert_id"].encode(), orjson.dumps(alert), None, None))
-            seg = alert["segment"]
+            self._outbox.append((self.settings.alerts_topic, alert.alert_id.encode(), alert.to_json(), None, None))
             mt.alerts.labels(
-                platform=mt.platform_cap(seg["platform"]), verdict=alert["verdict"],
-                direction=alert["direction"], status=alert["status"],
+                platform=mt.platform_cap(alert.segment.platform), verdict=alert.verdict,
+                direction=alert.direction, status=alert.status,
             ).inc()
 
     def _ratio_gauge(self, w: ClosedWindow, metric: str) -> Any:

@@ -74,7 +74,8 @@ class OfflinePipeline:
         for windows in self.assembler.close_ready():
             self.windows.extend(windows)
             if self.monitor is not None:
-                self.alerts.extend(self.monitor.on_windows(windows, self.changes))
+                # the alerts as published (JSON documents), as the live worker sends them
+                self.alerts.extend(a.to_dict() for a in self.monitor.on_windows(windows, self.changes))
 
     def run(self, backend: Iterable[bytes], platform: Iterable[bytes], chunk: int = 500,
             progress: Any = None) -> None:
