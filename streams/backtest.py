@@ -18,7 +18,9 @@ from typing import Any
 
 import orjson
 
+from detectors.alert import Alert
 from detectors.monitor import GroupMonitor, MonitorConfig
+from detectors.render import alert_line
 from detectors.windows import (
     ClosedWindow,
     PartitionWindows,
@@ -169,16 +171,5 @@ def run(args: argparse.Namespace) -> int:
     for (topic, reason), n in sorted(pipe.invalid.items()):
         print(f"  invalid {topic}: {reason} x{n}")
     for a in pipe.alerts:
-        print("  " + summarise_alert(a))
+        print("  " + alert_line(Alert.from_dict(a)))
     return 0
-
-
-def summarise_alert(a: dict[str, Any]) -> str:
-    seg = a["segment"]
-    where = "/".join(v for v in (seg["platform"], seg["event_name"], seg["browser"], seg["region"]) if v != "*")
-    cause = a["likely_causes"][0]["cause"] if a.get("likely_causes") else "-"
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(a["change_at"])) if a.get("change_at") else "?"
-    base, cur = a.get("baseline"), a.get("current")
-    ratio = f"{base:.3f} -> {cur:.3f}" if isinstance(base, float | int) and isinstance(cur, float | int) else ""
-    return (f"[{a['status']}] {a['verdict']}: {where} {a['metric']} {a['direction']} {ratio} "
-            f"since {when} UTC, cause {cause}")
