@@ -21,13 +21,23 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from detectors.alert import (
+    Alert,
+    AlertFormatError,
+    Cause,
+    ChildChange,
+    NearbyChange,
+    ReconciliationRow,
+    Segment,
+)
 
 __all__ = [
     "DEFAULT_DLQ_TOPIC",
@@ -121,102 +131,65 @@ def _clip(text: str, limit: int) -> str:
     return text[: max(0, limit - 1)] + "…"
 
 
-def _raw(value: Any, limit: int = MAX_RAW_SNIPPET) -> str:
+def _raw(value: str | None, limit: int = MAX_RAW_SNIPPET) -> str:
     """A user-provided value as one clipped line of plain text (not yet escaped)."""
     if value is None:
         return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not isinstance(value, str):
-        value = str(value)
     return _clip(_CONTROL_CHARS.sub(" ", value).strip(), limit)
 
 
-def _md(value: Any, limit: int = MAX_RAW_SNIPPET) -> str:
+def _md(value: str | None, limit: int = MAX_RAW_SNIPPET) -> str:
     """A user-provided value, clipped and escaped for mrkdwn."""
     return _escape(_raw(value, limit))
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
+def _finite(value: float | None) -> float | None:
+    if value is None:
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
+    number = float(value)
     return number if math.isfinite(number) else None
 
 
-def _epoch(value: Any) -> float | None:
-    """Epoch seconds from a number or an ISO-8601 string."""
-    number = _number(value)
-    if number is not None:
-        return number
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
-    return None
-
-
-def _iso(value: Any) -> str:
-    epoch = _epoch(value)
+def _iso(epoch: float | None) -> str:
+    epoch = _finite(epoch)
     if epoch is None:
-        return _raw(value, 40) or "unknown"
+        return "unknown"
     try:
         return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
         return "unknown"
 
 
-def _metric_label(metric: Any) -> str:
+def _metric_label(metric: str) -> str:
     name = _raw(metric, 60) or "ratio"
     return _METRICS.get(name, name.replace("_", " "))
 
 
-def _is_rate(metric: Any) -> bool:
-    return isinstance(metric, str) and metric.endswith("_rate")
+def _is_rate(metric: str) -> bool:
+    return metric.endswith("_rate")
 
 
 def _fmt_ratio(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
 
 
-def _fmt_metric_value(metric: Any, value: Any) -> str:
-    number = _number(value)
+def _fmt_metric_value(metric: str, value: float | None) -> str:
+    number = _finite(value)
     if number is None:
         return "?"
     return f"{number * 100:.1f}%" if _is_rate(metric) else _fmt_ratio(number)
 
 
-def _relative_change(baseline: Any, current: Any) -> float | None:
-    base, cur = _number(baseline), _number(current)
+def _relative_change(baseline: float | None, current: float | None) -> float | None:
+    base, cur = _finite(baseline), _finite(current)
     if base is None or cur is None or base == 0:
         return None
     return cur / base - 1.0
 
 
-def _segment_of(alert: Mapping[str, Any]) -> dict[str, str]:
-    segment = alert.get("segment")
-    if isinstance(segment, str):
-        return _parse_segment_key(segment)
-    if not isinstance(segment, Mapping):
-        segment = {}
-    return {k: _raw(segment.get(k), 60) or "*" for k in ("platform", "event_name", "browser", "region")}
-
-
-def _parse_segment_key(key: str) -> dict[str, str]:
-    parts = (key.split("|") + ["*"] * 4)[:4]
-    return dict(zip(("platform", "event_name", "browser", "region"), (_raw(p, 60) or "*" for p in parts), strict=True))
+def _segment_of(segment: Segment) -> dict[str, str]:
+    """The segment's parts, clipped for display ("*" = all)."""
+    return {k: _raw(v, 60) or "*" for k, v in segment.to_dict().items()}
 
 
 def _browser_label(browser: str) -> str:
@@ -252,58 +225,29 @@ def _segment_detail(segment: Mapping[str, str]) -> str:
     )
 
 
-def _child_label(item: Any) -> str:
-    """One localisation entry (a segment key, a segment dict, or a dict with ratio info)."""
+def _child_label(child: ChildChange) -> str:
+    """One localisation entry: "Safari · EU (0.97 → 0.41)"."""
+    segment = _segment_of(child.segment)
+    base, cur, change = _finite(child.baseline), _finite(child.current), _finite(child.change)
     ratio = ""
-    segment: dict[str, str] | None = None
-    if isinstance(item, str):
-        segment = _parse_segment_key(item) if "|" in item else None
-        if segment is None:
-            return _md(item, 120)
-    elif isinstance(item, Mapping):
-        inner = item.get("segment")
-        key = item.get("segment_key", item.get("key"))
-        if isinstance(inner, Mapping):
-            segment = _segment_of({"segment": inner})
-        elif isinstance(inner, str):
-            segment = _parse_segment_key(inner)
-        elif isinstance(key, str):
-            segment = _parse_segment_key(key)
-        elif any(k in item for k in ("platform", "browser", "region")):
-            segment = _segment_of({"segment": item})
-        base = _number(item.get("baseline"))
-        cur = _number(item.get("current", item.get("ratio")))
-        change = _number(item.get("change"))
-        if base is not None and cur is not None:
-            ratio = f" ({_fmt_ratio(base)} → {_fmt_ratio(cur)})"
-        elif cur is not None:
-            ratio = f" (ratio {_fmt_ratio(cur)})"
-        elif change is not None:
-            ratio = f" ({change * 100:+.0f}%)"
-        if segment is None:
-            return _md(orjson.dumps(item, default=str).decode(), 120)
-    else:
-        return _md(item, 120)
+    if base is not None and cur is not None:
+        ratio = f" ({_fmt_ratio(base)} → {_fmt_ratio(cur)})"
+    elif change is not None:
+        ratio = f" ({change * 100:+.0f}%)"
     parts = []
-    if segment.get("browser", "*") != "*":
+    if segment["browser"] != "*":
         parts.append(_browser_label(segment["browser"]))
-    if segment.get("region", "*") != "*":
+    if segment["region"] != "*":
         parts.append(_region_label(segment["region"]))
     label = " · ".join(parts) if parts else _segment_title(segment)
     return _md(label, 120) + ratio
 
 
-def _distance_text(change: Mapping[str, Any], change_at: float | None) -> str:
-    """ "18 min before" the change point; computed from `at` when possible, else `distance_s`
-    (positive = the change happened before the change point)."""
-    at = _epoch(change.get("at"))
-    if at is not None and change_at is not None:
-        delta = change_at - at
-    else:
-        number = _number(change.get("distance_s"))
-        if number is None:
-            return ""
-        delta = number
+def _distance_text(change: NearbyChange, change_at: float) -> str:
+    """ "18 min before" the change point."""
+    delta = _finite(change_at - change.at)
+    if delta is None:
+        return ""
     seconds = abs(delta)
     if seconds < 90:
         amount = f"{seconds:.0f} s"
@@ -316,10 +260,8 @@ def _distance_text(change: Mapping[str, Any], change_at: float | None) -> str:
     return f"{amount} {'before' if delta >= 0 else 'after'}"
 
 
-def _safe_url(value: Any) -> str | None:
+def _safe_url(value: str) -> str | None:
     """An http(s) URL that can sit inside <url|text> and a button, or None."""
-    if not isinstance(value, str):
-        return None
     url = value.strip()
     if not url.lower().startswith(("https://", "http://")) or len(url) > MAX_URL_CHARS:
         return None
@@ -333,38 +275,17 @@ def _link(url: str, text: str) -> str:
     return f"<{_escape(url).replace('|', '%7C')}|{text.replace('|', '¦')}>"
 
 
-def _evidence_text(evidence: Any) -> str:
-    if evidence is None or evidence == "" or evidence == {}:
-        return ""
-    if isinstance(evidence, Mapping):
-        pieces = []
-        for key, value in evidence.items():
-            number = _number(value)
-            if number is not None and not isinstance(value, str):
-                shown = f"{number:.3g}" if not float(number).is_integer() else f"{int(number)}"
-            elif isinstance(value, str):
-                shown = value
-            else:
-                shown = orjson.dumps(value, default=str).decode()
-            pieces.append(f"{key}: {shown}")
-        return _md("; ".join(pieces))
-    if isinstance(evidence, list):
-        return _md("; ".join(str(e) for e in evidence))
-    return _md(evidence)
+_Scored = TypeVar("_Scored", Cause, NearbyChange)
 
 
-def _ranked(items: Any, limit: int) -> list[Mapping[str, Any]]:
-    """The first `limit` dict entries, highest `score` first (stable for equal/missing scores)."""
-    if not isinstance(items, list):
-        return []
-    entries = [i for i in items if isinstance(i, Mapping)]
+def _ranked(items: Sequence[_Scored], limit: int) -> list[_Scored]:
+    """The first `limit` entries, highest `score` first (stable for equal scores)."""
 
-    def rank(entry: Mapping[str, Any]) -> tuple[int, float]:
-        score = _number(entry.get("score"))
+    def rank(entry: _Scored) -> tuple[int, float]:
+        score = _finite(entry.score)
         return (0, -score) if score is not None else (1, 0.0)
 
-    entries.sort(key=rank)
-    return entries[:limit]
+    return sorted(items, key=rank)[:limit]
 
 
 def _lines_within(lines: Iterable[str], limit: int, more_template: str = "… and {n} more") -> str:
@@ -388,22 +309,18 @@ def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, MAX_SECTION_CHARS)}}
 
 
-def _reconciliation_table(rows: Any) -> str | None:
-    if not isinstance(rows, list):
-        return None
-    entries = [r for r in rows if isinstance(r, Mapping)]
-    if not entries:
+def _reconciliation_table(rows: Sequence[ReconciliationRow]) -> str | None:
+    if not rows:
         return None
     table: list[tuple[str, str, str, str]] = [("source", "count", "value", "note")]
-    for row in entries[:MAX_RECONCILIATION_ROWS]:
-        count = _number(row.get("count"))
-        value = _number(row.get("value"))
+    for row in rows[:MAX_RECONCILIATION_ROWS]:
+        value = _finite(row.value)
         table.append(
             (
-                _raw(row.get("source"), 24) or "?",
-                "" if count is None else (f"{count:,.0f}" if count.is_integer() else f"{count:,.2f}"),
+                _raw(row.source, 24) or "?",
+                f"{row.count:,}",
                 "" if value is None else f"{value:,.2f}",
-                _raw(row.get("note"), 80),
+                _raw(row.note, 80),
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(3)]
@@ -411,27 +328,29 @@ def _reconciliation_table(rows: Any) -> str | None:
         f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip()
         for r in table
     ]
-    if len(entries) > MAX_RECONCILIATION_ROWS:
-        lines.append(f"… {len(entries) - MAX_RECONCILIATION_ROWS} more rows")
+    if len(rows) > MAX_RECONCILIATION_ROWS:
+        lines.append(f"… {len(rows) - MAX_RECONCILIATION_ROWS} more rows")
     body = _lines_within((_escape(line) for line in lines), MAX_SECTION_CHARS - 40, "… {n} more rows")
     return f"*Reconciliation*\n```\n{body}\n```"
 
 
-def grafana_url(template: str | None, alert: Mapping[str, Any], segment: Mapping[str, str] | None = None) -> str | None:
+def grafana_url(template: str | None, alert: Alert, segment: Mapping[str, str] | None = None) -> str | None:
     """The Grafana link for an alert, or None when no usable template is configured.
 
     Placeholders: {platform} {event_name} {browser} {region} {from_ms} {to_ms}. A rollup ("*")
     becomes Grafana's `$__all`. Other braces in the template are left alone.
 
-    >>> grafana_url("https://g/d/x?var-b={browser}&from={from_ms}&to={to_ms}",
-    ...             {"segment": {"browser": "safari", "region": "*"}, "change_at": 1000, "detected_at": 1600})
+    >>> alert = Alert.from_dict({"alert_id": "a1", "status": "firing", "metric": "count_ratio",
+    ...     "segment": {"platform": "meta", "event_name": "purchase", "browser": "safari", "region": "*"},
+    ...     "direction": "drop", "change_at": 1000, "detected_at": 1600, "verdict": "tracking_gap"})
+    >>> grafana_url("https://g/d/x?var-b={browser}&from={from_ms}&to={to_ms}", alert)
     'https://g/d/x?var-b=safari&from=-20600000&to=5200000'
     """
     if not template:
         return None
-    segment = segment or _segment_of(alert)
-    change_at = _epoch(alert.get("change_at"))
-    detected_at = _epoch(alert.get("detected_at"))
+    segment = segment or _segment_of(alert.segment)
+    change_at = _finite(alert.change_at)
+    detected_at = _finite(alert.detected_at)
     anchor_from = change_at if change_at is not None else detected_at
     anchor_to = detected_at if detected_at is not None else change_at
     values = {
@@ -447,41 +366,38 @@ def grafana_url(template: str | None, alert: Mapping[str, Any], segment: Mapping
     return _safe_url(url)
 
 
-def format_alert(alert: Mapping[str, Any], grafana_url_template: str | None = None) -> dict[str, Any]:
+def format_alert(alert: Alert, grafana_url_template: str | None = None) -> dict[str, Any]:
     """Slack incoming-webhook payload (`text` fallback + Block Kit `blocks`) for one alert.
 
-    >>> payload = format_alert({"alert_id": "a1", "status": "firing", "verdict": "tracking_gap",
+    >>> payload = format_alert(Alert.from_dict({"alert_id": "a1", "status": "firing",
     ...     "segment": {"platform": "meta", "event_name": "purchase", "browser": "safari", "region": "*"},
-    ...     "direction": "drop", "baseline": 1.0, "current": 0.62})
+    ...     "metric": "count_ratio", "direction": "drop", "baseline": 1.0, "current": 0.62,
+    ...     "change_at": 1767225600, "detected_at": 1767229200, "verdict": "tracking_gap"}))
     >>> payload["blocks"][0]["text"]["text"]
     ':rotating_light: Tracking gap: meta purchase, Safari — 38% drop'
     """
-    if not isinstance(alert, Mapping):
-        alert = {}
-    segment = _segment_of(alert)
-    status = _raw(alert.get("status"), 20) or "firing"
+    segment = _segment_of(alert.segment)
+    status = alert.status
     resolved = status == "resolved"
-    verdict = _raw(alert.get("verdict"), 40) or "inconclusive"
-    metric = alert.get("metric") or "count_ratio"
+    verdict = alert.verdict
+    metric = alert.metric or "count_ratio"
     metric_label = _metric_label(metric)
-    baseline, current = alert.get("baseline"), alert.get("current")
+    baseline, current = alert.baseline, alert.current
     change = _relative_change(baseline, current)
-    direction = _raw(alert.get("direction"), 20)
-    if not direction and change is not None:
-        direction = "drop" if change < 0 else "inflation"
-    alert_id = _raw(alert.get("alert_id"), 120) or "unknown"
-    change_at = _epoch(alert.get("change_at"))
+    direction = alert.direction
+    alert_id = _raw(alert.alert_id, 120) or "unknown"
+    change_at = alert.change_at
 
     # Header (plain_text: Slack shows it verbatim, so it is not mrkdwn-escaped).
     if _is_rate(metric):
         magnitude = f"{metric_label} {_fmt_metric_value(metric, baseline)} → {_fmt_metric_value(metric, current)}"
     elif change is not None:
-        magnitude = f"{abs(change) * 100:.0f}% {direction or 'change'}"
+        magnitude = f"{abs(change) * 100:.0f}% {direction}"
         if metric != "count_ratio":
             magnitude += f" in {metric_label}"
     else:
-        magnitude = f"{metric_label} {direction}".strip()
-    title = _VERDICTS.get(verdict, verdict.replace("_", " ").capitalize())
+        magnitude = f"{metric_label} {direction}"
+    title = _VERDICTS[verdict]
     if resolved:
         emoji = ":white_check_mark:"
         title = f"Resolved: {title[0].lower()}{title[1:]}"
@@ -501,14 +417,12 @@ def format_alert(alert: Mapping[str, Any], grafana_url_template: str | None = No
     value_line = f"{_fmt_metric_value(metric, baseline)} → {_fmt_metric_value(metric, current)}"
     if change is not None and not _is_rate(metric):
         value_line += f" ({change * 100:+.0f}%)"
-    verdict_text = f"`{_escape(verdict)}`"
-    if verdict in _VERDICT_EXPLANATIONS:
-        verdict_text += f": {_VERDICT_EXPLANATIONS[verdict]}"
+    verdict_text = f"`{_escape(verdict)}`: {_VERDICT_EXPLANATIONS[verdict]}"
     fields = [
         f"*Segment*\n{_segment_detail(segment)}",
         f"*{_escape(metric_label.capitalize())}* (baseline → current)\n{value_line}",
-        f"*Changed at*\n{_iso(alert.get('change_at'))}",
-        f"*Detected at*\n{_iso(alert.get('detected_at'))}",
+        f"*Changed at*\n{_iso(alert.change_at)}",
+        f"*Detected at*\n{_iso(alert.detected_at)}",
         f"*Verdict*\n{verdict_text}",
         f"*Status*\n{_escape(status)}",
     ]
@@ -519,57 +433,54 @@ def format_alert(alert: Mapping[str, Any], grafana_url_template: str | None = No
         }
     )
 
-    causes = _ranked(alert.get("likely_causes"), TOP_CAUSES)
+    causes = _ranked(alert.likely_causes, TOP_CAUSES)
     if causes:
         lines = ["*Likely causes*"]
         for rank, cause in enumerate(causes, 1):
-            name = _raw(cause.get("cause"), 80) or "unknown"
-            score = _number(cause.get("score"))
+            name = _raw(cause.cause, 80) or "unknown"
+            score = _finite(cause.score)
             line = f"{rank}. *{_escape(name.replace('_', ' '))}*"
             if score is not None:
                 line += f" (score {score:.2f})"
-            evidence = _evidence_text(cause.get("evidence"))
+            evidence = _md(cause.evidence)
             if evidence:
                 line += f"\n      {evidence}"
             lines.append(line)
         blocks.append(_section(_lines_within(lines, MAX_SECTION_CHARS)))
 
-    changes = _ranked(alert.get("nearby_changes"), TOP_CHANGES)
+    changes = _ranked(alert.nearby_changes, TOP_CHANGES)
     if changes:
         lines = ["*Nearby changes*"]
         for item in changes:
-            summary = _md(item.get("summary"), 160) or _md(item.get("change_id"), 80) or "change"
-            url = _safe_url(item.get("url"))
+            summary = _md(item.summary, 160) or _md(item.change_id, 80) or "change"
+            url = _safe_url(item.url)
             shown = _link(url, summary) if url else summary
-            kind = _md(item.get("kind"), 40) or "change"
+            kind = _md(item.kind, 40) or "change"
             pieces = [f"*{kind}*"]
-            if item.get("service"):
-                pieces.append(f"`{_md(item.get('service'), 60)}`")
+            if item.service:
+                pieces.append(f"`{_md(item.service, 60)}`")
             pieces.append(shown)
             distance = _distance_text(item, change_at)
             if distance:
                 pieces.append(distance)
             line = "• " + " · ".join(pieces)
-            if item.get("author"):
-                line += f" (by {_md(item.get('author'), 60)})"
+            if item.author:
+                line += f" (by {_md(item.author, 60)})"
             lines.append(line)
         blocks.append(_section(_lines_within(lines, MAX_SECTION_CHARS)))
 
-    localisation = alert.get("localisation")
-    if isinstance(localisation, Mapping):
-        loc_lines = []
-        for key, label in (("moved", "Moved"), ("steady", "Held")):
-            items = localisation.get(key)
-            if not isinstance(items, list) or not items:
-                continue
-            labels = [_child_label(i) for i in items[:MAX_LOCALISATION_ITEMS]]
-            if len(items) > MAX_LOCALISATION_ITEMS:
-                labels.append(f"+{len(items) - MAX_LOCALISATION_ITEMS} more")
-            loc_lines.append(f"*{label}:* " + ", ".join(labels))
-        if loc_lines:
-            blocks.append(_section(_lines_within(["*Where*", *loc_lines], MAX_SECTION_CHARS)))
+    loc_lines = []
+    for items, label in ((alert.localisation.moved, "Moved"), (alert.localisation.steady, "Held")):
+        if not items:
+            continue
+        labels = [_child_label(i) for i in items[:MAX_LOCALISATION_ITEMS]]
+        if len(items) > MAX_LOCALISATION_ITEMS:
+            labels.append(f"+{len(items) - MAX_LOCALISATION_ITEMS} more")
+        loc_lines.append(f"*{label}:* " + ", ".join(labels))
+    if loc_lines:
+        blocks.append(_section(_lines_within(["*Where*", *loc_lines], MAX_SECTION_CHARS)))
 
-    table = _reconciliation_table(alert.get("reconciliation"))
+    table = _reconciliation_table(alert.reconciliation)
     if table:
         blocks.append(_section(table))
 
@@ -589,9 +500,11 @@ def format_alert(alert: Mapping[str, Any], grafana_url_template: str | None = No
             }
         )
 
-    context = [f"alert_id `{_escape(alert_id)}`", f"metric `{_escape(_raw(metric, 60))}`"]
-    if direction:
-        context.append(f"direction {_escape(direction)}")
+    context = [
+        f"alert_id `{_escape(alert_id)}`",
+        f"metric `{_escape(_raw(metric, 60))}`",
+        f"direction {_escape(direction)}",
+    ]
     blocks.append(
         {
             "type": "context",
@@ -604,7 +517,7 @@ def format_alert(alert: Mapping[str, Any], grafana_url_template: str | None = No
     if len(blocks) > MAX_BLOCKS:  # cannot happen with the sections above; kept as a guard
         blocks = blocks[: MAX_BLOCKS - 1] + [blocks[-1]]
     fallback = _clip(
-        f"{_escape(header)} | {_escape(metric_label)} {value_line} | changed {_iso(alert.get('change_at'))}"
+        f"{_escape(header)} | {_escape(metric_label)} {value_line} | changed {_iso(alert.change_at)}"
         f" | alert {_escape(alert_id)}",
         MAX_FALLBACK_CHARS,
     )
@@ -809,20 +722,20 @@ class SlackForwarder:
 
     async def _handle(self, tp: Any, record: Any) -> None:
         try:
-            alert = orjson.loads(record.value) if record.value is not None else None
-        except orjson.JSONDecodeError:
-            alert = None
-        key_id = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else ""
-        if not isinstance(alert, dict):
+            alert = Alert.from_json(record.value if record.value is not None else b"")
+        except AlertFormatError as exc:
+            # not an alert: parked on the DLQ (original bytes) and skipped, never guessed at
             log.warning(
-                "undecodable alert at %s[%d]@%d: sent to %s", tp.topic, tp.partition, record.offset, self.dlq_topic
+                "unreadable alert at %s[%d]@%d (%s): sent to %s",
+                tp.topic, tp.partition, record.offset, exc.detail, self.dlq_topic,
             )
             self.metrics.posts.labels(outcome="failed_permanent").inc()
-            if await self._send_to_dlq(record, "invalid_alert_json"):
+            if await self._send_to_dlq(record, exc.reason):
                 await self._commit(tp, record.offset)
             return
-        alert_id = _raw(alert.get("alert_id"), 200) or _raw(key_id, 200) or f"{tp.topic}-{tp.partition}-{record.offset}"
-        status = _raw(alert.get("status"), 40) or "firing"
+        key_id = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else ""
+        alert_id = _raw(alert.alert_id, 200) or _raw(key_id, 200) or f"{tp.topic}-{tp.partition}-{record.offset}"
+        status = alert.status
         dedupe_key = (alert_id, status)
         if dedupe_key in self._delivered:
             self._delivered.move_to_end(dedupe_key)
