@@ -66,7 +66,7 @@ async def produce(bootstrap: str, n: int, partitions: int) -> tuple[int, int]:
 def _shift(ts: object, by: float) -> object:
     if isinstance(ts, int | float):
         return ts + by
-    from streams.ingest import parse_time
+    from detectors.events import parse_time
 
     return parse_time(ts) + by
 

@@ -61,7 +61,6 @@ def test_secrets_come_from_env_or_file_and_never_show(tmp_path: Path) -> None:
     s = load_settings(parse(["--sasl-password-file", str(secret)]), env={"GAPWATCH_API_TOKEN": "zq-t0ken-77"})
     assert s.sasl_password == "s3cret" and s.api_token == "zq-t0ken-77"
     assert "s3cret" not in repr(s) and "zq-t0ken-77" not in repr(s)
-    assert s.redacted()["sasl_password"] == "***"
     # no flag can carry a secret (it would show in `ps`)
     with pytest.raises(SystemExit):
         parse(["--sasl-password", "x"])
