@@ -287,6 +287,7 @@ class PromAnnotation(db.AnnotationQuery):
     _internal: _PromAnnotationModel
 
     def __init__(self, name: str, expr: str) -> None:
+        super().__init__()
         self._internal = _PromAnnotationModel(name=name, datasource=DS, expr=expr)
 
     def use_value_for_time(self, value: bool) -> PromAnnotation:
