@@ -24,7 +24,7 @@ from detectors.alert import (
     ReconciliationRow,
     Segment,
 )
-from streams.backtest import OfflinePipeline
+from detectors.pipeline import Backtest, PipelineConfig
 from streams.simulate import generate
 
 # ---- every alert survives the wire -------------------------------------------------------------
@@ -66,11 +66,11 @@ def test_json_round_trip_is_exact(alert: Alert) -> None:
 # ---- the monitor's alerts: today's JSON, one shape ---------------------------------------------
 def backtest(scenario: str) -> list[dict[str, Any]]:
     sim = generate(scenario, seed=1, days=4.0)
-    pipe = OfflinePipeline(3600, 120.0)
+    pipe = Backtest(PipelineConfig(window_s=3600, allowed_lateness_s=120.0))
     for change in sim.changes:
         pipe.add_change(change)
     pipe.run((orjson.dumps(e) for e in sim.backend), (orjson.dumps(e) for e in sim.platform))
-    return pipe.alerts
+    return [orjson.loads(a.to_json()) for a in pipe.alerts]  # as published on gap-alerts
 
 
 GAP_KEYS = ["alert_id", "status", "segment", "metric", "direction", "baseline", "current", "baseline_interval",
