@@ -152,12 +152,13 @@ class Harness:
         self.slack = slack
         self.topic = f"gap-alerts-{suffix}"
         self.dlq = f"gapwatch-dlq-{suffix}"
+        self.posted = f"gapwatch-slack-posted-{suffix}"
         self.group = f"gapwatch-slack-{suffix}"
         self.running: list[tuple[SlackForwarder, asyncio.Task[None]]] = []
 
     async def start_forwarder(self, **overrides: Any) -> SlackForwarder:
         options: dict[str, Any] = {
-            "topic": self.topic, "dlq_topic": self.dlq, "group_id": self.group,
+            "topic": self.topic, "dlq_topic": self.dlq, "posted_topic": self.posted, "group_id": self.group,
             "registry": CollectorRegistry(), "initial_backoff_s": 0.05, "max_backoff_s": 0.4,
             "request_timeout_s": 2.0, "consumer_options": GROUP_TIMEOUTS,
             "grafana_url_template": "https://grafana.example/d/gaps?var-browser={browser}&from={from_ms}&to={to_ms}",
@@ -373,7 +374,7 @@ async def test_cli_runs_until_sigterm_without_printing_the_webhook(harness: Harn
     metrics_port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", script, "slack", "--topic", harness.topic, "--group-id", harness.group,
-         "--dlq-topic", harness.dlq, "--session-timeout-ms", "6000", "--metrics-port", str(metrics_port),
+         "--dlq-topic", harness.dlq, "--posted-topic", harness.posted, "--session-timeout-ms", "6000", "--metrics-port", str(metrics_port),
          "--metrics-host", "127.0.0.1", "--max-backoff-seconds", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
