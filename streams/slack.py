@@ -828,6 +828,7 @@ class SlackForwarder:
         self._active: set[Any] = set()  # owned, loaded, not being revoked
         self._generation = 0  # bumped on every revocation
         self._accepted_at = 0.0
+        self._in_hand = ""  # alert_id being handled, for the logs
         self._consumer: Any = None
         self._producer: Any = None
         self._session: Any = None
@@ -956,6 +957,7 @@ class SlackForwarder:
         """Start (unless started), forward until stop(), then close."""
         if self._consumer is None:
             await self.start()
+        announce = asyncio.ensure_future(self._announce_stop())
         try:
             while not self.stopping:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=100)
@@ -973,8 +975,16 @@ class SlackForwarder:
                                 break
                             await self._handle(tp, record)
         finally:
+            announce.cancel()
             await self.close()
             log.info("slack forwarder stopped")
+
+    async def _announce_stop(self) -> None:
+        await self._stopping.wait()
+        if self._handling.locked():
+            log.info("stop requested while alert %s is in hand: a request under way is awaited, no retry started", self._in_hand)
+        else:
+            log.info("stop requested")
 
     async def _wait_ready(self, tp: Any, generation: int) -> bool:
         """Wait until tp's posted record is loaded (a fetch can return records of a new
@@ -999,6 +1009,9 @@ class SlackForwarder:
         self._generation += 1
         self._active -= revoked
         self._wake.set()
+        if self._handling.locked():
+            log.info("partitions %s revoked while alert %s is in hand: finishing it first",
+                     _partition_list(revoked), self._in_hand)
         async with self._handling:
             pass
         if not self.stopping:
@@ -1118,6 +1131,7 @@ class SlackForwarder:
             return
         alert_id = _raw(alert.get("alert_id"), 200) or _raw(key_id, 200) or f"{tp.topic}-{tp.partition}-{record.offset}"
         status = _raw(alert.get("status"), 40) or "firing"
+        self._in_hand = alert_id
         identity = (alert_id, status)
         state = self._partitions[tp]
         if identity in state.posted:
