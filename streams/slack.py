@@ -1134,7 +1134,10 @@ class SlackForwarder:
         self._in_hand = alert_id
         identity = (alert_id, status)
         state = self._partitions[tp]
-        if identity in state.posted:
+        # Alerts are keyed by alert_id, so an identity's posts are all in tp's number; the other
+        # owned partitions are checked too, for a topic keyed otherwise (one replica then still
+        # never posts an identity twice).
+        if any(identity in other.posted for other in self._partitions.values()):
             self.metrics.skipped.labels(reason="duplicate").inc()
             log.info("alert %s (%s) already posted: skipped", alert_id, status)
             await self._commit(tp, record.offset)

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streams.broker import EmbeddedBroker, ensure_topics, free_port
-from streams.slack import SlackForwarder
+from streams.slack import ForwarderSetupError, SlackForwarder, posted_key
 
 pytestmark = pytest.mark.slow
 
@@ -740,3 +740,71 @@ async def test_crash_around_the_posted_record(group_harness: Harness, tmp_path: 
         assert twice == {target}  # the residual window: exactly the alert in it, once more
     assert len(posted) == 12
     assert_no_secret_in(*procs)
+
+
+async def describe(bootstrap: str, topic: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return len(described["partitions"])
+    finally:
+        await admin.close()
+
+
+async def test_posted_topic_is_created_like_the_alerts_topic_and_checked(harness: Harness, broker: EmbeddedBroker) -> None:
+    await ensure_topics(broker.bootstrap, {harness.topic + "-3": 3, harness.topic + "-5": 5})
+    first = await harness.start_forwarder(topic=harness.topic + "-3")
+    assert await describe(broker.bootstrap, harness.posted) == 3
+    await harness.stop_forwarder(first)
+    with pytest.raises(ForwarderSetupError, match="needs at least as many"):
+        await harness.start_forwarder(topic=harness.topic + "-5")
+
+
+async def test_posts_older_than_the_retention_are_forgotten_and_tombstoned(harness: Harness) -> None:
+    """The posted record stays bounded: what is older than the retention is dropped from memory
+    and a tombstone is written for it (compaction then removes it, also on a compact-only
+    topic); a re-send of such an old alert is posted again, a recent one is not."""
+    now = time.time()
+    await ensure_topics(harness.bootstrap, {harness.posted: 1})
+    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap)
+    await producer.start()
+    try:
+        for alert_id, age_days in (("old1", 100), ("new1", 1)):
+            value = {"alert_id": alert_id, "status": "firing", "posted_at": now - age_days * 86_400}
+            await producer.send_and_wait(harness.posted, key=posted_key(alert_id, "firing"), value=orjson.dumps(value))
+    finally:
+        await producer.stop()
+    await harness.produce([make_alert("old1"), make_alert("new1"), make_alert("x1")])
+    forwarder = await harness.start_forwarder(posted_retention_s=90 * 86_400)
+    await wait_for(lambda: len(harness.slack.posts) == 2, what="old1 and x1")
+    await wait_for(
+        lambda: forwarder.metrics.registry.get_sample_value("gapwatch_slack_skipped_total", {"reason": "duplicate"})
+        == 1, what="new1 skipped",
+    )
+    await harness.stop_forwarder(forwarder)
+    assert await committed(harness.bootstrap, harness.topic, harness.group) == 3
+    assert harness.slack.posted_ids() == [("old1", "firing"), ("x1", "firing")]
+
+    consumer = AIOKafkaConsumer(
+        harness.posted, bootstrap_servers=harness.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        records: list[Any] = []
+        await wait_for_records(consumer, records, 5)
+    finally:
+        await consumer.stop()
+    keys = [(orjson.loads(r.key)[0], r.value is None) for r in records]
+    # old1 and new1 as written, the tombstone of old1, then the two new posts
+    assert keys == [("old1", False), ("new1", False), ("old1", True), ("old1", False), ("x1", False)]
+    assert orjson.loads(records[3].value)["source"] == f"{harness.topic}/0/0"
+
+
+async def wait_for_records(consumer: AIOKafkaConsumer, records: list[Any], n: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(records) < n and time.monotonic() < deadline:
+        for batch in (await consumer.getmany(timeout_ms=500)).values():
+            records.extend(batch)
