@@ -667,7 +667,8 @@ async def test_two_forwarders_post_every_alert_once_across_kills_restarts_and_re
         restarted = replica(victim.name + "2")
         await wait_until(logged(survivor, f"while alert {rebalance_alert} is in hand"), what="the revocation")
         # The group cannot re-form while that post is open: the joining replica gets nothing
-        # (a negative check, so it needs a duration: 3 s, well over a join on this broker).
+        # (a negative check, so it needs a duration: 3 s, well over a join on this broker and
+        # under the request timeout, after which the post's outcome would be unknown).
         with pytest.raises(AssertionError, match="timed out"):
             await wait_until(restarted.partitions, timeout_s=3, what="no partition before the post ends")
         release.set_result(200)
