@@ -1126,7 +1126,7 @@ class SlackForwarder:
                 "undecodable alert at %s[%d]@%d: sent to %s", tp.topic, tp.partition, record.offset, self.dlq_topic
             )
             self.metrics.posts.labels(outcome="failed_permanent").inc()
-            if await self._send_to_dlq(record, "invalid_alert_json"):
+            if await self._send_to_dlq(tp, record, "invalid_alert_json"):
                 await self._commit(tp, record.offset)
             return
         alert_id = _raw(alert.get("alert_id"), 200) or _raw(key_id, 200) or f"{tp.topic}-{tp.partition}-{record.offset}"
@@ -1157,7 +1157,7 @@ class SlackForwarder:
                 await self._commit(tp, record.offset)
             log.info("alert %s (%s) posted to Slack", alert_id, status)
         elif outcome is _Outcome.PERMANENT:
-            if await self._send_to_dlq(record, reason):
+            if await self._send_to_dlq(tp, record, reason):
                 await self._commit(tp, record.offset)
 
     async def _record_posted(self, tp: Any, identity: tuple[str, str], record: Any) -> bool:
@@ -1303,9 +1303,10 @@ class SlackForwarder:
             if not await self._sleep(wait):
                 return _Outcome.ABANDONED, ""
 
-    async def _send_to_dlq(self, record: Any, reason: str) -> bool:
+    async def _send_to_dlq(self, tp: Any, record: Any, reason: str) -> bool:
         """Park the original message on the DLQ (original key and bytes, reason in headers).
-        Retries until the broker takes it, so nothing is committed that is not kept."""
+        Retries until the broker takes it, so nothing is committed that is not kept (or until
+        tp is revoked: its next owner gets the same answer from Slack and parks it)."""
         headers = [
             ("gapwatch-reason", reason.encode()),
             ("gapwatch-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
@@ -1320,7 +1321,7 @@ class SlackForwarder:
                 wait = self.backoff_delay(attempt)
                 attempt += 1
                 log.warning("DLQ send failed (%s): retry in %.1f s", type(exc).__name__, wait)
-                if not await self._sleep(wait):
+                if not await self._sleep(wait) or not self._owns(tp):
                     break
         return False
 
