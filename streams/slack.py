@@ -1,8 +1,9 @@
 """`gapwatch slack`: forwards alerts from `gap-alerts` to a Slack incoming webhook.
 
 `format_alert` turns one alert into a Block Kit payload (pure, no I/O); `SlackForwarder`
-consumes the topic in order, posts with retries, and commits an offset only once its alert
-is delivered to Slack or parked on the DLQ. See docs/slack.md.
+consumes the topic in order, posts with retries, records each post on the compacted posted
+topic, and commits an offset only once its alert is delivered and recorded or parked on the
+DLQ; any number of replicas in one group post each (alert_id, status) once. See docs/slack.md.
 """
 
 from __future__ import annotations
