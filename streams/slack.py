@@ -988,16 +988,20 @@ class SlackForwarder:
             log.info("stop requested")
 
     async def _wait_ready(self, tp: Any, generation: int) -> bool:
-        """Wait until tp's posted record is loaded (a fetch can return records of a new
-        assignment before the assignment callback finished loading)."""
+        """Wait until tp's posted record is loaded: a fetch can return records of a new
+        assignment before the assignment callback has even started. False if tp is not ours
+        (or no longer: a revocation resets the fetch positions, nothing is skipped)."""
         while not self.stopping and self._generation == generation:
             state = self._partitions.get(tp)
-            if state is None:
-                return False
-            if state.ready.is_set():
+            if state is not None and state.ready.is_set():
                 return True
+            if state is None and tp not in self._consumer.assignment():
+                return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.ready.wait(), timeout=0.5)
+                if state is None:  # the assignment callback has not run yet
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.05)
+                else:
+                    await asyncio.wait_for(state.ready.wait(), timeout=0.5)
         return False
 
     # -- rebalances -------------------------------------------------------------------------
