@@ -20,11 +20,12 @@ partition has closed a window, builds the closed window of every segment.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
+
+from detectors.events import BackendEvent, PlatformEvent
 
 __all__ = [
     "WindowConfig",
@@ -51,32 +52,6 @@ PLATFORM_FIELDS = (
 (P_COUNT, P_VALUE, P_DUP, P_PAIR, P_BROKEN, P_MISS_VALUE, P_MISS_CURRENCY, P_MISS_CLICK,
  P_DENIED, P_MATCHED, P_LATE, P_EVENTS) = range(12)
 N_PLATFORM = len(PLATFORM_FIELDS)
-
-
-class BackendLike(Protocol):
-    event_id: str
-    event_name: str
-    order_id: str | None
-    ts: float
-    value: float | None
-    browser: str
-    region: str
-    consent_denied: bool
-
-
-class PlatformLike(Protocol):
-    platform: str
-    channel: str
-    event_name: str
-    event_id: str
-    order_id: str | None
-    ts: float
-    value: float | None
-    currency: str | None
-    browser: str
-    region: str
-    consent_denied: bool
-    has_click_ids: bool
 
 
 @dataclass(frozen=True)
@@ -145,7 +120,6 @@ class PartitionWindows:
         self._delta_leaves = 0  # leaves written in window deltas since the last full snapshot
         self._full_leaves = 0  # leaves in the last full snapshot
         self._dirty: set[int] = set()  # windows touched since the last take_changes
-        self._carry_full: JSON = None  # a full snapshot restored from an old-format meta
         # window_start -> {"b": {leaf: counters}, "p": {leaf: counters}, "c": {leaf: {channel: n}}}
         self.windows: dict[int, dict[str, dict[str, Any]]] = {}
         # dedupe memory: key -> [value, bucket]; buckets expire by event time
@@ -210,7 +184,7 @@ class PartitionWindows:
             window = self.windows[start] = {"b": {}, "p": {}, "c": {}}
         return window, late
 
-    def add_backend(self, offset: int, ev: BackendLike) -> bool:
+    def add_backend(self, offset: int, ev: BackendEvent) -> bool:
         if offset <= self.offsets["b"]:
             return False
         self.offsets["b"] = offset
@@ -236,7 +210,7 @@ class PartitionWindows:
             self._delta["b"].append((ev.order_id, bucket))
         return True
 
-    def add_platform(self, offset: int, ev: PlatformLike) -> bool:
+    def add_platform(self, offset: int, ev: PlatformEvent) -> bool:
         if offset <= self.offsets["p"]:
             return False
         self.offsets["p"] = offset
@@ -387,9 +361,6 @@ class PartitionWindows:
         """Items changed since the last call (None = delete); write them in order after each batch."""
         out: dict[str, JSON | None] = {}
         p = self.partition
-        if self._carry_full is not None:
-            out[f"{p}:w"] = self._carry_full
-            self._carry_full = None
         for key in self._deleted_keys:
             out[key] = None
         self._deleted_keys = []
@@ -458,11 +429,6 @@ class PartitionWindows:
                 self.max_ts = {k: (NEG_INF if v is None else v) for k, v in value["max_ts"].items()}
                 self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
                 self.seq = value["seq"]
-                if "windows" in value:
-                    # written before window deltas existed: a full snapshot, which the next
-                    # meta overwrites, so it is first written again as `{p}:w`
-                    full = {"seq": value["seq"], "windows": value["windows"]}
-                    self._carry_full = copy.deepcopy(full)
             elif kind == "d":
                 deltas.append((int(rest), value))
             elif kind == "w" and full is None:
@@ -596,8 +562,9 @@ class WindowAssembler:
 
     Partials are idempotent: one from a partition that already closed past a window is
     ignored, and a platform partial is remembered by (partition, window, group).
-    Groups (`platform|event_name`) seen within `group_ttl_s` of event time keep getting
-    windows even when silent, because a platform that stops reporting is the loudest gap.
+    Groups (`platform|event_name`) keep getting windows from their first window with data
+    on, for `group_ttl_s` of event time after their last, even when silent, because a
+    platform that stops reporting is the loudest gap.
     """
 
     def __init__(self, n_sources: int, window_s: int, group_ttl_s: float = 7 * 86_400.0,
@@ -609,7 +576,7 @@ class WindowAssembler:
         self.owns_group = owns_group  # callable(group) -> bool; None = owns all
         self.markers: dict[int, float] = {}
         self.closed_through = NEG_INF
-        self.groups: dict[str, int] = {}  # group -> newest window start with platform data
+        self.groups: dict[str, int] = {}  # group -> newest closed window start with platform data
         # window_start -> {"b": leaves, "p": leaves, "seen": [[partition, group], ...]}
         self.open: dict[int, dict[str, Any]] = {}
         self._meta_dirty = False  # anything changed since the last snapshot
@@ -625,9 +592,6 @@ class WindowAssembler:
             return False
         window["seen"].append(tag)
         _merge(window["p"], leaves)
-        if self.groups.get(group, NEG_INF) < window_start:
-            self.groups[group] = window_start
-            self._meta_dirty = True
         return True
 
     def add_marker(self, partition: int, closed_through: float, backend: Mapping[int, Mapping[str, list[float]]]) -> bool:
@@ -700,7 +664,17 @@ class WindowAssembler:
                 w = segments[k] = ClosedWindow(platform, event_name, browser, region, level, start, end)
             return w
 
-        groups = {g for g in self.groups if self.owns_group is None or self.owns_group(g)}
+        # The groups of this window: those with data in it, and those with data in a window
+        # closed before it, at most `group_ttl_s` ago. Windows close in order and each is
+        # complete when it closes, so this depends on the data alone, never on how many
+        # windows one call happens to close (a group first seen later is not in earlier ones).
+        with_data = {group_of(leaf) for leaf in window["p"]}
+        cutoff = start - self.group_ttl_s
+        for g in with_data:
+            self.groups[g] = start
+        groups = {g for g, last in self.groups.items() if last >= cutoff}
+        if self.owns_group is not None:
+            groups = {g for g in groups if self.owns_group(g)}
         by_event_name: dict[str, list[str]] = {}
         for g in sorted(groups):
             platform, event_name = g.split("|", 1)

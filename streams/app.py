@@ -1,10 +1,9 @@
-"""The gapwatch Faust worker: agents, tables, timer and web views. Wiring only.
+"""The gapwatch Faust worker: agents, tables, timer and web views around the pure pipeline.
 
-Stage A (`ingest`) consumes backend-events and platform-events in batches, validates and
-counts into `detectors.windows.PartitionWindows` per source partition, and hands partials of
-closed windows to stage B (`assemble`) through the internal partials topic. Stage B merges
-them into closed segment windows, publishes them and runs detection (`detectors.monitor`).
-State lives in two tables written to explicit changelog partitions, once per batch.
+The pipeline itself (`detectors.pipeline`: stage A `IngestStage`, stage B `AssembleStage`)
+takes batches and returns effects; this module only feeds it what Faust delivers, applies the
+effects (messages to send, state to store and write to changelogs) in order, and turns its
+tallies into metrics. `gapwatch backtest` drives the same stages from files.
 """
 
 from __future__ import annotations
@@ -14,38 +13,45 @@ import gc
 import logging
 import tempfile
 import time
-import zlib
-from collections import Counter as Tally
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from detectors.windows import (
-    ClosedWindow,
-    PartitionWindows,
-    WindowAssembler,
-    WindowConfig,
-    split_platform_by_group,
+from detectors.events import InvalidEvent, parse_change
+from detectors.pipeline import (
+    ASSEMBLE_TABLE,
+    BACKEND,
+    AssembleStage,
+    BatchTally,
+    IngestStage,
+    Outbox,
+    PipelineConfig,
+    Send,
+    StateWrite,
+    Topics,
+    group_partition,
 )
+from detectors.windows import ClosedWindow
 from streams.config import Settings, kafka_security_options
-from streams.ingest import InvalidEvent, parse_backend_fast, parse_change, parse_platform_fast
 from streams.metrics import Metrics
 
-__all__ = ["GapwatchWorker", "group_partition"]
+__all__ = ["GapwatchWorker", "group_partition", "pipeline_config"]
 
 log = logging.getLogger("gapwatch.worker")
 
 
-#: marks an outbox entry as a state (changelog) write
-_STATE: Any = object()
-
-
-def group_partition(group: str, n: int) -> int:
-    """Partition of the partials topic that owns a `platform|event_name` group (stable)."""
-    return zlib.crc32(group.encode()) % n
+def pipeline_config(s: Settings, detect: bool = True) -> PipelineConfig:
+    """The pipeline's settings, from the worker's (one place: backtest uses it too)."""
+    return PipelineConfig(
+        window_s=s.window_seconds, allowed_lateness_s=s.allowed_lateness_seconds,
+        dedupe_horizon_s=s.dedupe_horizon_seconds, idle_partition_s=s.idle_partition_seconds,
+        idle_input_event_s=s.idle_input_event_seconds, false_alarms_per_30_days=s.false_alarms_per_30_days,
+        change_lookback_s=s.change_lookback_days * 86_400, detect=detect,
+        topics=Topics(backend=s.backend_topic, platform=s.platform_topic, partials=s.partials_topic,
+                      windows=s.windows_topic, alerts=s.alerts_topic, dlq=s.dlq_topic),
+    )
 
 
 class GapwatchWorker:
@@ -56,28 +62,24 @@ class GapwatchWorker:
         settings: Settings,
         n_partitions: int,
         metrics: Metrics | None = None,
-        monitor_factory: Callable[[int], Any] | None = None,
+        detect: bool = True,
         changes_partitions: int = 1,
     ) -> None:
         self.changes_partitions = changes_partitions
-        self.settings = s = settings
+        self.settings = settings
         self.n = n_partitions
         self.metrics = metrics or Metrics()
-        self.window_config = WindowConfig(
-            window_s=s.window_seconds, allowed_lateness_s=s.allowed_lateness_seconds,
-            dedupe_horizon_s=s.dedupe_horizon_seconds,
-        )
-        self.monitor_factory = monitor_factory
-        self.partitions: dict[int, PartitionWindows] = {}
-        self.assemblers: dict[int, WindowAssembler] = {}
-        self.monitors: dict[int, Any] = {}
-        self.last_event_wall: dict[int, dict[str, float]] = {}
-        # Outgoing messages of the current batch, sent by `_flush_outbox` straight to the
-        # transport producer. Faust's buffered `send_soon` would make the conductor stop
-        # delivering whenever more than 100 messages wait, one event-loop round trip each;
-        # Faust still flushes this producer before it commits any offset.
-        self._outbox: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
-        self._outbox_lock = asyncio.Lock()
+        self.config = pipeline_config(settings, detect)
+        self.ingest = IngestStage(self.config, n_partitions, lambda p: self._items(self.ingest_table, p))
+        self.assemble = AssembleStage(self.config, n_partitions, lambda k: self._items(self.assemble_table, k))
+        # Effects waiting to be sent, in the order they were made: state items were already
+        # applied to the tables' in-memory data when they were queued. `_flush` sends them
+        # straight to the transport producer: Faust's buffered `send_soon` would make the
+        # conductor stop delivering whenever more than 100 messages wait, one event-loop round
+        # trip each; Faust still flushes this producer before it commits any offset.
+        self._pending: list[Send | StateWrite] = []
+        self._outbox = Outbox()
+        self._flush_lock = asyncio.Lock()
         self.ready = False
         self._ratio_gauges: dict[tuple[str, ...], Any] = {}
         self.app = self._make_app()
@@ -167,7 +169,7 @@ class GapwatchWorker:
         app.page("/healthz")(health_view)
         app.page("/readyz")(ready_view)
         app.page("/changes")(self._changes_view_class())
-        return app
+        return app  # type: ignore[no-any-return]
 
     def _credentials(self) -> Any:
         """Faust credentials from the same settings as every other Kafka client of gapwatch."""
@@ -181,7 +183,7 @@ class GapwatchWorker:
             )
         return faust.SSLCredentials(kw["ssl_context"])
 
-    # ---- state loading --------------------------------------------------------------------
+    # ---- state and effects -----------------------------------------------------------------
     def _items(self, table: Any, partition: int) -> dict[str, Any]:
         prefix = f"{partition}:".encode()
         out = {}
@@ -190,68 +192,46 @@ class GapwatchWorker:
                 out[key.decode()] = orjson.loads(value)
         return out
 
-    def _partition_state(self, p: int) -> PartitionWindows:
-        st = self.partitions.get(p)
-        if st is None:
-            st = PartitionWindows.restore(p, self.window_config, self._items(self.ingest_table, p))
-            self.partitions[p] = st
-        return st
+    def _take_effects(self) -> None:
+        """Apply the outbox's state items to the tables now; queue everything for sending."""
+        items = self._outbox.take()
+        tables = {"ingest": self.ingest_table, ASSEMBLE_TABLE: self.assemble_table}
+        for item in items:
+            if isinstance(item, StateWrite):
+                data = tables[item.table].data
+                if item.value is None:
+                    data.pop(item.key, None)
+                else:
+                    data[item.key] = item.value
+        self._pending.extend(items)
 
-    def _assembler(self, k: int) -> WindowAssembler:
-        asm = self.assemblers.get(k)
-        if asm is None:
-            n = self.n
-            asm = WindowAssembler(n, self.settings.window_seconds, owns_group=lambda g: group_partition(g, n) == k)
-            items = self._items(self.assemble_table, k)
-            asm.restore(f"{k}:", items)
-            self.assemblers[k] = asm
-            if self.monitor_factory is not None:
-                mon = self.monitor_factory(k)
-                mon.restore({key: v for key, v in items.items() if key.startswith(f"{k}:g:")}, f"{k}:")
-                self.monitors[k] = mon
-        return asm
-
-    def _persist(self, table: Any, partition: int, changes: Mapping[str, Any]) -> None:
-        """Apply state changes to the table and queue them for its changelog partition."""
-        data = table.data
-        changelog = table.changelog_topic.get_topic_name()
-        out = self._outbox.append
-        for key, value in changes.items():
-            kb = key.encode()
-            if value is None:
-                data.pop(kb, None)
-                out((changelog, kb, None, partition, _STATE))
-            else:
-                vb = orjson.dumps(value)
-                data[kb] = vb
-                out((changelog, kb, vb, partition, _STATE))
-
-    async def _flush_outbox(self) -> None:
-        """Send the batch's messages in the order they were made.
+    async def _flush(self) -> None:
+        """Send the queued effects in the order they were made.
 
         Under a lock: the agents and the timer all flush, and a newer state value must never
         reach a changelog partition before an older one. Kafka orders only within a partition,
         so outputs (windows, alerts, partials, DLQ) are awaited until delivered before any
         state write that follows them: state never says "done" for output that was lost.
         """
-        async with self._outbox_lock:
-            outbox, self._outbox = self._outbox, []
+        async with self._flush_lock:
+            pending, self._pending = self._pending, []
             send = self.app.producer.send
+            changelogs = {"ingest": self.ingest_table.changelog_topic.get_topic_name(),
+                          ASSEMBLE_TABLE: self.assemble_table.changelog_topic.get_topic_name()}
             in_flight: list[Any] = []
-            for topic, key, value, partition, headers in outbox:
-                is_state = headers is _STATE
-                if is_state and in_flight:
-                    await asyncio.gather(*in_flight)
-                    in_flight = []
-                fut = await send(topic, key, value, partition, None, None if is_state else headers)
-                if not is_state:
-                    in_flight.append(fut)
+            for item in pending:
+                if isinstance(item, StateWrite):
+                    if in_flight:
+                        await asyncio.gather(*in_flight)
+                        in_flight = []
+                    await send(changelogs[item.table], item.key, item.value, item.partition, None, None)
+                else:
+                    in_flight.append(await send(item.topic, item.key, item.value, item.partition, None, item.headers))
 
     async def _on_revoked(self, app: Any, revoked: Any = None, **_: Any) -> None:
         # Drop the in-memory views; they are rebuilt from the recovered tables on next use.
-        self.partitions.clear()
-        self.assemblers.clear()
-        self.monitors.clear()
+        self.ingest.forget()
+        self.assemble.forget()
 
     # ---- stage A --------------------------------------------------------------------------
     async def _ingest_agent(self, stream: Any) -> None:
@@ -260,53 +240,30 @@ class GapwatchWorker:
         async for event in stream.events():
             batch = event.value
             self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values)
-            await self._flush_outbox()
+            await self._flush()
 
     def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any]) -> None:
-        """Validate and count one chunk of one source partition; persist its state once."""
-        kind = "b" if topic == self.settings.backend_topic else "p"
-        st = self.partitions.get(p) or self._partition_state(p)
-        parse = parse_backend_fast if kind == "b" else parse_platform_fast
-        add = st.add_backend if kind == "b" else st.add_platform
-        applied_through = st.offsets[kind]
-        redelivered = 0
-        invalid: Tally[str] = Tally()
-        for offset, key, value in zip(offsets, keys, values, strict=True):
-            if offset <= applied_through:
-                redelivered += 1  # seen before a restart: already in the counts
-                continue
-            try:
-                ev = parse(value)
-            except InvalidEvent as exc:
-                st.skip(kind, offset)
-                invalid[exc.reason] += 1
-                self._outbox.append((self.settings.dlq_topic, key, value, None, [
-                    ("gapwatch-reason", exc.reason.encode()),
-                    ("gapwatch-detail", exc.detail.encode()),
-                    ("gapwatch-source", f"{topic}/{p}/{offset}".encode()),
-                ]))
-                continue
-            add(offset, ev)  # type: ignore[arg-type]
-        # late events, events per leaf and duplicate triggers, tallied by the counting itself
-        late, labels, dups = st.take_tallies()
-        self.last_event_wall.setdefault(p, {})[kind] = time.monotonic()
-        self._persist(self.ingest_table, p, st.take_changes())
+        tally = self.ingest.process_batch(topic, p, offsets, keys, values, time.monotonic(), self._outbox)
+        self._take_effects()
+        self._count_batch(topic, tally)
+
+    def _count_batch(self, topic: str, tally: BatchTally) -> None:
         mt = self.metrics
-        mt.consumed.labels(topic=topic).inc(len(offsets))
-        if redelivered:
-            mt.redelivered.labels(topic=topic).inc(redelivered)
-        if late:
-            mt.late.labels(topic=topic).inc(late)
-        for reason, n in invalid.items():
+        mt.consumed.labels(topic=topic).inc(tally.consumed)
+        if tally.redelivered:
+            mt.redelivered.labels(topic=topic).inc(tally.redelivered)
+        if tally.late:
+            mt.late.labels(topic=topic).inc(tally.late)
+        for reason, n in tally.invalid.items():
             mt.invalid.labels(topic=topic, reason=reason).inc(n)
-        for (platform, event_name), n in dups.items():
+        for (platform, event_name), n in tally.duplicates.items():
             mt.duplicates.labels(platform=mt.platform_cap(platform), event_name=mt.event_name_cap(event_name)).inc(n)
-        if kind == "b":
-            for leaf, n in labels.items():
+        if self.ingest.input_of(topic) == BACKEND:
+            for leaf, n in tally.leaves.items():
                 event_name, browser, region = leaf.split("|")
                 mt.backend.labels(event_name=mt.event_name_cap(event_name), browser=browser, region=region).inc(n)
         else:
-            for leaf, n in labels.items():
+            for leaf, n in tally.leaves.items():
                 platform, event_name, browser, region = leaf.split("|")
                 mt.platform.labels(
                     platform=mt.platform_cap(platform), event_name=mt.event_name_cap(event_name),
@@ -324,45 +281,10 @@ class GapwatchWorker:
         if not assigned or not self._recovered():
             return
         self.ready = True
-        for p in assigned:
-            self._partition_state(p)
-        now = time.monotonic()
-        idle_s = self.settings.idle_partition_seconds
-        idle_event_s = self.settings.idle_input_event_seconds
-        relaxed: dict[int, float | None] = {}
-        topics = {"b": self.settings.backend_topic, "p": self.settings.platform_topic}
-        for p in assigned:
-            seen = self.last_event_wall.setdefault(p, {})
-            st = self.partitions[p]
-            # An input is idle when it had nothing for a while AND nothing is left to read: a
-            # backlog that Faust has not fetched for a few seconds is not idleness, and letting
-            # the other input's watermark run ahead would make its events late.
-            idle = set()
-            for t, other in (("b", "p"), ("p", "b")):
-                quiet = now - seen.setdefault(t, now)
-                caught_up = self._caught_up(topics[t], p, st.offsets[t])
-                # event time the other input is ahead: in a replay a backlog can pause for a
-                # few wall-clock seconds while hours of event time are still to come
-                behind = st.max_ts[other] - st.max_ts[t]
-                if caught_up and quiet >= idle_s and behind >= idle_event_s:
-                    idle.add(t)
-                elif caught_up is None and st.offsets[t] < 0 and quiet >= 3 * idle_s:
-                    idle.add(t)  # never had a message (no high-water mark to compare with)
-            # every input idle: follow the worker (None); otherwise the slowest active input,
-            # which is -inf while one has not delivered its first event: nothing closes yet
-            relaxed[p] = None if len(idle) == 2 else st.watermark_without(idle)
-        marks = [m for m in relaxed.values() if m is not None and m > float("-inf")]
-        worker_mark = max(marks, default=float("-inf"))
-        for p in sorted(assigned):
-            st = self.partitions[p]
-            mark = worker_mark if relaxed[p] is None else relaxed[p]
-            partial = st.close(mark)
-            if partial is None:
-                continue
-            self.send_partial(partial)
-            self._persist(self.ingest_table, p, st.take_changes())
-        await self._flush_outbox()
-        live = [st.watermark for p, st in self.partitions.items() if p in assigned and st.watermark > float("-inf")]
+        self.ingest.tick(assigned, time.monotonic(), self._caught_up, self._outbox)
+        self._take_effects()
+        await self._flush()
+        live = [st.watermark for p, st in self.ingest.partitions.items() if p in assigned and st.watermark > float("-inf")]
         if live:
             low = min(live)
             self.metrics.watermark.set(low)
@@ -372,35 +294,27 @@ class GapwatchWorker:
     def _recovered(self) -> bool:
         """Tables hold their full state: never build a view from a half-recovered table."""
         app = self.app
-        return not app.rebalancing and not getattr(app, "in_recovery", False) and app.tables.recovery.completed.is_set()
+        recovery = getattr(app.tables, "recovery", None)
+        return (not app.rebalancing and not getattr(app, "in_recovery", False)
+                and recovery is not None and recovery.completed.is_set())
 
-    def _caught_up(self, topic: str, p: int, applied: int) -> bool | None:
+    def _topic_of(self, kind: str) -> str:
+        return self.settings.backend_topic if kind == BACKEND else self.settings.platform_topic
+
+    def _caught_up(self, kind: str, p: int, applied: int) -> bool | None:
         """True when nothing is left to read on the input; None when the end is unknown yet."""
         try:
-            hw = self.app.consumer.highwater(faust.types.TP(topic, p))
+            hw = self.app.consumer.highwater(faust.types.TP(self._topic_of(kind), p))
         except Exception:
             return None
         if hw is None:
             return None
         return bool(hw - 1 <= applied)
 
-    def send_partial(self, partial: Any) -> None:
-        n = self.n
-        topic = self.settings.partials_topic
-        for start, group, leaves in split_platform_by_group(partial.platform):
-            self._outbox.append((topic, group.encode(),
-                                 orjson.dumps({"t": "p", "src": partial.partition, "w": start, "g": group, "l": leaves}),
-                                 group_partition(group, n), None))
-        marker = orjson.dumps(
-            {"t": "m", "src": partial.partition, "through": partial.closed_through,
-             "b": {str(k): v for k, v in partial.backend.items()}}
-        )
-        for k in range(n):
-            self._outbox.append((topic, b"marker", marker, k, None))
-
     def _update_lag(self, assigned: set[int]) -> None:
         consumer = self.app.consumer
-        for topic, kind in ((self.settings.backend_topic, "b"), (self.settings.platform_topic, "p")):
+        for kind in ("b", "p"):
+            topic = self._topic_of(kind)
             lag = 0
             for p in assigned:
                 try:
@@ -409,69 +323,42 @@ class GapwatchWorker:
                     hw = None
                 if hw is None:
                     continue
-                lag += max(0, hw - 1 - self.partitions[p].offsets[kind])
+                lag += max(0, hw - 1 - self.ingest.state(p).offsets[kind])
             self.metrics.consumer_lag.labels(topic=topic).set(lag)
 
     # ---- stage B --------------------------------------------------------------------------
     async def _assemble_agent(self, stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.2):
             self.process_partials([e.message for e in events])
-            await self._flush_outbox()
+            await self._flush()
 
     def process_partials(self, messages: list[Any]) -> None:
-        touched: dict[int, WindowAssembler] = {}
-        for m in messages:
-            k = m.partition
-            asm = self.assemblers.get(k) or self._assembler(k)
-            touched[k] = asm
-            try:
-                doc = orjson.loads(m.value)
-                if doc["t"] == "p":
-                    asm.add_platform(int(doc["src"]), int(doc["w"]), doc["g"], doc["l"])
-                else:
-                    asm.add_marker(int(doc["src"]), float(doc["through"]), {int(w): v for w, v in doc["b"].items()})
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.error("ignoring malformed internal partial at %s/%s/%s: %s", m.topic, k, m.offset, exc)
-        for k, asm in touched.items():
-            changes = {}
-            for windows in asm.close_ready():
-                self.emit_windows(k, windows)
-            mon = self.monitors.get(k)
-            if mon is not None:
-                mon.export_metrics(self.metrics)  # once per batch: gauges show the newest window
-                # the monitor's state goes first: if a crash cuts the writes in between, the
-                # window is closed again and the monitor, idempotent per window, skips it
-                changes.update(mon.take_changes(f"{k}:"))
-            changes.update(asm.take_changes(f"{k}:"))
-            self._persist(self.assemble_table, k, changes)
-
-    def emit_windows(self, k: int, windows: list[ClosedWindow]) -> None:
+        result = self.assemble.process_partials(
+            ((m.partition, m.value) for m in messages), self.recent_changes(), self._outbox)
+        self._take_effects()
+        for k, error in result.malformed:
+            log.error("ignoring a malformed internal partial on %s/%s: %s", self.settings.partials_topic, k, error)
         mt = self.metrics
-        windows_topic = self.settings.windows_topic
-        out = self._outbox.append
-        dumps = orjson.dumps
-        levels: Tally[str] = Tally()
         ratio = self._ratio_gauge
-        for w in windows:
-            out((windows_topic, w.segment_key.encode(), dumps(w.to_dict()), None, None))
-            levels[w.level] += 1
+        levels: dict[str, int] = {}
+        for w in result.windows:
+            levels[w.level] = levels.get(w.level, 0) + 1
             if w.backend_count > 0:
                 ratio(w, "count_ratio").set(w.platform_count / w.backend_count)
             if w.backend_value > 0:
                 ratio(w, "value_ratio").set(w.platform_value / w.backend_value)
         for level, n in levels.items():
             mt.windows_closed.labels(level=level).inc(n)
-        mon = self.monitors.get(k)
-        if mon is None:
-            return
-        changes = self.recent_changes()
-        for alert in mon.on_windows(windows, changes):
-            self._outbox.append((self.settings.alerts_topic, alert["alert_id"].encode(), orjson.dumps(alert), None, None))
+        for alert in result.alerts:
             seg = alert["segment"]
             mt.alerts.labels(
                 platform=mt.platform_cap(seg["platform"]), verdict=alert["verdict"],
                 direction=alert["direction"], status=alert["status"],
             ).inc()
+        for k in result.touched:
+            mon = self.assemble.monitors.get(k)
+            if mon is not None:
+                mon.export_metrics(mt)  # once per batch: gauges show the newest window
 
     def _ratio_gauge(self, w: ClosedWindow, metric: str) -> Any:
         """The `gapwatch_segment_ratio` child of a segment (cached: `labels()` costs ~2 us)."""
@@ -585,22 +472,16 @@ def _schedule_full_collections(app: faust.App) -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 1 << 30)
 
-    @app.timer(FULL_GC_SECONDS, name="gapwatch.full_gc")
     async def _full_gc() -> None:
         gc.collect()
+
+    app.timer(FULL_GC_SECONDS, name="gapwatch.full_gc")(_full_gc)
 
 
 def run_worker(settings: Settings) -> int:
     """Entry point of `gapwatch worker`."""
     n, n_changes = asyncio.run(prepare_topics(settings))
-    from detectors.monitor import GroupMonitor, MonitorConfig
-
-    config = MonitorConfig(
-        window_s=settings.window_seconds,
-        false_alarms_per_30_days=settings.false_alarms_per_30_days,
-        change_lookback_s=settings.change_lookback_days * 86400,
-    )
-    worker = GapwatchWorker(settings, n, monitor_factory=lambda k: GroupMonitor(config), changes_partitions=n_changes)
+    worker = GapwatchWorker(settings, n, changes_partitions=n_changes)
     _schedule_full_collections(worker.app)
     from faust.worker import Worker
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from types import TracebackType
+from typing import IO, Any
 
 __all__ = ["EmbeddedBroker", "BrokerError", "free_port", "ensure_topics", "broker_binary"]
 
@@ -71,7 +72,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -87,11 +88,10 @@ class EmbeddedBroker:
             "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/",
         ]
+        out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path:
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log_file
-        else:
-            out = subprocess.DEVNULL
         self.process = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
@@ -151,11 +151,11 @@ async def _metadata_ok(bootstrap: str) -> None:
         await admin.close()
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int], **client_kwargs: object) -> None:
+async def ensure_topics(bootstrap: str, topics: dict[str, int], **client_kwargs: Any) -> None:
     """Create the topics that do not exist yet (name -> partitions). Existing ones are left alone."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)  # type: ignore[arg-type]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -16,7 +15,10 @@ from typing import Any
 
 import orjson
 
-from streams.ingest import CHANGE_KINDS, InvalidEvent, parse_change
+from detectors.events import CHANGE_KINDS, InvalidEvent, parse_change
+from streams import kafka
+from streams.config import Settings, load_settings
+from streams.kafka import add_kafka_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,10 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pub.add_argument("--scope", action="append", default=[], metavar="DIM=VALUE",
                      help="what it affects: platform=meta, region=eu, browser=safari (repeatable)")
     pub.add_argument("--change-id", default=None, help="stable id (default: a new UUID)")
-    pub.add_argument("--broker", default=os.environ.get("GAPWATCH_BROKER", "127.0.0.1:9092"),
-                     help="Kafka bootstrap HOST:PORT [env GAPWATCH_BROKER]")
-    pub.add_argument("--topic", default=os.environ.get("GAPWATCH_CHANGES_TOPIC", "changes"),
-                     help="changes topic [env GAPWATCH_CHANGES_TOPIC]")
+    add_kafka_arguments(pub, "changes_topic")
     pub.set_defaults(func=run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -79,15 +78,14 @@ def build_change(args: argparse.Namespace, stdin_text: str | None = None) -> dic
     return doc
 
 
-async def publish(bootstrap: str, topic: str, change: dict[str, Any]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10000)
-    await producer.start()
+async def publish(settings: Settings, change: dict[str, Any]) -> None:
+    client = kafka.producer(settings, acks="all", request_timeout_ms=10000)
+    with kafka.quiet_connection_errors():
+        await client.start()
     try:
-        await producer.send_and_wait(topic, orjson.dumps(change), key=str(change["change_id"]).encode())
+        await client.send_and_wait(settings.changes_topic, orjson.dumps(change), key=str(change["change_id"]).encode())
     finally:
-        await producer.stop()
+        await client.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
     except InvalidEvent as exc:
         print(f"gapwatch change publish: {exc.detail}", file=sys.stderr)
         return 2
+    settings = load_settings(args)  # a ConfigError is reported by the CLI
     try:
-        asyncio.run(publish(args.broker, args.topic, change))
+        asyncio.run(publish(settings, change))
     except Exception as exc:
-        print(f"gapwatch change publish: could not publish to {args.broker}: {exc}", file=sys.stderr)
+        print(f"gapwatch change publish: could not publish to {settings.broker}: {exc!r}", file=sys.stderr)
         return 1
     print(orjson.dumps(change).decode())
     return 0

@@ -93,16 +93,16 @@ def describe_alert(a: dict[str, Any]) -> str:
 
 
 async def _play(args: argparse.Namespace, bootstrap: str, metrics_url: str) -> tuple[list[dict[str, Any]], list[ClosedWindow], dict[str, Any]]:
-    from aiokafka import AIOKafkaConsumer
-
+    from streams import kafka
+    from streams.config import Settings
     from streams.simulate import generate, produce
 
     sim = generate(args.scenario, seed=args.seed, days=args.days)
     speedup = args.days * 86400 / max(5.0, args.seconds)
     alerts: list[dict[str, Any]] = []
     windows: list[ClosedWindow] = []
-    consumer = AIOKafkaConsumer("gap-alerts", "gapwatch-windows", bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = kafka.consumer(Settings(broker=bootstrap), "gap-alerts", "gapwatch-windows",
+                              auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     stop = asyncio.Event()
 

@@ -3,7 +3,7 @@
 Every setting has one name. Its flag is `--name-with-dashes`, its environment variable
 `GAPWATCH_NAME_IN_CAPS`, its TOML key `name_with_underscores` (top level or under
 `[gapwatch]`). Secrets (SASL password, API token) are read from the environment or a file
-and are never printed: `Settings.redacted()` is what logs see.
+and are never printed (`repr(settings)` leaves them out).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Settings:
     # secrets, never from flags (they would show in `ps`)
     sasl_password: str = field(default="", repr=False, metadata={"secret": True})
     api_token: str = field(default="", repr=False, metadata={"secret": True})
+    #: names of the settings given by a flag, the environment or the config file (not defaults)
+    given: frozenset[str] = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
 
     @property
     def loopback_broker(self) -> bool:
@@ -72,15 +74,6 @@ class Settings:
         if self.session_timeout_seconds > 0:
             return self.session_timeout_seconds
         return 6.0 if self.loopback_broker else 30.0
-
-    def redacted(self) -> dict[str, Any]:
-        out = {}
-        for f in fields(self):
-            if f.metadata.get("secret"):
-                out[f.name] = "***" if getattr(self, f.name) else ""
-            else:
-                out[f.name] = getattr(self, f.name)
-        return out
 
     def validate(self) -> None:
         if self.window_seconds <= 0:
@@ -97,8 +90,12 @@ class Settings:
             raise ConfigError(f"broker must be HOST:PORT, got {self.broker!r}")
 
 
+def _setting_fields() -> list[Any]:
+    return [f for f in fields(Settings) if not f.metadata.get("internal")]
+
+
 def _public_fields() -> list[Any]:
-    return [f for f in fields(Settings) if not f.metadata.get("secret")]
+    return [f for f in _setting_fields() if not f.metadata.get("secret")]
 
 
 def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
@@ -128,7 +125,7 @@ def load_settings(args: argparse.Namespace | None = None, env: dict[str, str] | 
     env = dict(os.environ) if env is None else env
     values: dict[str, Any] = {}
     config_path = (getattr(args, "config", None) if args else None) or env.get("GAPWATCH_CONFIG")
-    types = {f.name: (f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]) for f in fields(Settings)}
+    types = {f.name: (f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]) for f in _setting_fields()}
     if config_path:
         path = Path(config_path)
         try:
@@ -143,16 +140,16 @@ def load_settings(args: argparse.Namespace | None = None, env: dict[str, str] | 
             if name not in types or name in ("sasl_password", "api_token"):
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[name] = _coerce(name, raw, types[name], str(path))
-    for f in fields(Settings):
+    for f in _setting_fields():
         raw = env.get("GAPWATCH_" + f.name.upper())
         if raw is not None and raw != "":
             values[f.name] = _coerce(f.name, raw, types[f.name], "GAPWATCH_" + f.name.upper())
     if args is not None:
         for f in _public_fields():
             raw = getattr(args, f.name, None)
-            if raw is not None:
+            if raw is not None and raw != "":  # an empty flag is unset, as an empty variable is
                 values[f.name] = raw
-    settings = Settings(**values)
+    settings = Settings(**values, given=frozenset(values))
     if not settings.sasl_password and settings.sasl_password_file:
         settings.sasl_password = _read_secret(settings.sasl_password_file, "sasl_password_file")
     if not settings.api_token and settings.api_token_file:

@@ -292,7 +292,7 @@ def transport_class(consumer_cls):
     return type("FastTransport", (_aiokafka_driver.Transport,), {"Consumer": consumer_cls})
 
 
-def app_class(consumer_cls):
+def app_class(consumer_cls: type) -> type:
     """A faust.App whose Kafka transport uses ``consumer_cls``.
 
     For BatchMessageConsumer also pass ``Stream=BatchStream`` to the App.

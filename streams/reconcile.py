@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Iterable
@@ -19,8 +18,11 @@ from typing import Any
 
 import orjson
 
+from detectors.events import InvalidEvent, parse_time
 from detectors.windows import ClosedWindow
-from streams.ingest import InvalidEvent, parse_time
+from streams import kafka
+from streams.config import Settings, load_settings
+from streams.kafka import add_kafka_arguments
 
 __all__ = ["reconciliation_rows", "format_table", "register", "run"]
 
@@ -86,20 +88,19 @@ def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
     return "\n".join(lines)
 
 
-async def windows_from_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[ClosedWindow]:
+async def windows_from_topic(settings: Settings, timeout_s: float = 10.0) -> list[ClosedWindow]:
     """Read the whole windows topic once (no consumer group, nothing committed)."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = kafka.consumer(settings, settings.windows_topic, auto_offset_reset="earliest",
+                              enable_auto_commit=False, group_id=None)
     await consumer.start()
     out: list[ClosedWindow] = []
     try:
-        parts = consumer.assignment()
+        parts = sorted(consumer.assignment())
         end = await consumer.end_offsets(list(parts))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(await consumer.position(tp) >= end[tp] for tp in parts):
+            positions = [await consumer.position(tp) for tp in parts]
+            if all(pos >= end[tp] for pos, tp in zip(positions, parts, strict=True)):
                 break
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             for records in batch.values():
@@ -122,8 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--backend", type=Path, help="backend events JSONL")
     p.add_argument("--platform", type=Path, help="platform events JSONL")
-    p.add_argument("--broker", default=os.environ.get("GAPWATCH_BROKER"), help="Kafka bootstrap [env GAPWATCH_BROKER]")
-    p.add_argument("--windows-topic", default=os.environ.get("GAPWATCH_WINDOWS_TOPIC", "gapwatch-windows"))
+    add_kafka_arguments(p, "windows_topic")
     p.add_argument("--from", dest="start", help="start of the range (ISO-8601 or epoch seconds)")
     p.add_argument("--to", dest="end", help="end of the range (ISO-8601 or epoch seconds)")
     p.add_argument("--event-name", default="purchase", help="conversion to reconcile (default purchase)")
@@ -140,15 +140,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"gapwatch reconcile: {exc.detail}", file=sys.stderr)
         return 2
     if args.backend and args.platform:
-        from streams.backtest import OfflinePipeline, _lines
+        from detectors.pipeline import Backtest, PipelineConfig
+        from streams.backtest import read_lines
 
-        pipe = OfflinePipeline(args.window_seconds, detect=False)
-        pipe.run(_lines(args.backend), _lines(args.platform))
-        # the files are all there is: close every window, the last one too
-        pipe.tick(max(pipe.partition.max_ts.values()) + args.window_seconds)
+        pipe = Backtest(PipelineConfig(window_s=args.window_seconds, detect=False))
+        pipe.run(read_lines(args.backend), read_lines(args.platform))
+        pipe.close_all()  # the files are all there is: the last window too
         windows = pipe.windows
-    elif args.broker:
-        windows = asyncio.run(windows_from_topic(args.broker, args.windows_topic))
+    elif "broker" in (settings := load_settings(args)).given:
+        windows = asyncio.run(windows_from_topic(settings))
     else:
         print("gapwatch reconcile: give --backend and --platform files, or --broker", file=sys.stderr)
         return 2

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streams.config import Settings
+
 __all__ = [
     "SCENARIOS",
     "DEFAULT_START",
@@ -772,7 +774,7 @@ class _PartitionBatcher:
 
 async def produce(
     sim: Simulation,
-    bootstrap: str,
+    target: str | Settings,
     topics: dict[str, str] | None = None,
     speedup: float | None = None,
     progress: Callable[[str], None] | None = _stderr,
@@ -782,17 +784,21 @@ async def produce(
 ) -> dict[str, int]:
     """Produce the simulation to Kafka in arrival order; returns messages sent per role.
 
+    target: the Kafka settings (bootstrap and security), or a bare HOST:PORT.
     speedup: event-time seconds per wall second (10000 plays 4 days in ~35 s); None: as fast
     as the broker takes it. partitions: create missing topics with this many partitions first
     (otherwise the broker's auto-creation decides). producer_kwargs go to AIOKafkaProducer.
     """
-    from aiokafka import AIOKafkaProducer
+    from streams import kafka
+    from streams.config import kafka_security_options
 
+    settings_ = target if isinstance(target, Settings) else Settings(broker=target)
     topics = {**DEFAULT_TOPICS, **(topics or {})}
     if partitions:
         from streams.broker import ensure_topics
 
-        await ensure_topics(bootstrap, {topics[r]: partitions for r in ("backend", "platform", "changes")})
+        await ensure_topics(settings_.broker, {topics[r]: partitions for r in ("backend", "platform", "changes")},
+                            **kafka_security_options(settings_))
     settings: dict[str, Any] = {
         "linger_ms": 20,
         "max_batch_size": 256 * 1024,
@@ -800,8 +806,9 @@ async def produce(
         "acks": 1,
     }
     settings.update(producer_kwargs)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **settings)
-    await producer.start()
+    producer = kafka.producer(settings_, **settings)
+    with kafka.quiet_connection_errors():
+        await producer.start()
     sent = {"backend": 0, "platform": 0, "changes": 0}
     total = 0
     wall0 = time.monotonic()
@@ -876,18 +883,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--start", help="simulated start, ISO-8601 or epoch s (default 2026-01-05T00:00Z)")
     p.add_argument("--change-at-fraction", type=float, default=0.75,
                    help="where in the run the fault starts (default 0.75)")
-    p.add_argument("--broker", default=os.environ.get("GAPWATCH_BROKER"),
-                   help="bootstrap HOST:PORT (env GAPWATCH_BROKER)")
     p.add_argument("--out-dir", help="write backend.jsonl, platform.jsonl, changes.jsonl, truth.json")
     p.add_argument("--speedup", type=float, default=None,
                    help="event-time seconds per wall second (e.g. 10000); default: as fast as possible")
-    env = os.environ.get
-    p.add_argument("--partitions", type=int, default=int(env("GAPWATCH_PARTITIONS", "8")),
-                   help="partitions for topics that do not exist yet (default 8, as the worker; "
-                   "env GAPWATCH_PARTITIONS); existing topics keep theirs")
-    p.add_argument("--backend-topic", default=env("GAPWATCH_BACKEND_TOPIC", DEFAULT_TOPICS["backend"]))
-    p.add_argument("--platform-topic", default=env("GAPWATCH_PLATFORM_TOPIC", DEFAULT_TOPICS["platform"]))
-    p.add_argument("--changes-topic", default=env("GAPWATCH_CHANGES_TOPIC", DEFAULT_TOPICS["changes"]))
+    from streams.kafka import add_kafka_arguments
+
+    # --broker, security, --partitions and topic names: the worker's settings (flag, env, TOML)
+    add_kafka_arguments(p, "partitions", "backend_topic", "platform_topic", "changes_topic")
     p.add_argument("--list", action="store_true", help="list the scenarios and their truths, then exit")
     p.set_defaults(func=run)
     return p
@@ -916,7 +918,11 @@ def run(args: argparse.Namespace) -> int:
         what = f"unknown scenario {args.scenario!r}" if args.scenario else "--scenario is required"
         print(f"gapwatch simulate: {what}; valid: {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    if not args.broker and not args.out_dir:
+    from streams.config import load_settings
+
+    settings = load_settings(args)  # a ConfigError is reported by the CLI
+    to_kafka = "broker" in settings.given
+    if not to_kafka and not args.out_dir:
         print("gapwatch simulate: give --broker HOST:PORT and/or --out-dir DIR", file=sys.stderr)
         return 2
     try:
@@ -936,17 +942,17 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir:
         paths = write_jsonl(sim, args.out_dir)
         _stderr(f"simulate: wrote {', '.join(str(p) for p in paths.values())}")
-    if args.broker:
-        topics = {"backend": args.backend_topic, "platform": args.platform_topic,
-                  "changes": args.changes_topic}
+    if to_kafka:
+        topics = {"backend": settings.backend_topic, "platform": settings.platform_topic,
+                  "changes": settings.changes_topic}
         try:
-            asyncio.run(produce(sim, args.broker, topics=topics, speedup=args.speedup,
-                                partitions=args.partitions))
+            asyncio.run(produce(sim, settings, topics=topics, speedup=args.speedup,
+                                partitions=settings.partitions))
         except KeyboardInterrupt:
             _stderr("simulate: interrupted")
             return 130
         except Exception as exc:  # broker unreachable and the like: one clear line, no trace
-            print(f"gapwatch simulate: producing to {args.broker} failed: {exc!r}", file=sys.stderr)
+            print(f"gapwatch simulate: producing to {settings.broker} failed: {exc!r}", file=sys.stderr)
             return 1
     print(orjson.dumps(sim.truth).decode())
     return 0

@@ -1441,10 +1441,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             f"from ${WEBHOOK_ENV} or --webhook-url-file and is never printed."
         ),
     )
-    parser.add_argument(
-        "--broker", default=os.environ.get("GAPWATCH_BROKER", "127.0.0.1:9092"), metavar="HOST:PORT",
-        help="Kafka bootstrap servers (env GAPWATCH_BROKER; default %(default)s)",
-    )
     parser.add_argument("--topic", default=DEFAULT_TOPIC, help="alerts topic (default %(default)s)")
     parser.add_argument("--dlq-topic", default=DEFAULT_DLQ_TOPIC, help="dead-letter topic (default %(default)s)")
     parser.add_argument("--group-id", default=DEFAULT_GROUP_ID, help="consumer group (default %(default)s)")
@@ -1484,9 +1480,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--offset-reset", choices=("earliest", "latest"), default="earliest",
         help="where a brand-new consumer group starts (default %(default)s: nothing is skipped)",
     )
-    from streams.config import SECURITY_SETTINGS, add_arguments
+    from streams.kafka import add_kafka_arguments
 
-    add_arguments(parser, only=SECURITY_SETTINGS)  # SASL/TLS, same flags and env as the worker
+    add_kafka_arguments(parser)  # --broker and SASL/TLS: the same flags, env and TOML as the worker
     parser.set_defaults(func=run)
     return parser
 
@@ -1534,13 +1530,14 @@ def run(args: argparse.Namespace) -> int:
     from streams.config import ConfigError, kafka_security_options, load_settings
 
     try:
-        security = kafka_security_options(load_settings(args))
+        settings = load_settings(args)
+        security = kafka_security_options(settings)
     except ConfigError as exc:
         print(f"gapwatch slack: {exc}", file=sys.stderr)
         return 2
     registry = CollectorRegistry()
     forwarder = SlackForwarder(
-        args.broker,
+        settings.broker,
         webhook_url,
         topic=args.topic,
         dlq_topic=getattr(args, "dlq_topic", DEFAULT_DLQ_TOPIC),

@@ -66,7 +66,7 @@ async def produce(bootstrap: str, n: int, partitions: int) -> tuple[int, int]:
 def _shift(ts: object, by: float) -> object:
     if isinstance(ts, int | float):
         return ts + by
-    from streams.ingest import parse_time
+    from detectors.events import parse_time
 
     return parse_time(ts) + by
 
@@ -107,15 +107,17 @@ def _scrape(url: str) -> float:
     return sum(float(v) for v in re.findall(r'^gapwatch_events_consumed_total\{[^}]*\} (\S+)$', text, re.M))
 
 
-def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: int) -> tuple[float, float]:
-    """The real worker as a subprocess; rate from the first to the n-th consumed event."""
+def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: int,
+               root: Path = ROOT) -> tuple[float, float]:
+    """The real worker (of the checkout at `root`) as a subprocess; rate from the first to the
+    n-th consumed event."""
     port = free_port()
     log = open(os.path.join(workdir, "worker.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap, "--metrics-port", str(port),
          "--app-id", f"bench-{int(time.time())}", "--partitions", str(partitions), "--window-seconds", str(window_s),
          "--data-dir", os.path.join(workdir, "faust")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        stdout=log, stderr=subprocess.STDOUT, cwd=root,
     )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
@@ -164,6 +166,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="repeat the bare loop / worker pair")
     ap.add_argument("--window-seconds", type=int, nargs="+", default=[300, 3600],
                     help="worker window sizes to run (per-window work is spread over fewer events at small sizes)")
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="also run the worker of another checkout (e.g. a `git worktree` of an older "
+                    "commit) on the same data and broker, right after ours")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="gapwatch-bench-")
     with EmbeddedBroker(log_path=os.path.join(workdir, "broker.log")) as broker:
@@ -176,12 +181,16 @@ def main() -> int:
             for window_s in args.window_seconds:
                 bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
                 worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s)
-                rows.append((r + 1, window_s, bare, worker, worker / bare, rss))
+                rows.append((r + 1, window_s, "this checkout", bare, worker, worker / bare, rss))
+                if args.baseline_root is not None:
+                    worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s,
+                                             root=args.baseline_root.resolve())
+                    rows.append((r + 1, window_s, f"baseline {args.baseline_root}", bare, worker, worker / bare, rss))
     print(f"\n{args.events:,} events, {args.partitions} partitions, embedded Tansu broker, 1 worker process\n")
-    print("| round | worker window (s) | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) | ratio | worker RSS (MB) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for r, window_s, bare, worker, ratio, rss in rows:
-        print(f"| {r} | {window_s} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {rss:,.0f} |")
+    print("| round | worker window (s) | worker | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) | ratio | worker RSS (MB) |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for r, window_s, which, bare, worker, ratio, rss in rows:
+        print(f"| {r} | {window_s} | {which} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {rss:,.0f} |")
     return 0
 
 

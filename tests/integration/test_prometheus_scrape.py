@@ -3,7 +3,9 @@ server (Debian's binary) that loads the repository's rules; then every Grafana p
 every dashboard variable and every recording rule must return data, and every rule must
 evaluate without error.
 
-Grafana itself is not installable here, so its queries are run against Prometheus with the
+The dashboard read is the committed deploy/grafana/dashboards/gapwatch.json, which Grafana
+loads; tests/integration/test_deploy.py checks it is what deploy/grafana/gapwatch_dashboard.py
+builds. Grafana itself is not installable here, so its queries are run against Prometheus with the
 template variables filled in the way Grafana would (`.*` for "All", a concrete value for
 single-value variables).
 """

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.backtest import OfflinePipeline
+from detectors.pipeline import Backtest, PipelineConfig
 from streams.simulate import SCENARIOS, generate, produce
 from tests.integration.worker_harness import (
     WorkerPool,
@@ -67,7 +67,7 @@ def check_alerts(alerts: list[dict[str, Any]], truth: dict[str, Any]) -> None:
 
 
 def backtest_alerts(sim: Any) -> list[dict[str, Any]]:
-    pipe = OfflinePipeline(WINDOW_S, LATENESS_S)
+    pipe = Backtest(PipelineConfig(window_s=WINDOW_S, allowed_lateness_s=LATENESS_S))
     for change in sim.changes:
         pipe.add_change(change)
     pipe.run((orjson.dumps(e) for e in sim.backend), (orjson.dumps(e) for e in sim.platform))

@@ -7,7 +7,7 @@ b. bad input of every kind lands on the DLQ with its original bytes and reason h
    is counted by reason, and the valid events around it still count;
 c. hypothesis: arbitrary bytes, arbitrary JSON and mutated valid events on both topics
    never crash the worker, and every message is either counted or dead-lettered, exactly as
-   `streams.ingest.parse_backend` / `parse_platform` decide.
+   `detectors.events.parse_backend` / `parse_platform` decide.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from detectors.events import MAX_TS, MIN_TS, InvalidEvent, parse_backend, parse_platform
 from streams.broker import EmbeddedBroker
-from streams.ingest import MAX_TS, MIN_TS, InvalidEvent, parse_backend, parse_platform
 from streams.simulate import message_key
 from tests.integration.worker_harness import (
     MetricsSnapshot,
@@ -750,6 +750,6 @@ def test_event_name_with_the_key_separator_does_not_break_the_worker(broker: Emb
     assert closed == [0, 60, 120, 180, 240], (
         "PRODUCT BUG: a valid event whose event_name/type contains '|' (the segment-key separator) "
         "breaks stage B: detectors/windows.py WindowAssembler._build unpacks leaf.split('|') "
-        "(ValueError: too many values to unpack); streams/ingest.py canonical_event_name keeps '|'. "
+        "(ValueError: too many values to unpack); detectors/events.py canonical_event_name keeps '|'. "
         f"Closed meta|purchase windows (s after T0): {closed}; worker alive: {worker.alive()}\n"
         + "\n".join(line for line in log.splitlines() if "Error" in line or "error" in line)[-2000:])

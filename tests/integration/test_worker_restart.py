@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.backtest import OfflinePipeline
+from detectors.pipeline import Backtest, PipelineConfig
 from streams.broker import EmbeddedBroker
 from streams.simulate import generate, produce
 from tests.integration.worker_harness import (
@@ -109,7 +109,7 @@ def restart_run(broker: EmbeddedBroker, pool: WorkerPool) -> RestartRun:
 
     worker_b = pool.start(names, "worker-b", window_s=WINDOW_S, lateness_s=LATENESS_S)
     worker_b.wait_ready(120)
-    pipe = OfflinePipeline(WINDOW_S, LATENESS_S, detect=False)
+    pipe = Backtest(PipelineConfig(window_s=WINDOW_S, allowed_lateness_s=LATENESS_S, detect=False))
     pipe.run([orjson.dumps(v) for v in sim.backend] + [v for t, _, v in flush if t == names["backend"]],
              [orjson.dumps(v) for v in sim.platform] + [v for t, _, v in flush if t == names["platform"]])
     expected = {(w.segment_key, w.window_start): orjson.loads(orjson.dumps(w.to_dict())) for w in pipe.windows

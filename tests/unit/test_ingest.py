@@ -1,4 +1,4 @@
-"""Validation and normalisation of raw events (streams.ingest): every reason code, labels,
+"""Validation and normalisation of raw events (detectors.events): every reason code, labels,
 event names, timestamps."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.ingest import (
+from detectors.events import (
     BROWSERS,
     MAX_TS,
     MIN_TS,

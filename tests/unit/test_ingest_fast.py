@@ -6,7 +6,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ingest import (
+from detectors.events import (
     InvalidEvent,
     parse_backend,
     parse_backend_fast,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from detectors.events import parse_backend, parse_platform
 from streams import reconcile
-from streams.ingest import parse_backend, parse_platform
 from streams.simulate import generate, write_jsonl
 
 

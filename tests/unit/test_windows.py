@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from detectors.events import BackendEvent, PlatformEvent
 from detectors.windows import (
     P_BROKEN,
     P_COUNT,
@@ -27,7 +28,6 @@ from detectors.windows import (
     WindowConfig,
     split_platform_by_group,
 )
-from streams.ingest import BackendEvent, PlatformEvent
 
 T = 1767571200  # aligned to 60 s
 CFG = WindowConfig(window_s=60, allowed_lateness_s=30)

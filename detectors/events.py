@@ -574,7 +574,7 @@ def _platform_fast(obj: dict[str, Any]) -> PlatformEvent:
     p = _platform_cache.get(platform) if type(platform) is str else None
     if p is None:
         p = _platform_name(obj)
-        if len(_platform_cache) < _CACHE_MAX:
+        if type(platform) is str and len(_platform_cache) < _CACHE_MAX:
             _platform_cache[platform] = p
     event_id, order_id, ts, value, browser, region, denied, has_clicks = _fast_common(obj)
     channel = get("channel")
