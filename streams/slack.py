@@ -719,8 +719,8 @@ class ForwarderSetupError(RuntimeError):
 
 def kafka_client(kind: str, options: Mapping[str, Any]) -> Any:
     """Every Kafka client of the forwarder is built here: `kind` is "consumer", "producer" or
-    "admin", `options` the aiokafka keyword arguments (bootstrap servers and security included).
-    One place, so that a project-wide client factory can take over."""
+    "admin", `options` the aiokafka keyword arguments, starting from
+    `streams.kafka.client_options(settings)` (bootstrap servers and security) in the CLI."""
     if kind == "consumer":
         from aiokafka import AIOKafkaConsumer
 
@@ -1527,11 +1527,12 @@ def run(args: argparse.Namespace) -> int:
         print("gapwatch slack: --grafana-url-template must be an http(s) URL", file=sys.stderr)
         return 2
 
-    from streams.config import ConfigError, kafka_security_options, load_settings
+    from streams.config import ConfigError, load_settings
+    from streams.kafka import client_options
 
     try:
         settings = load_settings(args)
-        security = kafka_security_options(settings)
+        kafka_options = client_options(settings)  # bootstrap servers and security, as every verb
     except ConfigError as exc:
         print(f"gapwatch slack: {exc}", file=sys.stderr)
         return 2
@@ -1549,7 +1550,7 @@ def run(args: argparse.Namespace) -> int:
         max_backoff_s=args.max_backoff_seconds,
         initial_backoff_s=min(1.0, args.max_backoff_seconds),
         auto_offset_reset=getattr(args, "offset_reset", "earliest"),
-        client_options=security,
+        client_options=kafka_options,
         consumer_options=_group_timeouts(getattr(args, "session_timeout_ms", 10_000)),
     )
     if args.metrics_port is not None:
