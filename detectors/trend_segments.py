@@ -1,0 +1,236 @@
+"""Change points of a real-world series: straight-line segments, autocorrelated noise, outliers.
+
+The default model of ``gapwatch detect``. Each segment is a straight line (a change is a
+break in level, in trend, or both); the noise around the lines may be serially correlated
+and have isolated spikes. Three steps:
+
+1. **Outliers.** A point further than 5 robust standard deviations from the running median
+   of the 5 points around it is an isolated spike (at most two points wide): it is left out
+   of the fit, like a missing value, and cannot open a segment. A step or a kink moves the
+   running median with it, so changes are not taken for spikes.
+2. **Noise scale.** The cost of a segment is its residual sum of squares divided by the
+   noise's *long-run* variance ``gamma0 (1 + phi) / (1 - phi)`` (AR(1); ``phi`` clipped to
+   [0, 0.9]). That is the variance that governs how much a spurious line fit can gain on
+   correlated noise, so the penalty keeps its meaning on autocorrelated series. It is first
+   fitted to a robust variogram of second differences at lags 1..16 (which a few changes
+   barely touch), then re-estimated from the residuals of the segmentation it gives (robust
+   lag-1 correlation and MAD), until the segmentation stops changing (at most 4 rounds).
+3. **Search.** PELT (``detectors.pelt``) with one penalty per change, BIC-like in the
+   parameters it adds: ``(p + 2) log n`` with ``p = 2`` (level and slope), the same rule as
+   the mean (``p = 1``) and normal (``p = 2``) models.
+
+Times are the original indices, so missing values leave gaps in time, not in the lines.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(3)
+>>> t = np.arange(300.0)
+>>> signal = np.where(t < 120, 0.02 * t, 4.0 - 0.03 * (t - 120)) + np.where(t >= 220, 4.0, 0.0)
+>>> x = signal + rng.normal(0, 0.5, 300)
+>>> x[[50, 51, 170]] += 6.0  # spikes, not segments
+>>> trend_change_points(t, x)
+[120, 220]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+
+from detectors.pelt import EXACT_LIMIT, pelt
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+PHI_MAX = 0.9
+OUTLIER_SDS = 5.0
+# below this fraction of the series' range, noise is treated as rounding: keeps noiseless
+# series finite and float error in the cumulative sums far below any penalty
+RESOLUTION = 1e-4
+MAD_TO_SD = 1.4826
+
+
+def mad_scale(x: FloatArray) -> float:
+    """Robust standard deviation: 1.4826 x median absolute deviation.
+
+    >>> mad_scale(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    1.4826
+    """
+    if x.size == 0:
+        return 0.0
+    return MAD_TO_SD * float(np.median(np.abs(x - np.median(x))))
+
+
+def outlier_mask(x: FloatArray) -> NDArray[np.bool_]:
+    """True where a point is an isolated spike (see the module docstring).
+
+    >>> x = np.array([0.0, 0.1, -0.1, 0.05, 9.0, 0.0, -0.05, 0.1, 5.0, 5.1, 4.9, 5.05])
+    >>> np.flatnonzero(outlier_mask(x)).tolist()
+    [4]
+    """
+    if x.size < 5:
+        return np.zeros(x.size, dtype=bool)
+    running = np.median(sliding_window_view(np.pad(x, 2, mode="edge"), 5), axis=1)
+    gap = x - running
+    floor = RESOLUTION * float(np.ptp(x))
+    return np.asarray(np.abs(gap) > OUTLIER_SDS * max(mad_scale(gap), floor), dtype=bool)
+
+
+def ar1_long_run_variance(gamma0: float, phi: float) -> float:
+    """Long-run variance of AR(1) noise with marginal variance ``gamma0``.
+
+    >>> round(ar1_long_run_variance(1.0, 0.5), 6)
+    3.0
+    """
+    phi = min(max(phi, 0.0), PHI_MAX)
+    return gamma0 * (1.0 + phi) / (1.0 - phi)
+
+
+def variogram_long_run_variance(x: FloatArray) -> float:
+    """AR(1) fit to the robust variance of second differences at lags 1, 2, 4, 8, 16.
+
+    ``Var(x[t+k] - 2 x[t] + x[t-k]) = 2 gamma0 (1 - phi^k) (3 - phi^k)`` for AR(1) noise; a
+    line's slope cancels, and a few changes touch few differences (MAD).
+
+    >>> e = np.random.default_rng(0).normal(0.0, 1.0, 5000)
+    >>> round(variogram_long_run_variance(e), 1)
+    1.0
+    """
+    lags = [k for k in (1, 2, 4, 8, 16) if 4 * k < x.size]
+    if not lags:
+        return float(np.var(x))
+    observed = []
+    for k in lags:
+        second = x[2 * k:] - 2.0 * x[k:-k] + x[: -2 * k]
+        observed.append(mad_scale(second) ** 2)
+    v = np.array(observed)
+    if np.any(v <= 0.0):
+        return 0.0
+    lag = np.array(lags, dtype=float)
+    best = (math.inf, 0.0, 0.0)
+    for phi in np.linspace(0.0, PHI_MAX, 91):
+        shape = 2.0 * (1.0 - phi**lag) * (3.0 - phi**lag)
+        log_gamma0 = float(np.mean(np.log(v / shape)))
+        misfit = float(np.sum((np.log(v / shape) - log_gamma0) ** 2))
+        if misfit < best[0]:
+            best = (misfit, float(phi), math.exp(log_gamma0))
+    return ar1_long_run_variance(best[2], best[1])
+
+
+def residual_long_run_variance(residuals: list[FloatArray]) -> float:
+    """Long-run variance from segment residuals: robust lag-1 correlation and scale.
+
+    The lag-1 correlation is Gnanadesikan-Kettenring's, ``(s(a+b)^2 - s(a-b)^2) /
+    (s(a+b)^2 + s(a-b)^2)`` over the pairs of neighbours within a segment, ``s`` the MAD scale.
+
+    >>> rng = np.random.default_rng(5)
+    >>> e = np.zeros(20000)
+    >>> for i in range(1, e.size):
+    ...     e[i] = 0.5 * e[i - 1] + rng.normal()
+    >>> round(residual_long_run_variance([e[:9000], e[9000:]]) / 4.0, 1)  # 1 / (1 - 0.5)^2
+    1.0
+    """
+    pairs = [r for r in residuals if r.size >= 2]
+    if not pairs:
+        return 0.0
+    everything = np.concatenate(residuals)
+    before = np.concatenate([r[:-1] for r in pairs])
+    after = np.concatenate([r[1:] for r in pairs])
+    su, sv = mad_scale(before + after) ** 2, mad_scale(before - after) ** 2
+    phi = (su - sv) / (su + sv) if su + sv > 0.0 else 0.0
+    return ar1_long_run_variance(mad_scale(everything) ** 2, phi)
+
+
+class LinearTrendCost:
+    """Residual sum of squares of a least-squares line per segment, over a noise variance.
+
+    Built once per series from cumulative sums (times and values rescaled to [0, 1] so the
+    sums stay accurate for 10^5 points); ``cost(starts, ends)`` is vectorised.
+
+    >>> cost = LinearTrendCost(np.arange(6.0), np.array([0.0, 1, 2, 3, 2, 1]), 1.0)
+    >>> [round(float(c), 6) for c in cost(np.array([0, 0, 3]), np.array([4, 6, 6]))]
+    [0.0, 4.342857, 0.0]
+    """
+
+    def __init__(self, times: FloatArray, values: FloatArray, noise_variance: float) -> None:
+        self.times = times
+        self.values = values
+        span_t = float(times[-1] - times[0]) or 1.0
+        self.value_scale = float(np.ptp(values)) or 1.0
+        t = (times - times[0]) / span_t
+        x = (values - float(np.median(values))) / self.value_scale
+        self.noise_variance = noise_variance
+        self._unit_variance = noise_variance / self.value_scale**2
+        zero = np.zeros(1)
+        self._s = [np.concatenate([zero, np.cumsum(v)]) for v in (t, t * t, x, t * x, x * x)]
+
+    def rss(self, starts: IntArray, ends: IntArray) -> FloatArray:
+        """Residual sum of squares of each segment, in units of ``value_scale**2``."""
+        s_t, s_tt, s_x, s_tx, s_xx = (s[ends] - s[starts] for s in self._s)
+        n = (ends - starts).astype(np.float64)
+        c_tt = s_tt - s_t * s_t / n
+        c_tx = s_tx - s_t * s_x / n
+        c_xx = s_xx - s_x * s_x / n
+        fit = np.where(c_tt > 1e-300, c_tx * c_tx / np.maximum(c_tt, 1e-300), 0.0)
+        return np.asarray(np.maximum(c_xx - fit, 0.0), dtype=np.float64)
+
+    def __call__(self, starts: IntArray, ends: IntArray) -> FloatArray:
+        return np.asarray(self.rss(starts, ends) / self._unit_variance, dtype=np.float64)
+
+    def residuals(self, changes: list[int]) -> list[FloatArray]:
+        """Each segment's residuals around its own least-squares line (original units)."""
+        bounds = [0, *changes, int(self.values.size)]
+        out = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            t, x = self.times[a:b], self.values[a:b]
+            if b - a >= 3:
+                slope, intercept = np.polyfit(t - t[0], x, 1)
+                out.append(np.asarray(x - (intercept + slope * (t - t[0])), dtype=np.float64))
+            else:
+                out.append(np.asarray(x - x.mean(), dtype=np.float64))
+        return out
+
+
+def default_trend_penalty(n: int) -> float:
+    """``(p + 2) log n`` with p = 2 parameters (level, slope) per segment.
+
+    >>> round(default_trend_penalty(100), 2)
+    18.42
+    """
+    return 4.0 * math.log(max(n, 2))
+
+
+def trend_change_points(
+    times: FloatArray,
+    values: FloatArray,
+    penalty: float | None = None,
+    min_size: int = 5,
+    exact_limit: int = EXACT_LIMIT,
+) -> list[int]:
+    """Positions (into ``values``) where a new straight-line segment starts.
+
+    ``times`` are increasing and ``values`` finite (missing points already left out).
+    Fewer than ``2 * min_size`` points, or a constant series: no change point.
+    """
+    if values.size < 2 * min_size or float(np.ptp(values)) == 0.0:
+        return []
+    clean = ~outlier_mask(values)
+    keep = np.flatnonzero(clean)
+    t, x = times[keep], values[keep]
+    if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
+        return []
+    pen = default_trend_penalty(int(x.size)) if penalty is None else float(penalty)
+    floor = (RESOLUTION * float(np.ptp(x))) ** 2
+    variance = max(variogram_long_run_variance(x), floor)
+    seen: list[list[int]] = []
+    changes: list[int] = []
+    for _ in range(4):
+        cost = LinearTrendCost(t, x, variance)
+        changes = pelt(cost, int(x.size), pen, min_size, exact_limit)
+        if changes in seen:
+            break
+        seen.append(changes)
+        variance = max(residual_long_run_variance(cost.residuals(changes)), floor)
+    return [int(keep[c]) for c in changes]
