@@ -162,7 +162,8 @@ class LinearTrendCost:
         t = (times - times[0]) / span_t
         x = (values - float(np.median(values))) / self.value_scale
         self.noise_variance = noise_variance
-        self._unit_variance = noise_variance / self.value_scale**2
+        self.unit_variance = noise_variance / self.value_scale**2
+        self._t = t
         zero = np.zeros(1)
         self._s = [np.concatenate([zero, np.cumsum(v)]) for v in (t, t * t, x, t * x, x * x)]
 
@@ -177,7 +178,42 @@ class LinearTrendCost:
         return np.asarray(np.maximum(c_xx - fit, 0.0), dtype=np.float64)
 
     def __call__(self, starts: IntArray, ends: IntArray) -> FloatArray:
-        return np.asarray(self.rss(starts, ends) / self._unit_variance, dtype=np.float64)
+        return np.asarray(self.rss(starts, ends) / self.unit_variance, dtype=np.float64)
+
+    def hinge_rss(self, left: int, right: int, positions: IntArray) -> FloatArray:
+        """RSS over ``[left, right)`` of one *continuous* line with a kink at each position.
+
+        Least squares on ``1, t, (t - t[p])_+`` (same units as ``rss``, here 1/4^2): a change of slope
+        without a jump, which pins a kink down where two free lines would not.
+
+        >>> x = np.array([0.0, 1, 2, 3, 4, 3, 2, 1, 0])
+        >>> cost = LinearTrendCost(np.arange(9.0), x, 1.0)
+        >>> [round(float(v), 6) for v in cost.hinge_rss(0, 9, np.array([3, 4, 5]))]
+        [0.138889, 0.0, 0.138889]
+        """
+        s_t, s_tt, s_x, s_tx, s_xx = (s[right] - s[left] for s in self._s)
+        r_t, r_tt, r_x, r_tx = (s[right] - s[positions] for s in self._s[:4])
+        n = float(right - left)
+        n_r = (right - positions).astype(np.float64)
+        t0 = float(self._t[left])
+        tau = self._t[positions] - t0
+        # shift times to the window's start: the normal equations stay well conditioned
+        c_t, c_tt, c_tx = s_t - t0 * n, s_tt - 2 * t0 * s_t + t0 * t0 * n, s_tx - t0 * s_x
+        q_t = r_t - t0 * n_r
+        q_tt = r_tt - 2 * t0 * r_t + t0 * t0 * n_r
+        q_tx = r_tx - t0 * r_x
+        s_h = q_t - tau * n_r
+        s_hh = q_tt - 2 * tau * q_t + tau * tau * n_r
+        s_th = q_tt - tau * q_t
+        s_hx = q_tx - tau * r_x
+        m = positions.size
+        a = np.empty((m, 3, 3))
+        a[:, 0, 0], a[:, 0, 1], a[:, 0, 2] = n, c_t, s_h
+        a[:, 1, 0], a[:, 1, 1], a[:, 1, 2] = c_t, c_tt, s_th
+        a[:, 2, 0], a[:, 2, 1], a[:, 2, 2] = s_h, s_th, s_hh
+        b = np.stack([np.full(m, s_x), np.full(m, c_tx), s_hx], axis=1)
+        coef = np.linalg.solve(a, b[:, :, None])[:, :, 0]
+        return np.asarray(np.maximum(s_xx - np.sum(coef * b, axis=1), 0.0), dtype=np.float64)
 
     def residuals(self, changes: list[int]) -> list[FloatArray]:
         """Each segment's residuals around its own least-squares line (original units)."""
@@ -191,6 +227,30 @@ class LinearTrendCost:
             else:
                 out.append(np.asarray(x - x.mean(), dtype=np.float64))
         return out
+
+
+def relocate(cost: LinearTrendCost, changes: list[int], min_size: int, jump_penalty: float) -> list[int]:
+    """Move each change to its best place between its neighbours, kink or jump.
+
+    For each change, with its neighbours fixed: the best continuous kink (hinge) against
+    the best jump-and-kink (two free lines) that pays ``jump_penalty`` for its one extra
+    parameter (the jump); the change goes where the better of the two puts it. Two passes.
+    """
+    out = list(changes)
+    n = int(cost.values.size)
+    for _ in range(2):
+        for k in range(len(out)):
+            left = out[k - 1] if k > 0 else 0
+            right = out[k + 1] if k + 1 < len(out) else n
+            pos = np.arange(left + min_size, right - min_size + 1, dtype=np.int64)
+            if pos.size == 0:
+                continue
+            lefts, rights = np.full(pos.size, left), np.full(pos.size, right)
+            free = cost(lefts, pos) + cost(pos, rights) + jump_penalty
+            hinge = cost.hinge_rss(left, right, pos) / cost.unit_variance
+            i_free, i_hinge = int(np.argmin(free)), int(np.argmin(hinge))
+            out[k] = int(pos[i_hinge] if hinge[i_hinge] <= free[i_free] else pos[i_free])
+    return out
 
 
 def default_trend_penalty(n: int) -> float:
@@ -229,6 +289,7 @@ def trend_change_points(
     for _ in range(4):
         cost = LinearTrendCost(t, x, variance)
         changes = pelt(cost, int(x.size), pen, min_size, exact_limit)
+        changes = relocate(cost, changes, min_size, math.log(x.size))
         if changes in seen:
             break
         seen.append(changes)
