@@ -35,7 +35,7 @@ EXACT_LIMIT = 1000
 
 
 def _search(
-    cost: SegmentCost, positions: IntArray, penalty: float, min_size: int
+    cost: SegmentCost, positions: IntArray, penalty: float, min_size: int, slack: float
 ) -> list[int]:
     """PELT over the boundary ``positions`` (sorted, first 0, last n); returns changes."""
     m = int(positions.size)
@@ -59,7 +59,7 @@ def _search(
         best[j] = values[i]
         last[j] = candidates[i]
         # pruning (Killick et al.): a start that cannot beat the optimum now never will
-        candidates = candidates[values - penalty <= best[j]]
+        candidates = candidates[values - penalty - slack <= best[j]]
     changes: list[int] = []
     j = m - 1
     if not math.isfinite(float(best[j])):
@@ -85,15 +85,21 @@ def pelt(
     penalty: float,
     min_size: int,
     exact_limit: int = EXACT_LIMIT,
+    slack: float = 0.0,
 ) -> list[int]:
-    """Changes (first index of each new segment) minimising total cost + penalty per change."""
+    """Changes (first index of each new segment) minimising total cost + penalty per change.
+
+    ``slack``: how much splitting a segment can raise the cost at most (0 for a fitted
+    likelihood; a cost that charges each segment for a parameter may rise by that charge);
+    pruning keeps every start within that margin, so the search stays exact.
+    """
     if n < 2 * min_size:
         return []
     if n <= exact_limit:
-        return _search(cost, np.arange(n + 1, dtype=np.int64), penalty, min_size)
+        return _search(cost, np.arange(n + 1, dtype=np.int64), penalty, min_size, slack)
     step = max(math.ceil(n / exact_limit), 1)
     grid = np.unique(np.concatenate([np.arange(0, n, step), [n]])).astype(np.int64)
-    coarse = _search(cost, grid, penalty, max(min_size, step))
+    coarse = _search(cost, grid, penalty, max(min_size, step), slack)
     # exact search again, its boundaries restricted to one grid step around the coarse
     # changes: it moves each change to its best point and drops those the grid forced
-    return _search(cost, _near(coarse, n, step), penalty, min_size)
+    return _search(cost, _near(coarse, n, step), penalty, min_size, slack)

@@ -1,23 +1,28 @@
 """Change points of a real-world series: straight-line segments, autocorrelated noise, outliers.
 
-The default model of ``gapwatch detect``. Each segment is a straight line (a change is a
-break in level, in trend, or both); the noise around the lines may be serially correlated
-and have isolated spikes. Three steps:
+The default model of ``gapwatch detect``. Each segment is a straight line or a constant (a
+change is a break in level, in trend, or both); the noise around them may be serially
+correlated and have isolated spikes. Four steps:
 
-1. **Outliers.** A point further than 5 robust standard deviations from the running median
-   of the 5 points around it is an isolated spike (at most two points wide): it is left out
-   of the fit, like a missing value, and cannot open a segment. A step or a kink moves the
-   running median with it, so changes are not taken for spikes.
-2. **Noise scale.** The cost of a segment is its residual sum of squares divided by the
-   noise's *long-run* variance ``gamma0 (1 + phi) / (1 - phi)`` (AR(1); ``phi`` clipped to
-   [0, 0.9]). That is the variance that governs how much a spurious line fit can gain on
-   correlated noise, so the penalty keeps its meaning on autocorrelated series. It is first
-   fitted to a robust variogram of second differences at lags 1..16 (which a few changes
-   barely touch), then re-estimated from the residuals of the segmentation it gives (robust
-   lag-1 correlation and MAD), until the segmentation stops changing (at most 4 rounds).
-3. **Search.** PELT (``detectors.pelt``) with one penalty per change, BIC-like in the
-   parameters it adds: ``(p + 2) log n`` with ``p = 2`` (level and slope), the same rule as
-   the mean (``p = 1``) and normal (``p = 2``) models.
+1. **Outliers.** One or two points that stand apart, in the same direction, from the three
+   points on each side (their median and their straight-line extrapolation) by more than 5
+   robust standard deviations form an isolated spike: left out of the fit like a missing
+   value, it cannot open a segment. A step edge agrees with one side and a sharp turn (a V)
+   with the extrapolations, so neither is a spike.
+2. **Noise scale.** A segment's cost is its residual sum of squares over the noise's
+   *long-run* variance ``gamma0 (1 + phi) / (1 - phi)`` (AR(1), ``phi`` clipped to [0, 0.9]):
+   the variance that governs how much a spurious fit can gain on correlated noise, so the
+   penalty keeps its meaning on autocorrelated series. First fitted to a robust variogram of
+   second differences at lags 1..16 (slopes cancel; a few changes touch few differences),
+   then re-estimated from the residuals of the segmentation it gives (MAD and a robust lag-1
+   correlation, never local first differences) until the segmentation repeats (at most 10
+   rounds).
+3. **Search.** PELT (``detectors.pelt``), BIC-like: each change pays ``(p + 2) log n`` with
+   ``p = 1`` (its new level), the rule of the ``mean`` model, and a segment that uses a slope
+   pays ``log n`` more for it (so a pure step is not charged for a slope it does not need).
+4. **Placement.** Two free lines place a continuous bend poorly; each change is moved (within
+   ``3 * min_size`` points) to the best continuous kink instead when that fits as well as a
+   jump that pays ``log n`` for its extra parameter.
 
 Times are the original indices, so missing values leave gaps in time, not in the lines.
 
@@ -36,7 +41,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from detectors.pelt import EXACT_LIMIT, pelt
@@ -50,6 +54,8 @@ OUTLIER_SDS = 5.0
 # series finite and float error in the cumulative sums far below any penalty
 RESOLUTION = 1e-4
 MAD_TO_SD = 1.4826
+VARIOGRAM_LAGS = (1, 2, 4, 8, 16)
+MAX_ROUNDS = 10
 
 
 def mad_scale(x: FloatArray) -> float:
@@ -64,18 +70,49 @@ def mad_scale(x: FloatArray) -> float:
 
 
 def outlier_mask(x: FloatArray) -> NDArray[np.bool_]:
-    """True where a point is an isolated spike (see the module docstring).
+    """True where a point is part of an isolated spike (one or two points wide).
 
-    >>> x = np.array([0.0, 0.1, -0.1, 0.05, 9.0, 0.0, -0.05, 0.1, 5.0, 5.1, 4.9, 5.05])
+    A spike stands apart from *both* sides, in the same direction: every point of it differs
+    from the median of the three points before the spike, from that of the three after it,
+    by more than 5 times the robust
+    scale of ``x[t] - (x[t-1] + x[t+1]) / 2`` (noise plus local curvature), and from the
+    straight-line extrapolation of each side by half that. A step edge agrees with one side,
+    a slope or a sharp turn (a V) with the extrapolations.
+
+    >>> x = np.tile([0.0, 0.1, -0.1, 0.05, -0.05], 6)
+    >>> x[7] = 9.0
+    >>> x[[15, 16]] = -6.0
+    >>> x[22:] += 5.0  # a step is no spike
     >>> np.flatnonzero(outlier_mask(x)).tolist()
-    [4]
+    [7, 15, 16]
     """
-    if x.size < 5:
-        return np.zeros(x.size, dtype=bool)
-    running = np.median(sliding_window_view(np.pad(x, 2, mode="edge"), 5), axis=1)
-    gap = x - running
-    floor = RESOLUTION * float(np.ptp(x))
-    return np.asarray(np.abs(gap) > OUTLIER_SDS * max(mad_scale(gap), floor), dtype=bool)
+    out = np.zeros(x.size, dtype=bool)
+    if x.size < 8:
+        return out
+    bend = x[1:-1] - 0.5 * (x[:-2] + x[2:])
+    limit = OUTLIER_SDS * max(mad_scale(bend), RESOLUTION * float(np.ptp(x)))
+    for width in (1, 2):
+        n = x.size - 5 - width  # spike starts t = 3 .. n + 2
+        left = [x[k : k + n] for k in range(3)]
+        right = [x[3 + width + k : 3 + width + k + n] for k in range(3)]
+        # each side's level (median) and its straight-line extrapolation to the spike
+        # (extrapolation is noisier: half the limit is enough to tell a spike from a V)
+        sides = [
+            (np.median(np.stack(left), axis=0), limit),
+            (np.median(np.stack(right), axis=0), limit),
+            (left[2] + (left[2] - left[0]) * (1 + width) / 2, limit / 2),
+            (right[0] - (right[2] - right[0]) * (1 + width) / 2, limit / 2),
+        ]
+        up = np.ones(n, dtype=bool)
+        down = np.ones(n, dtype=bool)
+        for offset in range(width):
+            point = x[3 + offset : 3 + offset + n]
+            for ref, bar in sides:
+                up &= point - ref > bar
+                down &= ref - point > bar
+        for offset in range(width):
+            out[3 + offset : 3 + offset + n] |= up | down
+    return out
 
 
 def ar1_long_run_variance(gamma0: float, phi: float) -> float:
@@ -98,7 +135,7 @@ def variogram_long_run_variance(x: FloatArray) -> float:
     >>> round(variogram_long_run_variance(e), 1)
     1.0
     """
-    lags = [k for k in (1, 2, 4, 8, 16) if 4 * k < x.size]
+    lags = [k for k in VARIOGRAM_LAGS if 4 * k < x.size]
     if not lags:
         return float(np.var(x))
     observed = []
@@ -154,7 +191,14 @@ class LinearTrendCost:
     [0.0, 4.342857, 0.0]
     """
 
-    def __init__(self, times: FloatArray, values: FloatArray, noise_variance: float) -> None:
+    def __init__(
+        self,
+        times: FloatArray,
+        values: FloatArray,
+        noise_variance: float,
+        slope_penalty: float = 0.0,
+    ) -> None:
+        self.slope_penalty = slope_penalty
         self.times = times
         self.values = values
         span_t = float(times[-1] - times[0]) or 1.0
@@ -177,8 +221,17 @@ class LinearTrendCost:
         fit = np.where(c_tt > 1e-300, c_tx * c_tx / np.maximum(c_tt, 1e-300), 0.0)
         return np.asarray(np.maximum(c_xx - fit, 0.0), dtype=np.float64)
 
+    def rss_flat(self, starts: IntArray, ends: IntArray) -> FloatArray:
+        """Residual sum of squares around each segment's mean (no slope)."""
+        s_x, s_xx = (self._s[k][ends] - self._s[k][starts] for k in (2, 4))
+        n = (ends - starts).astype(np.float64)
+        return np.asarray(np.maximum(s_xx - s_x * s_x / n, 0.0), dtype=np.float64)
+
     def __call__(self, starts: IntArray, ends: IntArray) -> FloatArray:
-        return np.asarray(self.rss(starts, ends) / self.unit_variance, dtype=np.float64)
+        # a segment's slope is a parameter it pays for (BIC) only when it uses it
+        sloped = self.rss(starts, ends) / self.unit_variance + self.slope_penalty
+        flat = self.rss_flat(starts, ends) / self.unit_variance
+        return np.asarray(np.minimum(flat, sloped), dtype=np.float64)
 
     def hinge_rss(self, left: int, right: int, positions: IntArray) -> FloatArray:
         """RSS over ``[left, right)`` of one *continuous* line with a kink at each position.
@@ -230,9 +283,10 @@ class LinearTrendCost:
 
 
 def relocate(cost: LinearTrendCost, changes: list[int], min_size: int, jump_penalty: float) -> list[int]:
-    """Move each change to its best place between its neighbours, kink or jump.
+    """Move each change to its best place near where the search put it, kink or jump.
 
-    For each change, with its neighbours fixed: the best continuous kink (hinge) against
+    For each change, within ``3 * min_size`` points of its place and with its neighbours
+    fixed: the best continuous kink (hinge) against
     the best jump-and-kink (two free lines) that pays ``jump_penalty`` for its one extra
     parameter (the jump); the change goes where the better of the two puts it. Two passes.
     """
@@ -242,7 +296,9 @@ def relocate(cost: LinearTrendCost, changes: list[int], min_size: int, jump_pena
         for k in range(len(out)):
             left = out[k - 1] if k > 0 else 0
             right = out[k + 1] if k + 1 < len(out) else n
-            pos = np.arange(left + min_size, right - min_size + 1, dtype=np.int64)
+            lo = max(left + min_size, changes[k] - 3 * min_size)
+            hi = min(right - min_size, changes[k] + 3 * min_size)
+            pos = np.arange(lo, hi + 1, dtype=np.int64)
             if pos.size == 0:
                 continue
             lefts, rights = np.full(pos.size, left), np.full(pos.size, right)
@@ -254,12 +310,12 @@ def relocate(cost: LinearTrendCost, changes: list[int], min_size: int, jump_pena
 
 
 def default_trend_penalty(n: int) -> float:
-    """``(p + 2) log n`` with p = 2 parameters (level, slope) per segment.
+    """``(p + 2) log n`` with p = 1 (the new level); a segment's slope pays ``log n`` more.
 
     >>> round(default_trend_penalty(100), 2)
-    18.42
+    13.82
     """
-    return 4.0 * math.log(max(n, 2))
+    return 3.0 * math.log(max(n, 2))
 
 
 def trend_change_points(
@@ -282,13 +338,14 @@ def trend_change_points(
     if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
         return []
     pen = default_trend_penalty(int(x.size)) if penalty is None else float(penalty)
+    slope_penalty = math.log(x.size)
     floor = (RESOLUTION * float(np.ptp(x))) ** 2
     variance = max(variogram_long_run_variance(x), floor)
     seen: list[list[int]] = []
     changes: list[int] = []
-    for _ in range(4):
-        cost = LinearTrendCost(t, x, variance)
-        changes = pelt(cost, int(x.size), pen, min_size, exact_limit)
+    for _ in range(MAX_ROUNDS):
+        cost = LinearTrendCost(t, x, variance, slope_penalty)
+        changes = pelt(cost, int(x.size), pen, min_size, exact_limit, slack=slope_penalty)
         changes = relocate(cost, changes, min_size, math.log(x.size))
         if changes in seen:
             break
