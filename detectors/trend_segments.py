@@ -10,9 +10,10 @@ correlated and have isolated spikes. Four steps:
    value, it cannot open a segment. A step edge agrees with one side and a sharp turn (a V)
    with the extrapolations, so neither is a spike.
 2. **Noise scale.** A segment's cost is its residual sum of squares over the noise's
-   *long-run* variance ``gamma0 (1 + phi) / (1 - phi)`` (AR(1), ``phi`` clipped to [0, 0.9]):
-   the variance that governs how much a spurious fit can gain on correlated noise, so the
-   penalty keeps its meaning on autocorrelated series. First fitted to a robust variogram of
+   *long-run* variance ``gamma0 (1 + phi) / (1 - phi)`` (AR(1)): the variance that governs
+   how much a spurious fit can gain on correlated noise, so the penalty keeps its meaning on
+   autocorrelated series. ``phi`` is clipped to [0, (m - 1) / (m + 1)] (m = min_size; 2/3 by
+   default): noise correlated over more than a shortest segment is not told from segments. First fitted to a robust variogram of
    second differences at lags 1..16 (slopes cancel; a few changes touch few differences),
    then re-estimated from the residuals of the segmentation it gives (MAD and a robust lag-1
    correlation, never local first differences) until the segmentation repeats (at most 10
@@ -48,7 +49,7 @@ from detectors.pelt import EXACT_LIMIT, pelt
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
-PHI_MAX = 0.9
+PHI_MAX = 2.0 / 3.0  # phi_cap(5): the default min_size
 OUTLIER_SDS = 5.0
 # below this fraction of the series' range, noise is treated as rounding: keeps noiseless
 # series finite and float error in the cumulative sums far below any penalty
@@ -115,17 +116,28 @@ def outlier_mask(x: FloatArray) -> NDArray[np.bool_]:
     return out
 
 
-def ar1_long_run_variance(gamma0: float, phi: float) -> float:
+def phi_cap(min_size: int) -> float:
+    """Largest AR(1) coefficient taken as noise: correlation length ``(1 + phi) / (1 - phi)``
+    (points per independent observation) up to ``min_size``. Noise persistent over longer
+    than the shortest segment cannot be told from segments at that resolution.
+
+    >>> round(phi_cap(5), 3)
+    0.667
+    """
+    return max(min_size - 1, 0) / (min_size + 1)
+
+
+def ar1_long_run_variance(gamma0: float, phi: float, phi_max: float = PHI_MAX) -> float:
     """Long-run variance of AR(1) noise with marginal variance ``gamma0``.
 
     >>> round(ar1_long_run_variance(1.0, 0.5), 6)
     3.0
     """
-    phi = min(max(phi, 0.0), PHI_MAX)
+    phi = min(max(phi, 0.0), phi_max)
     return gamma0 * (1.0 + phi) / (1.0 - phi)
 
 
-def variogram_long_run_variance(x: FloatArray) -> float:
+def variogram_long_run_variance(x: FloatArray, phi_max: float = PHI_MAX) -> float:
     """AR(1) fit to the robust variance of second differences at lags 1, 2, 4, 8, 16.
 
     ``Var(x[t+k] - 2 x[t] + x[t-k]) = 2 gamma0 (1 - phi^k) (3 - phi^k)`` for AR(1) noise; a
@@ -147,16 +159,16 @@ def variogram_long_run_variance(x: FloatArray) -> float:
         return 0.0
     lag = np.array(lags, dtype=float)
     best = (math.inf, 0.0, 0.0)
-    for phi in np.linspace(0.0, PHI_MAX, 91):
+    for phi in np.linspace(0.0, phi_max, 91):
         shape = 2.0 * (1.0 - phi**lag) * (3.0 - phi**lag)
         log_gamma0 = float(np.mean(np.log(v / shape)))
         misfit = float(np.sum((np.log(v / shape) - log_gamma0) ** 2))
         if misfit < best[0]:
             best = (misfit, float(phi), math.exp(log_gamma0))
-    return ar1_long_run_variance(best[2], best[1])
+    return ar1_long_run_variance(best[2], best[1], phi_max)
 
 
-def residual_long_run_variance(residuals: list[FloatArray]) -> float:
+def residual_long_run_variance(residuals: list[FloatArray], phi_max: float = PHI_MAX) -> float:
     """Long-run variance from segment residuals: robust lag-1 correlation and scale.
 
     The lag-1 correlation is Gnanadesikan-Kettenring's, ``(s(a+b)^2 - s(a-b)^2) /
@@ -177,7 +189,7 @@ def residual_long_run_variance(residuals: list[FloatArray]) -> float:
     after = np.concatenate([r[1:] for r in pairs])
     su, sv = mad_scale(before + after) ** 2, mad_scale(before - after) ** 2
     phi = (su - sv) / (su + sv) if su + sv > 0.0 else 0.0
-    return ar1_long_run_variance(mad_scale(everything) ** 2, phi)
+    return ar1_long_run_variance(mad_scale(everything) ** 2, phi, phi_max)
 
 
 class LinearTrendCost:
@@ -340,7 +352,8 @@ def trend_change_points(
     pen = default_trend_penalty(int(x.size)) if penalty is None else float(penalty)
     slope_penalty = math.log(x.size)
     floor = (RESOLUTION * float(np.ptp(x))) ** 2
-    variance = max(variogram_long_run_variance(x), floor)
+    cap = phi_cap(min_size)
+    variance = max(variogram_long_run_variance(x, cap), floor)
     seen: list[list[int]] = []
     changes: list[int] = []
     for _ in range(MAX_ROUNDS):
@@ -350,5 +363,5 @@ def trend_change_points(
         if changes in seen:
             break
         seen.append(changes)
-        variance = max(residual_long_run_variance(cost.residuals(changes)), floor)
+        variance = max(residual_long_run_variance(cost.residuals(changes), cap), floor)
     return [int(keep[c]) for c in changes]
