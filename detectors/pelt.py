@@ -5,7 +5,10 @@ cost of the segments ``[starts[i], ends[i])`` (numpy broadcasting), additive and
 splitting a segment never raises its cost (true of every fitted-likelihood cost). Up to
 ``exact_limit`` points the search is exact; beyond, segment boundaries are first restricted
 to a regular grid (at most ``exact_limit`` positions: O(grid^2) worst case whatever n), then
-the search runs again over every position within one grid step of the changes found.
+the search runs again, exactly, over the positions within one grid step of the changes found;
+when those are too many (hundreds of changes), each change instead moves to its best point
+within one grid step (neighbours fixed) and a change whose removal lowers the penalised cost
+is dropped. Close to the optimum, not always it.
 
 >>> import numpy as np
 >>> x = np.array([0.0] * 8 + [5.0] * 6 + [1.0] * 9)
@@ -32,6 +35,7 @@ FloatArray = NDArray[np.float64]
 SegmentCost = Callable[[IntArray, IntArray], FloatArray]
 
 EXACT_LIMIT = 1000
+NEAR_LIMIT = 5_000  # positions of the second, restricted exact pass (~0.2 s)
 
 
 def _search(
@@ -71,6 +75,34 @@ def _search(
     return sorted(changes)
 
 
+def _refine(
+    cost: SegmentCost, changes: list[int], n: int, step: int, min_size: int, penalty: float
+) -> list[int]:
+    """Move each change to its best point within ``step`` (neighbours fixed), then drop
+    the changes whose removal lowers the penalised cost; O(changes x step)."""
+    out = list(changes)
+    for _ in range(2):
+        for k, c in enumerate(out):
+            left = out[k - 1] if k > 0 else 0
+            right = out[k + 1] if k + 1 < len(out) else n
+            pos = np.arange(max(c - step, left + min_size), min(c + step, right - min_size) + 1)
+            if pos.size == 0:
+                continue
+            lefts, rights = np.full(pos.size, left), np.full(pos.size, right)
+            out[k] = int(pos[int(np.argmin(cost(lefts, pos) + cost(pos, rights)))])
+    k = 0
+    while k < len(out):
+        left = out[k - 1] if k > 0 else 0
+        right = out[k + 1] if k + 1 < len(out) else n
+        one = np.array([left, out[k]], dtype=np.int64), np.array([out[k], right], dtype=np.int64)
+        merged = float(cost(np.array([left]), np.array([right]))[0])
+        if merged <= float(np.sum(cost(*one))) + penalty:
+            del out[k]
+        else:
+            k += 1
+    return out
+
+
 def _near(changes: list[int], n: int, step: int) -> IntArray:
     """Boundary positions within ``step`` of the coarse changes, plus both ends."""
     parts = [np.array([0, n], dtype=np.int64)]
@@ -86,12 +118,14 @@ def pelt(
     min_size: int,
     exact_limit: int = EXACT_LIMIT,
     slack: float = 0.0,
+    refine: bool = True,
 ) -> list[int]:
     """Changes (first index of each new segment) minimising total cost + penalty per change.
 
     ``slack``: how much splitting a segment can raise the cost at most (0 for a fitted
     likelihood; a cost that charges each segment for a parameter may rise by that charge);
-    pruning keeps every start within that margin, so the search stays exact.
+    pruning keeps every start within that margin, so the search stays exact. ``refine=False``
+    stops a long series at the grid (changes on grid points: for quick drafts).
     """
     if n < 2 * min_size:
         return []
@@ -100,6 +134,11 @@ def pelt(
     step = max(math.ceil(n / exact_limit), 1)
     grid = np.unique(np.concatenate([np.arange(0, n, step), [n]])).astype(np.int64)
     coarse = _search(cost, grid, penalty, max(min_size, step), slack)
-    # exact search again, its boundaries restricted to one grid step around the coarse
-    # changes: it moves each change to its best point and drops those the grid forced
-    return _search(cost, _near(coarse, n, step), penalty, min_size, slack)
+    if not refine:
+        return coarse
+    near = _near(coarse, n, step)
+    if near.size <= NEAR_LIMIT:
+        # exact search again over one grid step around each coarse change: it can also
+        # trade two changes the grid forced for one in between
+        return _search(cost, near, penalty, min_size, slack)
+    return _refine(cost, coarse, n, step, min_size, penalty)

@@ -357,11 +357,15 @@ def trend_change_points(
     seen: list[list[int]] = []
     changes: list[int] = []
     for _ in range(MAX_ROUNDS):
+        # drafts: a long series stays on the search's grid until the variance settles
         cost = LinearTrendCost(t, x, variance, slope_penalty)
-        changes = pelt(cost, int(x.size), pen, min_size, exact_limit, slack=slope_penalty)
-        changes = relocate(cost, changes, min_size, math.log(x.size))
+        changes = pelt(cost, int(x.size), pen, min_size, exact_limit, slope_penalty, False)
         if changes in seen:
             break
         seen.append(changes)
         variance = max(residual_long_run_variance(cost.residuals(changes), cap), floor)
+    cost = LinearTrendCost(t, x, variance, slope_penalty)
+    if x.size > exact_limit:
+        changes = pelt(cost, int(x.size), pen, min_size, exact_limit, slope_penalty)
+    changes = relocate(cost, changes, min_size, math.log(x.size))
     return [int(keep[c]) for c in changes]
