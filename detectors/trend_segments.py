@@ -22,8 +22,8 @@ correlated and have isolated spikes. Four steps:
    ``p = 1`` (its new level), the rule of the ``mean`` model, and a segment that uses a slope
    pays ``log n`` more for it (so a pure step is not charged for a slope it does not need).
 4. **Placement.** Two free lines place a continuous bend poorly; each change is moved (within
-   ``3 * min_size`` points) to the best continuous kink instead when that fits as well as a
-   jump that pays ``log n`` for its extra parameter.
+   ``3 * min_size`` points) to the best continuous kink instead when that wins by BIC (three
+   parameters against the two levels and any slopes of two free segments).
 
 Times are the original indices, so missing values leave gaps in time, not in the lines.
 
@@ -294,13 +294,16 @@ class LinearTrendCost:
         return out
 
 
-def relocate(cost: LinearTrendCost, changes: list[int], min_size: int, jump_penalty: float) -> list[int]:
+def relocate(
+    cost: LinearTrendCost, changes: list[int], min_size: int, per_parameter: float
+) -> list[int]:
     """Move each change to its best place near where the search put it, kink or jump.
 
     For each change, within ``3 * min_size`` points of its place and with its neighbours
-    fixed: the best continuous kink (hinge) against
-    the best jump-and-kink (two free lines) that pays ``jump_penalty`` for its one extra
-    parameter (the jump); the change goes where the better of the two puts it. Two passes.
+    fixed, BIC in the parameters between the neighbours (``per_parameter`` each): two free
+    segments (two levels, plus a slope each that uses one, as charged by ``cost``) against
+    one continuous kink (level, slope, change of slope: three). The change goes where the
+    better of the two puts it. Two passes.
     """
     out = list(changes)
     n = int(cost.values.size)
@@ -314,8 +317,8 @@ def relocate(cost: LinearTrendCost, changes: list[int], min_size: int, jump_pena
             if pos.size == 0:
                 continue
             lefts, rights = np.full(pos.size, left), np.full(pos.size, right)
-            free = cost(lefts, pos) + cost(pos, rights) + jump_penalty
-            hinge = cost.hinge_rss(left, right, pos) / cost.unit_variance
+            free = cost(lefts, pos) + cost(pos, rights) + 2 * per_parameter
+            hinge = cost.hinge_rss(left, right, pos) / cost.unit_variance + 3 * per_parameter
             i_free, i_hinge = int(np.argmin(free)), int(np.argmin(hinge))
             out[k] = int(pos[i_hinge] if hinge[i_hinge] <= free[i_free] else pos[i_free])
     return out

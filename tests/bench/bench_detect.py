@@ -8,7 +8,8 @@ same run:
 * PELT: ruptures ``Pelt(model="l2")`` (change in mean), MBIC-style penalty
   ``3 log n * sigma^2`` with sigma from the MAD of first differences, min_size 5,
   the usual published default of a plain PELT,
-* zero: no change point at all.
+* zero: no change point at all,
+* before: the previous default of ``gapwatch detect`` (``--model normal``), for reference.
 
 Then the runtime of ours for 1,000 and 100,000 points.
 
@@ -225,6 +226,7 @@ DETECTORS: dict[str, Callable[[np.ndarray], list[int]]] = {
     "ours": lambda x: change_points(x),
     "pelt": plain_pelt,
     "zero": lambda x: [],
+    "before": lambda x: change_points(x, model="normal"),
 }
 
 
@@ -234,6 +236,8 @@ def score(cases: list[Case], title: str) -> dict[str, tuple[float, float]]:
     print(f"| series | n | annotations | {header} | ours found |")
     print("|---" * (3 + 2 * len(DETECTORS) + 1) + "|")
     sums = {d: [0.0, 0.0] for d in DETECTORS}
+    per_case_f1: list[float] = []
+    zero_f1: dict[str, float] = {}
     for case in cases:
         cells = []
         found_ours: list[int] = []
@@ -245,6 +249,10 @@ def score(cases: list[Case], title: str) -> dict[str, tuple[float, float]]:
             cov = covering(case.annotations, found, case.values.size)
             sums[name][0] += f1
             sums[name][1] += cov
+            if name == "ours":
+                per_case_f1.append(f1)
+            if name == "zero":
+                zero_f1[case.name] = f1
             cells.append(f"{f1:.3f} | {cov:.3f}")
         notes = " / ".join(str(list(a)) for a in case.annotations)
         print(f"| {case.name} | {case.values.size} | {notes} | {' | '.join(cells)} | {found_ours} |")
@@ -252,6 +260,8 @@ def score(cases: list[Case], title: str) -> dict[str, tuple[float, float]]:
     means = {d: (s[0] / k, s[1] / k) for d, s in sums.items()}
     cells = [f"**{f:.3f}** | **{c:.3f}**" for f, c in means.values()]
     print(f"| **average** | | | {' | '.join(cells)} | |")
+    below = [c.name for c, f in zip(cases, per_case_f1, strict=True) if f < zero_f1[c.name] - 1e-9]
+    print(f"\nours below the zero baseline (F1): {below or 'none'}")
     return means
 
 
