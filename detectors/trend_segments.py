@@ -2,13 +2,14 @@
 
 The default model of ``gapwatch detect``. Each segment is a straight line or a constant (a
 change is a break in level, in trend, or both); the noise around them may be serially
-correlated and have isolated spikes. Four steps:
+correlated, carry a regular cycle (a season) and have isolated spikes. Four steps:
 
 1. **Outliers.** One or two points that stand apart, in the same direction, from the three
    points on each side (their median and their straight-line extrapolation) by more than 5
    robust standard deviations form an isolated spike: left out of the fit like a missing
    value, it cannot open a segment. A step edge agrees with one side and a sharp turn (a V)
-   with the extrapolations, so neither is a spike.
+   with the extrapolations, so neither is a spike. A strong regular cycle is then removed
+   (``detectors.seasonal_cycle``): its turns are no changes.
 2. **Noise scale.** A segment's cost is its residual sum of squares over the noise's
    *long-run* variance ``gamma0 (1 + phi) / (1 - phi)`` (AR(1)): the variance that governs
    how much a spurious fit can gain on correlated noise, so the penalty keeps its meaning on
@@ -45,6 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors.pelt import EXACT_LIMIT, pelt
+from detectors.seasonal_cycle import remove_seasonal_cycle
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -350,6 +352,7 @@ def trend_change_points(
     clean = ~outlier_mask(values)
     keep = np.flatnonzero(clean)
     t, x = times[keep], values[keep]
+    x, _ = remove_seasonal_cycle(t, x)
     if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
         return []
     pen = default_trend_penalty(int(x.size)) if penalty is None else float(penalty)

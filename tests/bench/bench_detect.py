@@ -177,6 +177,8 @@ def _ar1(rng: np.random.Generator, n: int, phi: float, sd: float) -> np.ndarray:
 def synthetic_cases(seed: int = 12) -> list[Case]:
     """Piecewise-linear signals + AR(1) noise (marginal sd 1) + isolated outliers.
 
+    The two ``syn_seasonal`` series add a monthly cycle (period 12, amplitude 3).
+
     Each spec: length, AR coefficient, [(start, level, slope)] segments; outliers are 1 % of
     the points, +-8 sd, never within 10 points of a change.
     """
@@ -192,6 +194,8 @@ def synthetic_cases(seed: int = 12) -> list[Case]:
         ("syn_short_white", 60, 0.0, [(0, 0.0, 0.0), (30, 4.0, 0.0)]),
         ("syn_long_ar0.5", 3000, 0.5,
          [(0, 0.0, 0.0), (700, 3.0, 0.0), (1500, 3.0, 0.004), (2300, 0.0, 0.0)]),
+        ("syn_seasonal_none_ar0.3", 360, 0.3, [(0, 0.0, 0.01)]),
+        ("syn_seasonal_steps_ar0.3", 360, 0.3, [(0, 0.0, 0.0), (150, 3.0, 0.0), (250, 0.0, 0.0)]),
     ]
     cases = []
     for name, n, phi, segments in specs:
@@ -201,6 +205,8 @@ def synthetic_cases(seed: int = 12) -> list[Case]:
         for (start, level, slope), end in zip(segments, bounds[1:], strict=True):
             signal[start:end] = level + slope * (t[start:end] - start)
         x = signal + _ar1(rng, n, phi, 1.0)
+        if name.startswith("syn_seasonal"):
+            x += 3.0 * np.sin(2 * np.pi * t / 12.0)  # monthly cycle, amplitude 3 sd
         allowed = [i for i in range(n) if all(abs(i - b) > 10 for b in bounds[1:-1])]
         spikes = rng.choice(allowed, size=max(1, n // 100), replace=False)
         x[spikes] += rng.choice([-8.0, 8.0], size=spikes.size)

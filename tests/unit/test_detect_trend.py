@@ -170,3 +170,13 @@ def test_cli_default_model_and_model_choice(tmp_path, capsys) -> None:
     short.write_text("1\n2\n3\n")
     assert _run(str(short)) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_seasonal_cycle_is_no_change_but_a_shift_within_it_is() -> None:
+    rng = np.random.default_rng(12)
+    t = np.arange(360.0)
+    season = 3.0 * np.sin(2 * np.pi * t / 12.0)
+    calm = season + 0.01 * t + ar1(rng, 360, 0.3)
+    assert change_points(calm) == []
+    shifted = calm + np.where((t >= 150) & (t < 250), 3.0, 0.0)
+    assert near(change_points(shifted), [150, 250])
