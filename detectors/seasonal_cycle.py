@@ -20,11 +20,19 @@ MIN_CYCLES = 4
 
 
 def _autocorrelation(d: FloatArray, max_lag: int) -> FloatArray:
+    """Lags 1..max_lag, by FFT (O(n log n): 10^5 points in milliseconds).
+
+    >>> [round(float(v), 3) for v in _autocorrelation(np.array([1.0, -1.0] * 50), 2)]
+    [-0.99, 0.98]
+    """
     d = d - d.mean()
     denom = float(np.dot(d, d))
     if denom <= 0.0:
         return np.zeros(max_lag)
-    return np.array([float(np.dot(d[:-k], d[k:])) / denom for k in range(1, max_lag + 1)])
+    size = 1 << int(2 * d.size - 1).bit_length()
+    spectrum = np.fft.rfft(d, size)
+    full = np.fft.irfft(spectrum * np.conj(spectrum), size)
+    return np.asarray(full[1 : max_lag + 1] / denom, dtype=np.float64)
 
 
 def seasonal_period(values: FloatArray) -> int | None:
