@@ -1,8 +1,9 @@
 """`gapwatch slack`: forwards alerts from `gap-alerts` to a Slack incoming webhook.
 
 `format_alert` turns one alert into a Block Kit payload (pure, no I/O); `SlackForwarder`
-consumes the topic in order, posts with retries, and commits an offset only once its alert
-is delivered to Slack or parked on the DLQ. See docs/slack.md.
+consumes the topic in order, posts with retries, records each post on the compacted posted
+topic, and commits an offset only once its alert is delivered and recorded or parked on the
+DLQ; any number of replicas in one group post each (alert_id, status) once. See docs/slack.md.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from detectors.alert import (
     Alert,
@@ -42,12 +43,17 @@ from detectors.alert import (
 __all__ = [
     "DEFAULT_DLQ_TOPIC",
     "DEFAULT_GROUP_ID",
+    "DEFAULT_POSTED_RETENTION_S",
+    "DEFAULT_POSTED_TOPIC",
     "DEFAULT_TOPIC",
+    "ForwarderSetupError",
     "SlackForwarder",
     "SlackMetrics",
     "format_alert",
     "grafana_url",
+    "kafka_client",
     "load_webhook_url",
+    "posted_key",
     "register",
     "run",
 ]
@@ -57,6 +63,8 @@ log = logging.getLogger("gapwatch.slack")
 DEFAULT_TOPIC = "gap-alerts"
 DEFAULT_DLQ_TOPIC = "gapwatch-dlq"
 DEFAULT_GROUP_ID = "gapwatch-slack"
+DEFAULT_POSTED_TOPIC = "gapwatch-slack-posted"
+DEFAULT_POSTED_RETENTION_S = 90 * 86_400.0
 WEBHOOK_ENV = "GAPWATCH_SLACK_WEBHOOK_URL"
 GRAFANA_ENV = "GAPWATCH_GRAFANA_URL_TEMPLATE"
 
@@ -556,8 +564,38 @@ class SlackMetrics:
         )
         self.skipped = Counter(
             "gapwatch_slack_skipped",
-            "Alerts on the topic not posted: duplicate (alert_id, status already delivered)",
+            "Alerts on the topic not posted: duplicate ((alert_id, status) already posted by any replica)",
             ["reason"],
+            registry=self.registry,
+        )
+        self.record_seconds = Histogram(
+            "gapwatch_slack_record_seconds",
+            "Time from Slack accepting an alert until Kafka acknowledged its record on the posted "
+            "topic: a crash inside this window posts the alert a second time",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.unrecorded = Counter(
+            "gapwatch_slack_unrecorded",
+            "Alerts Slack accepted whose posted record could not be written before the forwarder "
+            "stopped (they will be posted again by the next owner of their partition)",
+            registry=self.registry,
+        )
+        self.partitions = Gauge(
+            "gapwatch_slack_partitions",
+            "Partitions of the alerts topic this forwarder owns and has loaded the posted record of",
+            registry=self.registry,
+        )
+        self.remembered = Gauge(
+            "gapwatch_slack_remembered_posts",
+            "(alert_id, status) pairs held in memory for the owned partitions (bounded by the "
+            "posted retention and the per-partition capacity)",
+            registry=self.registry,
+        )
+        self.load_seconds = Histogram(
+            "gapwatch_slack_posted_load_seconds",
+            "Time to read the posted record of newly assigned partitions to its end (per rebalance)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
         for outcome in self.OUTCOMES:
@@ -588,12 +626,69 @@ class _Outcome(enum.Enum):
     ABANDONED = "abandoned"  # stopping, or the partition was revoked: not committed
 
 
-class SlackForwarder:
-    """Consumes `topic` and posts each alert to the Slack webhook, in order, at least once.
+class ForwarderSetupError(RuntimeError):
+    """The topics do not fit together (e.g. the posted topic has too few partitions)."""
 
-    Offsets are committed one message at a time, right after the alert was delivered (or
-    parked on the DLQ after a permanent rejection). A message that cannot be delivered yet
-    blocks its partition: nothing after it is processed until Slack accepts it.
+
+def kafka_client(kind: str, options: Mapping[str, Any]) -> Any:
+    """Every Kafka client of the forwarder is built here: `kind` is "consumer", "producer" or
+    "admin", `options` the aiokafka keyword arguments, starting from
+    `streams.kafka.client_options(settings)` (bootstrap servers and security) in the CLI."""
+    if kind == "consumer":
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(**options)
+    if kind == "producer":
+        from aiokafka import AIOKafkaProducer
+
+        return AIOKafkaProducer(**options)
+    if kind == "admin":
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        return AIOKafkaAdminClient(**options)
+    raise ValueError(f"unknown Kafka client kind {kind!r}")
+
+
+def posted_key(alert_id: str, status: str) -> bytes:
+    """Key of a record on the posted topic: the identity of one Slack post."""
+    return orjson.dumps([alert_id, status])
+
+
+class _Partition:
+    """What the forwarder knows about one owned partition of the alerts topic: the identities
+    posted from it (by any replica), oldest first, with the time they were posted."""
+
+    __slots__ = ("tp", "posted", "ready")
+
+    def __init__(self, tp: Any):
+        self.tp = tp
+        self.posted: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.ready = asyncio.Event()
+
+
+def _rebalance_listener(forwarder: SlackForwarder) -> Any:
+    from aiokafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await forwarder._on_revoked(set(revoked))
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            await forwarder._on_assigned(set(assigned))
+
+    return Listener()
+
+
+class SlackForwarder:
+    """Consumes `topic` and posts each alert to the Slack webhook, in order, once.
+
+    Any number of replicas may run in one consumer group. Each (alert_id, status) posted is
+    recorded on the compacted `posted_topic`, in the partition of the same number as the
+    alert's, right after Slack accepted it and before the alert's offset is committed. A
+    forwarder that is assigned a partition reads that partition of the posted topic to its end
+    before it posts anything from it, and a forwarder that loses a partition first finishes
+    the post in hand (its HTTP request, its record, its commit). Offsets are committed one
+    message at a time; a message that cannot be delivered yet blocks its partition.
     """
 
     def __init__(
@@ -603,6 +698,7 @@ class SlackForwarder:
         *,
         topic: str = DEFAULT_TOPIC,
         dlq_topic: str = DEFAULT_DLQ_TOPIC,
+        posted_topic: str = DEFAULT_POSTED_TOPIC,
         group_id: str = DEFAULT_GROUP_ID,
         grafana_url_template: str | None = None,
         registry: CollectorRegistry | None = None,
@@ -610,8 +706,10 @@ class SlackForwarder:
         max_backoff_s: float = 60.0,
         max_retry_after_s: float = 3600.0,
         request_timeout_s: float = 10.0,
-        dedupe_capacity: int = 10_000,
+        posted_retention_s: float = DEFAULT_POSTED_RETENTION_S,
+        dedupe_capacity: int = 100_000,
         auto_offset_reset: str = "earliest",
+        client_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
         producer_options: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
@@ -622,6 +720,7 @@ class SlackForwarder:
         self._webhook = _Secret(webhook_url)
         self.topic = topic
         self.dlq_topic = dlq_topic
+        self.posted_topic = posted_topic
         self.group_id = group_id
         self.grafana_url_template = grafana_url_template
         self.metrics = SlackMetrics(registry)
@@ -629,13 +728,21 @@ class SlackForwarder:
         self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.request_timeout_s = request_timeout_s
+        self.posted_retention_s = posted_retention_s
         self.dedupe_capacity = dedupe_capacity
         self.auto_offset_reset = auto_offset_reset
+        self.client_options = dict(client_options or {})
         self.consumer_options = dict(consumer_options or {})
         self.producer_options = dict(producer_options or {})
         self._rng = rng or random.Random()
-        self._delivered: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # set on stop() and on a revocation: ends retry sleeps
+        self._handling = asyncio.Lock()  # held while one alert is handled; a revocation waits for it
+        self._partitions: dict[Any, _Partition] = {}
+        self._active: set[Any] = set()  # owned, loaded, not being revoked
+        self._generation = 0  # bumped on every revocation
+        self._accepted_at = 0.0
+        self._in_hand = ""  # alert_id being handled, for the logs
         self._consumer: Any = None
         self._producer: Any = None
         self._session: Any = None
@@ -649,43 +756,101 @@ class SlackForwarder:
         """Ask the forwarder to stop; safe from a signal handler. An alert that is mid-retry is
         left uncommitted and will be delivered after the next start."""
         self._stopping.set()
+        self._wake.set()
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def _options(self, **options: Any) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap_servers, **self.client_options, **options}
+
     async def start(self) -> None:
         import aiohttp
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        options: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "group_id": self.group_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": self.auto_offset_reset,
+        consumer_options = self._options(
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self.auto_offset_reset,
             # We deliberately sit on one message for as long as Slack is down; liveness is
             # judged by heartbeats (session timeout), not by how often we poll.
-            "max_poll_interval_ms": 7 * 24 * 3600 * 1000,
-        }
-        options.update(self.consumer_options)
-        self._consumer = AIOKafkaConsumer(self.topic, **options)
-        producer_options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "acks": "all"}
-        producer_options.update(self.producer_options)
-        self._producer = AIOKafkaProducer(**producer_options)
+            max_poll_interval_ms=7 * 24 * 3600 * 1000,
+            # A revocation waits for the post in hand (at most one HTTP timeout) and its record:
+            # the group must wait for us rather than hand the partition over meanwhile.
+            rebalance_timeout_ms=int(self.request_timeout_s * 1000) + 30_000,
+        )
+        consumer_options.update(self.consumer_options)
+        self._consumer = kafka_client("consumer", consumer_options)
+        # linger 0: the posted record leaves at once (it is the window a crash can repost in).
+        self._producer = kafka_client("producer", self._options(acks="all", linger_ms=0, **self.producer_options))
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
             headers={"Content-Type": "application/json"},
         )
         try:
+            await self._ensure_posted_topic()
             await self._producer.start()
+            self._consumer.subscribe([self.topic], listener=_rebalance_listener(self))
             await self._consumer.start()
         except BaseException:
             await self.close()
             raise
         log.info(
-            "slack forwarder started: topic=%s group=%s dlq=%s webhook configured: yes",
-            self.topic, self.group_id, self.dlq_topic,
+            "slack forwarder started: topic=%s group=%s posted=%s dlq=%s webhook configured: yes",
+            self.topic, self.group_id, self.posted_topic, self.dlq_topic,
         )
+
+    async def _ensure_posted_topic(self) -> None:
+        """Create the posted topic like the alerts topic (partitions, replication), compacted
+        with a retention, unless it exists; refuse to run when it has fewer partitions."""
+        from aiokafka.admin import NewTopic
+
+        admin = kafka_client("admin", self._options())
+        await admin.start()
+        try:
+            alerts = await self._describe(admin, self.topic, wait=True)
+            if alerts is None:  # stopped while waiting
+                return
+            partitions = len(alerts["partitions"])
+            replication = max(1, min(len(p["replicas"]) for p in alerts["partitions"]))
+            posted = await self._describe(admin, self.posted_topic, wait=False)
+            if posted is None:
+                retention_ms = int((self.posted_retention_s + 86_400) * 1000)
+                configs = {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
+                with contextlib.suppress(Exception):  # a concurrent replica may win the race
+                    await admin.create_topics([NewTopic(self.posted_topic, partitions, replication, topic_configs=configs)])
+                posted = await self._describe(admin, self.posted_topic, wait=True)
+                if posted is None:
+                    return
+                log.info("created %s: %d partitions, compacted, retention %d ms", self.posted_topic, partitions, retention_ms)
+            if len(posted["partitions"]) < partitions:
+                raise ForwarderSetupError(
+                    f"{self.posted_topic} has {len(posted['partitions'])} partitions, {self.topic} has {partitions}: "
+                    f"the posted topic needs at least as many (add partitions to {self.posted_topic})"
+                )
+        finally:
+            await admin.close()
+
+    async def _describe(self, admin: Any, topic: str, *, wait: bool) -> dict[str, Any] | None:
+        """The topic's metadata; None if it does not exist (and `wait` is false) or we stop.
+        Existence is checked by listing, so that the check never auto-creates the topic."""
+        warned = False
+        while not self.stopping:
+            described: dict[str, Any] = {}
+            try:
+                if topic in await admin.list_topics():
+                    (described,) = await admin.describe_topics([topic])
+            except Exception as exc:
+                log.warning("reading the metadata of %s failed: %s", topic, type(exc).__name__)
+            if described.get("error_code") == 0 and described.get("partitions"):
+                return dict(described)
+            if not wait:
+                return None
+            if not warned:
+                log.info("waiting for topic %s to exist", topic)
+                warned = True
+            await self._sleep(0.5)
+        return None
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -706,17 +871,165 @@ class SlackForwarder:
         """Start (unless started), forward until stop(), then close."""
         if self._consumer is None:
             await self.start()
+        announce = asyncio.ensure_future(self._announce_stop())
         try:
             while not self.stopping:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=100)
+                generation = self._generation
                 for tp, records in batch.items():
                     for record in records:
-                        if self.stopping or tp not in self._consumer.assignment():
-                            break  # uncommitted: redelivered to whoever owns tp next
-                        await self._handle(tp, record)
+                        # A revocation since the fetch: whoever owns tp now (maybe us again)
+                        # re-reads from the committed offset.
+                        if self.stopping or self._generation != generation:
+                            break
+                        if not await self._wait_ready(tp, generation):
+                            break
+                        async with self._handling:
+                            if tp not in self._active or self._generation != generation:
+                                break
+                            await self._handle(tp, record)
         finally:
+            announce.cancel()
             await self.close()
             log.info("slack forwarder stopped")
+
+    async def _announce_stop(self) -> None:
+        await self._stopping.wait()
+        if self._handling.locked():
+            log.info("stop requested while alert %s is in hand: a request under way is awaited, no retry started", self._in_hand)
+        else:
+            log.info("stop requested")
+
+    async def _wait_ready(self, tp: Any, generation: int) -> bool:
+        """Wait until tp's posted record is loaded: a fetch can return records of a new
+        assignment before the assignment callback has even started. False if tp is not ours
+        (or no longer: a revocation resets the fetch positions, nothing is skipped)."""
+        while not self.stopping and self._generation == generation:
+            state = self._partitions.get(tp)
+            if state is not None and state.ready.is_set():
+                return True
+            if state is None and tp not in self._consumer.assignment():
+                return False
+            with contextlib.suppress(TimeoutError):
+                if state is None:  # the assignment callback has not run yet
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.05)
+                else:
+                    await asyncio.wait_for(state.ready.wait(), timeout=0.5)
+        return False
+
+    # -- rebalances -------------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[Any]) -> None:
+        """Called by the group coordinator before the group re-forms: nothing new is started
+        on a revoked partition, and the alert in hand is finished (its HTTP request ends within
+        the request timeout; if Slack accepted it, it is recorded and committed) before the
+        partitions can move to another replica."""
+        self._generation += 1
+        self._active -= revoked
+        self._wake.set()
+        if self._handling.locked():
+            log.info("partitions %s revoked while alert %s is in hand: finishing it first",
+                     _partition_list(revoked), self._in_hand)
+        async with self._handling:
+            pass
+        if not self.stopping:
+            self._wake.clear()
+        for tp in revoked:
+            self._partitions.pop(tp, None)
+        self._update_gauges()
+        if revoked:
+            log.info("partitions revoked: %s", _partition_list(revoked))
+
+    async def _on_assigned(self, assigned: set[Any]) -> None:
+        """Called after the group re-formed: read the posted topic's partitions of the same
+        numbers to their end, then (only then) allow posting from them."""
+        fresh = {tp: _Partition(tp) for tp in assigned}
+        self._partitions.update(fresh)
+        if not fresh:
+            self._update_gauges()
+            return
+        started = time.monotonic()
+        attempt = 0
+        while not self.stopping:
+            try:
+                loaded, expired = await self._load_posted(fresh)
+                break
+            except Exception as exc:
+                wait = self.backoff_delay(attempt)
+                attempt += 1
+                log.warning("reading %s failed (%s): retry in %.1f s", self.posted_topic, type(exc).__name__, wait)
+                for state in fresh.values():
+                    state.posted.clear()
+                if not await self._sleep(wait):
+                    return
+        else:
+            return
+        for tp, state in fresh.items():
+            if self._partitions.get(tp) is state:
+                state.ready.set()
+                self._active.add(tp)
+        elapsed = time.monotonic() - started
+        self.metrics.load_seconds.observe(elapsed)
+        self._update_gauges()
+        log.info(
+            "partitions assigned: %s; %d posted records read in %.2f s (%d expired)",
+            _partition_list(assigned), loaded, elapsed, expired,
+        )
+
+    async def _load_posted(self, states: Mapping[Any, _Partition]) -> tuple[int, int]:
+        """Read the posted topic's partitions matching `states` from the beginning to the end
+        they had when we started. Entries older than the retention are forgotten and a
+        tombstone is written for them (so a compact-only topic stays bounded too)."""
+        from aiokafka import TopicPartition
+
+        by_posted = {TopicPartition(self.posted_topic, tp.partition): state for tp, state in states.items()}
+        reader = kafka_client("consumer", self._options(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"))
+        await reader.start()
+        loaded = 0
+        expired: list[tuple[Any, bytes]] = []
+        try:
+            reader.assign(list(by_posted))
+            await reader.seek_to_beginning(*by_posted)
+            ends = await reader.end_offsets(list(by_posted))
+            pending = {ptp for ptp in by_posted if await reader.position(ptp) < ends[ptp]}
+            while pending and not self.stopping:
+                batch = await reader.getmany(*pending, timeout_ms=500)
+                for ptp, records in batch.items():
+                    state = by_posted[ptp]
+                    for record in records:
+                        if record.offset >= ends[ptp]:
+                            break
+                        loaded += 1
+                        identity = _identity_of(record.key)
+                        if identity is None:
+                            continue
+                        if record.value is None:
+                            state.posted.pop(identity, None)
+                            continue
+                        posted_at = _posted_at(record)
+                        state.posted.pop(identity, None)
+                        state.posted[identity] = posted_at
+                for ptp in list(pending):
+                    if await reader.position(ptp) >= ends[ptp]:
+                        pending.discard(ptp)
+        finally:
+            await reader.stop()
+        horizon = time.time() - self.posted_retention_s
+        for ptp, state in by_posted.items():
+            # Arrival order is posting order up to clock skew between replicas: sort to be exact.
+            ordered = sorted(state.posted.items(), key=lambda item: item[1])
+            state.posted = OrderedDict(item for item in ordered if item[1] >= horizon)
+            expired.extend((ptp.partition, posted_key(*identity)) for identity, at in ordered if at < horizon)
+            self._trim(state)
+        for partition, key in expired:
+            await self._producer.send(self.posted_topic, key=key, value=None, partition=partition)
+        if expired:
+            await self._producer.flush()
+        return loaded, len(expired)
+
+    def _update_gauges(self) -> None:
+        self.metrics.partitions.set(len(self._active))
+        self.metrics.remembered.set(sum(len(s.posted) for s in self._partitions.values()))
 
     # -- one message ----------------------------------------------------------------------
 
@@ -730,15 +1043,19 @@ class SlackForwarder:
                 tp.topic, tp.partition, record.offset, exc.detail, self.dlq_topic,
             )
             self.metrics.posts.labels(outcome="failed_permanent").inc()
-            if await self._send_to_dlq(record, exc.reason):
+            if await self._send_to_dlq(tp, record, exc.reason):
                 await self._commit(tp, record.offset)
             return
         key_id = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else ""
         alert_id = _raw(alert.alert_id, 200) or _raw(key_id, 200) or f"{tp.topic}-{tp.partition}-{record.offset}"
         status = alert.status
-        dedupe_key = (alert_id, status)
-        if dedupe_key in self._delivered:
-            self._delivered.move_to_end(dedupe_key)
+        self._in_hand = alert_id
+        identity = (alert_id, status)
+        state = self._partitions[tp]
+        # Alerts are keyed by alert_id, so an identity's posts are all in tp's number; the other
+        # owned partitions are checked too, for a topic keyed otherwise (one replica then still
+        # never posts an identity twice).
+        if any(identity in other.posted for other in self._partitions.values()):
             self.metrics.skipped.labels(reason="duplicate").inc()
             log.info("alert %s (%s) already posted: skipped", alert_id, status)
             await self._commit(tp, record.offset)
@@ -750,17 +1067,77 @@ class SlackForwarder:
             payload = _minimal_payload(alert_id, status)
         outcome, reason = await self._deliver(payload, alert_id, tp)
         if outcome is _Outcome.DELIVERED:
-            self._remember(dedupe_key)
-            await self._commit(tp, record.offset)
+            # The one unavoidable window: Slack has the message, Kafka does not know yet.
+            recorded = await self._record_posted(tp, identity, record)
+            self.metrics.record_seconds.observe(time.monotonic() - self._accepted_at)
+            self._remember(state, identity)
+            if recorded:
+                await self._commit(tp, record.offset)
+            log.info("alert %s (%s) posted to Slack", alert_id, status)
         elif outcome is _Outcome.PERMANENT:
-            if await self._send_to_dlq(record, reason):
+            if await self._send_to_dlq(tp, record, reason):
                 await self._commit(tp, record.offset)
 
-    def _remember(self, key: tuple[str, str]) -> None:
-        self._delivered[key] = None
-        self._delivered.move_to_end(key)
-        while len(self._delivered) > self.dedupe_capacity:
-            self._delivered.popitem(last=False)
+    async def _record_posted(self, tp: Any, identity: tuple[str, str], record: Any) -> bool:
+        """Write (and wait for the ack of) the posted record of `identity` to the posted topic's
+        partition of tp's number. Retried until Kafka takes it, also across a revocation (the
+        next owner must see it); after stop() for at most one request timeout more."""
+        value = orjson.dumps(
+            {
+                "alert_id": identity[0],
+                "status": identity[1],
+                "posted_at": time.time(),
+                "source": f"{record.topic}/{record.partition}/{record.offset}",
+            }
+        )
+        key = posted_key(*identity)
+        attempt = 0
+        give_up_at: float | None = None
+        while True:
+            try:
+                await self._producer.send_and_wait(self.posted_topic, key=key, value=value, partition=tp.partition)
+                return True
+            except Exception as exc:
+                if self.stopping:
+                    give_up_at = give_up_at or time.monotonic() + self.request_timeout_s
+                    if time.monotonic() > give_up_at:
+                        self.metrics.unrecorded.inc()
+                        log.error(
+                            "alert %s (%s) was posted but could not be recorded (%s): the next owner of "
+                            "partition %d will post it again", identity[0], identity[1], type(exc).__name__, tp.partition,
+                        )
+                        return False
+                wait = min(1.0, self.backoff_delay(attempt))
+                attempt += 1
+                log.warning("recording alert %s failed (%s): retry in %.2f s", identity[0], type(exc).__name__, wait)
+                await asyncio.sleep(wait)
+
+    def _remember(self, state: _Partition, identity: tuple[str, str]) -> None:
+        now = time.time()
+        state.posted.pop(identity, None)
+        state.posted[identity] = now
+        horizon = now - self.posted_retention_s
+        while state.posted:
+            oldest, at = next(iter(state.posted.items()))
+            if at >= horizon:
+                break
+            state.posted.popitem(last=False)
+            # Bounded on a compact-only topic as well; fire and forget (the next load retries).
+            task = asyncio.ensure_future(
+                self._producer.send(self.posted_topic, key=posted_key(*oldest), value=None, partition=state.tp.partition)
+            )
+            task.add_done_callback(_ignore_result)
+        self._trim(state)
+        self._update_gauges()
+
+    def _trim(self, state: _Partition) -> None:
+        if len(state.posted) > self.dedupe_capacity:
+            log.warning(
+                "partition %d: more than %d posts within the retention: forgetting the oldest "
+                "(a re-send of those would be posted again)", state.tp.partition, self.dedupe_capacity,
+            )
+            while len(state.posted) > self.dedupe_capacity:
+                state.posted.popitem(last=False)
 
     async def _commit(self, tp: Any, offset: int) -> None:
         from aiokafka.errors import KafkaError
@@ -769,11 +1146,11 @@ class SlackForwarder:
             await self._consumer.commit({tp: offset + 1})
         except KafkaError as exc:
             # Typically a rebalance took the partition away. The next owner re-reads the
-            # message; our dedupe memory stops a second post if it comes back to us.
+            # message and finds it on the posted topic.
             log.warning("commit of %s[%d]@%d failed: %s", tp.topic, tp.partition, offset, type(exc).__name__)
 
     def _owns(self, tp: Any) -> bool:
-        return self._consumer is not None and tp in self._consumer.assignment()
+        return self._consumer is not None and tp in self._active
 
     def backoff_delay(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": in [d/2, d], d = min(cap, base * 2^attempt)."""
@@ -781,9 +1158,9 @@ class SlackForwarder:
         return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
     async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless asked to stop; True if we should carry on."""
+        """Sleep unless asked to stop (or a revocation wakes us); True if we should carry on."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
         return not self.stopping
 
     async def _post(self, payload: Mapping[str, Any]) -> tuple[int | None, str, str | None]:
@@ -803,13 +1180,15 @@ class SlackForwarder:
         attempt = 0
         text_only = False
         while True:
+            # Checked before every attempt, never during one: a request that is under way is
+            # always awaited, since Slack may accept it whatever we do.
             if self.stopping or not self._owns(tp):
                 return _Outcome.ABANDONED, ""
             status, detail, retry_after = await self._post(payload)
             if status is not None and 200 <= status < 300:
+                self._accepted_at = time.monotonic()
                 self.metrics.posts.labels(outcome="delivered").inc()
-                self.metrics.delivery_seconds.observe(time.monotonic() - started)
-                log.info("alert %s posted to Slack (attempts: %d)", alert_id, attempt + 1)
+                self.metrics.delivery_seconds.observe(self._accepted_at - started)
                 return _Outcome.DELIVERED, ""
             if status == 429:
                 self.metrics.posts.labels(outcome="rate_limited").inc()
@@ -842,9 +1221,10 @@ class SlackForwarder:
             if not await self._sleep(wait):
                 return _Outcome.ABANDONED, ""
 
-    async def _send_to_dlq(self, record: Any, reason: str) -> bool:
+    async def _send_to_dlq(self, tp: Any, record: Any, reason: str) -> bool:
         """Park the original message on the DLQ (original key and bytes, reason in headers).
-        Retries until the broker takes it, so nothing is committed that is not kept."""
+        Retries until the broker takes it, so nothing is committed that is not kept (or until
+        tp is revoked: its next owner gets the same answer from Slack and parks it)."""
         headers = [
             ("gapwatch-reason", reason.encode()),
             ("gapwatch-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
@@ -859,9 +1239,39 @@ class SlackForwarder:
                 wait = self.backoff_delay(attempt)
                 attempt += 1
                 log.warning("DLQ send failed (%s): retry in %.1f s", type(exc).__name__, wait)
-                if not await self._sleep(wait):
+                if not await self._sleep(wait) or not self._owns(tp):
                     break
         return False
+
+
+def _identity_of(key: bytes | None) -> tuple[str, str] | None:
+    try:
+        value = orjson.loads(key) if key is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return value[0], value[1]
+    return None
+
+
+def _posted_at(record: Any) -> float:
+    try:
+        value = orjson.loads(record.value)
+        at = value.get("posted_at") if isinstance(value, dict) else None
+    except orjson.JSONDecodeError:
+        at = None
+    if isinstance(at, int | float) and not isinstance(at, bool) and math.isfinite(at):
+        return float(at)
+    return record.timestamp / 1000.0 if record.timestamp is not None else time.time()
+
+
+def _partition_list(tps: Iterable[Any]) -> str:
+    return ",".join(str(p) for p in sorted(tp.partition for tp in tps)) or "none"
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _stop_consumer(consumer: Any) -> None:
@@ -948,6 +1358,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dlq-topic", default=DEFAULT_DLQ_TOPIC, help="dead-letter topic (default %(default)s)")
     parser.add_argument("--group-id", default=DEFAULT_GROUP_ID, help="consumer group (default %(default)s)")
     parser.add_argument(
+        "--posted-topic", default=DEFAULT_POSTED_TOPIC,
+        help="compacted topic recording every (alert_id, status) posted, shared by all replicas; "
+        "created like the alerts topic when missing (default %(default)s)",
+    )
+    parser.add_argument(
+        "--posted-retention-days", type=float, default=DEFAULT_POSTED_RETENTION_S / 86_400,
+        help="how long a post is remembered: a re-send of an alert older than this is posted again "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--webhook-url-file", metavar="FILE",
         help=f"file holding the webhook URL (else env {WEBHOOK_ENV})",
     )
@@ -1011,16 +1431,21 @@ def run(args: argparse.Namespace) -> int:
     if args.max_backoff_seconds <= 0:
         print("gapwatch slack: --max-backoff-seconds must be positive", file=sys.stderr)
         return 2
+    retention_days = getattr(args, "posted_retention_days", DEFAULT_POSTED_RETENTION_S / 86_400)
+    if not (retention_days > 0):
+        print("gapwatch slack: --posted-retention-days must be positive", file=sys.stderr)
+        return 2
     template = getattr(args, "grafana_url_template", None) or None
     if template and not template.lower().startswith(("http://", "https://")):
         print("gapwatch slack: --grafana-url-template must be an http(s) URL", file=sys.stderr)
         return 2
 
-    from streams.config import ConfigError, kafka_security_options, load_settings
+    from streams.config import ConfigError, load_settings
+    from streams.kafka import client_options
 
     try:
         settings = load_settings(args)
-        security = kafka_security_options(settings)
+        kafka_options = client_options(settings)  # bootstrap servers and security, as every verb
     except ConfigError as exc:
         print(f"gapwatch slack: {exc}", file=sys.stderr)
         return 2
@@ -1030,14 +1455,16 @@ def run(args: argparse.Namespace) -> int:
         webhook_url,
         topic=args.topic,
         dlq_topic=getattr(args, "dlq_topic", DEFAULT_DLQ_TOPIC),
+        posted_topic=getattr(args, "posted_topic", DEFAULT_POSTED_TOPIC),
+        posted_retention_s=retention_days * 86_400,
         group_id=getattr(args, "group_id", DEFAULT_GROUP_ID),
         grafana_url_template=template,
         registry=registry,
         max_backoff_s=args.max_backoff_seconds,
         initial_backoff_s=min(1.0, args.max_backoff_seconds),
         auto_offset_reset=getattr(args, "offset_reset", "earliest"),
-        consumer_options={**_group_timeouts(getattr(args, "session_timeout_ms", 10_000)), **security},
-        producer_options=security,
+        client_options=kafka_options,
+        consumer_options=_group_timeouts(getattr(args, "session_timeout_ms", 10_000)),
     )
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
@@ -1052,6 +1479,9 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, forwarder.stop)
         try:
             await forwarder.run()
+        except ForwarderSetupError as exc:
+            log.error("slack forwarder cannot start: %s", exc)
+            return 2
         except Exception as exc:
             log.error("slack forwarder failed: %s", _describe_error(exc))
             return 1

@@ -108,9 +108,10 @@ def _scrape(url: str) -> float:
 
 
 def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: int,
-               root: Path = ROOT) -> tuple[float, float]:
+               root: Path = ROOT) -> tuple[float, float, float]:
     """The real worker (of the checkout at `root`) as a subprocess; rate from the first to the
-    n-th consumed event."""
+    n-th consumed event; also the worker's CPU time per event over that span (user + system,
+    from /proc: far less sensitive than the rate to what else the machine is doing)."""
     port = free_port()
     log = open(os.path.join(workdir, "worker.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -128,11 +129,12 @@ def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: 
             got = _scrape(url)
             now = time.perf_counter()
             if got > 0 and first_t is None:
-                first_t, first_n = now, got
+                first_t, first_n, first_cpu = now, got, _cpu_s(proc.pid)
             if got >= n:
                 rate = (got - first_n) / (now - first_t) if first_t and now > first_t else float("nan")
                 rss = _rss_mb(proc.pid)
-                return rate, rss
+                cpu_us = (_cpu_s(proc.pid) - first_cpu) / max(got - first_n, 1) * 1e6
+                return rate, rss, cpu_us
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited {proc.returncode}; see {workdir}/worker.log")
             # every scrape renders all series in the worker's event loop (~5 ms): poll quickly
@@ -147,6 +149,12 @@ def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: 
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -180,17 +188,19 @@ def main() -> int:
         for r in range(args.rounds):
             for window_s in args.window_seconds:
                 bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
-                worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s)
-                rows.append((r + 1, window_s, "this checkout", bare, worker, worker / bare, rss))
+                worker, rss, cpu = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s)
+                rows.append((r + 1, window_s, "this checkout", bare, worker, worker / bare, cpu, rss))
                 if args.baseline_root is not None:
-                    worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s,
-                                             root=args.baseline_root.resolve())
-                    rows.append((r + 1, window_s, f"baseline {args.baseline_root}", bare, worker, worker / bare, rss))
+                    worker, rss, cpu = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s,
+                                                  root=args.baseline_root.resolve())
+                    rows.append((r + 1, window_s, f"baseline {args.baseline_root}", bare, worker, worker / bare,
+                                 cpu, rss))
     print(f"\n{args.events:,} events, {args.partitions} partitions, embedded Tansu broker, 1 worker process\n")
-    print("| round | worker window (s) | worker | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) | ratio | worker RSS (MB) |")
-    print("|---:|---:|---|---:|---:|---:|---:|")
-    for r, window_s, which, bare, worker, ratio, rss in rows:
-        print(f"| {r} | {window_s} | {which} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {rss:,.0f} |")
+    print("| round | worker window (s) | worker | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) "
+          "| ratio | worker CPU (us/event) | worker RSS (MB) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r, window_s, which, bare, worker, ratio, cpu, rss in rows:
+        print(f"| {r} | {window_s} | {which} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {cpu:.1f} | {rss:,.0f} |")
     return 0
 
 

@@ -303,7 +303,7 @@ async def test_forwarder_parks_what_is_not_an_alert(caplog: pytest.LogCaptureFix
     parked: list[tuple[int, str]] = []
     committed: list[int] = []
 
-    async def to_dlq(record: Any, reason: str) -> bool:
+    async def to_dlq(tp: Any, record: Any, reason: str) -> bool:
         parked.append((record.offset, reason))
         return True
 
