@@ -506,9 +506,6 @@ class GroupMonitor:
             verdict = "inconclusive"
         causes = self._causes(metric, direction, named, parent, segs, change_at, best_share, moved, changes)
         nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s)
-        for c in causes:
-            if c.cause == "attribution_change":
-                break
         alert = Alert(
             alert_id=_alert_id(group, metric, direction, named, change_at),
             status="firing",
