@@ -9,7 +9,8 @@ same run:
   ``3 log n * sigma^2`` with sigma from the MAD of first differences, min_size 5,
   the usual published default of a plain PELT,
 * zero: no change point at all,
-* before: the previous default of ``gapwatch detect`` (``--model normal``), for reference.
+* previous: the default of ``gapwatch detect`` as the first round left it (commit
+  ``PREVIOUS_COMMIT``, read with git), for reference.
 
 Then the runtime of ours for 1,000 and 100,000 points.
 
@@ -324,12 +325,54 @@ def plain_pelt(x: np.ndarray) -> list[int]:
     return [int(keep[b]) for b in bkps[:-1]]
 
 
+# the first round's default (straight lines, AR(1) long-run variance, kink relocation), read
+# from git as it landed on main, so its figures come from the same run
+PREVIOUS_COMMIT = "a079c5b"
+
+
+def _previous_default() -> Callable[[np.ndarray], list[int]] | None:
+    """``trend_change_points`` of PREVIOUS_COMMIT as a detector (None without git)."""
+    import importlib.util
+    import subprocess
+    import types
+
+    package = types.ModuleType("detect_round1")
+    package.__path__ = []
+    sys.modules["detect_round1"] = package
+    for name in ("pelt", "seasonal_cycle", "trend_segments"):
+        try:
+            source = subprocess.run(
+                ["git", "show", f"{PREVIOUS_COMMIT}:detectors/{name}.py"],
+                cwd=ROOT, capture_output=True, text=True, check=True,
+            ).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        source = source.replace("from detectors.", "from detect_round1.")
+        spec = importlib.util.spec_from_loader(f"detect_round1.{name}", loader=None)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        exec(compile(source, f"{PREVIOUS_COMMIT}:detectors/{name}.py", "exec"), module.__dict__)
+    trend = sys.modules["detect_round1.trend_segments"].trend_change_points
+
+    def detect(x: np.ndarray) -> list[int]:
+        keep = np.flatnonzero(~np.isnan(x))
+        y = x[keep]
+        if y.size < 10 or float(np.ptp(y)) == 0.0:
+            return []
+        return [int(keep[c]) for c in trend(keep.astype(float), y)]
+
+    return detect
+
+
 DETECTORS: dict[str, Callable[[np.ndarray], list[int]]] = {
     "ours": lambda x: change_points(x),
     "pelt": plain_pelt,
     "zero": lambda x: [],
-    "before": lambda x: change_points(x, model="normal"),
 }
+_previous = _previous_default()
+if _previous is not None:
+    DETECTORS["previous"] = _previous
 
 
 def score(cases: list[Case], title: str) -> dict[str, tuple[float, float]]:
@@ -392,6 +435,9 @@ def timing() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument(
+        "--dev-only", action="store_true", help="skip the held-out set (while developing)"
+    )
     parser.add_argument("--why", action="store_true", help="print each real annotation's source")
     args = parser.parse_args()
     real = real_cases()
@@ -399,11 +445,12 @@ def main() -> None:
         for case in real:
             print(f"- {case.name}: {case.why}")
     score(real, "Development set: real series (statsmodels.datasets), annotated from documented events")
-    heldout = heldout_cases()
+    heldout = [] if args.dev_only else heldout_cases()
     if args.why:
         for case in heldout:
             print(f"- {case.name} (held out): {case.why}")
-    score(heldout, "Held-out set: real series annotated before any detector ran on them (not tuned on)")
+    if heldout:
+        score(heldout, "Held-out set: real series annotated before any detector ran on them (not tuned on)")
     score(synthetic_cases(), "Synthetic: piecewise linear + AR(1) noise + 1 % outliers")
     if not args.no_timing:
         timing()
