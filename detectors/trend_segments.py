@@ -405,15 +405,27 @@ def drop_curvature(cost: LinearTrendCost, changes: list[int], penalty: float) ->
 
     A change (with its neighbours fixed) stays only if its two segments, plus the change's
     ``penalty``, cost less than one segment that may also bend (a parabola, charged one
-    parameter more by ``cost.curve_penalty``). The change that loses most goes first, then
+    parameter more by ``cost.curve_penalty``). The two segments may also be one continuous
+    kink (a slope and a change of slope, like ``relocate``): the same count of parameters
+    as the parabola, plus the change's place. The change that loses most goes first, then
     the others are weighed again.
     """
     out = list(changes)
     n = int(cost.values.size)
+    per_parameter = cost.slope_penalty
     while out:
         bounds = np.array([0, *out, n], dtype=np.int64)
         lefts, mids, rights = bounds[:-2], bounds[1:-1], bounds[2:]
         split = cost(lefts, mids) + cost(mids, rights) + penalty
+        # or a continuous kink: a slope and its change, the change's place (penalty less
+        # the new level it does not have)
+        kink = np.array(
+            [
+                float(cost.hinge_rss(int(a), int(b), np.array([c]))[0]) / cost.unit_variance
+                for a, c, b in zip(lefts, mids, rights, strict=True)
+            ]
+        )
+        split = np.minimum(split, kink + per_parameter + penalty)
         gain = split - cost.curve_cost(lefts, rights)
         k = int(np.argmax(gain))
         if gain[k] < 0.0:
