@@ -12,7 +12,7 @@ import pytest
 
 from detectors.gaussian import change_points
 from detectors.pelt import pelt
-from detectors.trend_segments import LinearTrendCost, outlier_mask
+from detectors.trend_segments import LinearTrendCost, outlier_mask, trend_change_points
 from streams import cli_detect
 
 
@@ -182,16 +182,17 @@ def test_a_seasonal_cycle_is_no_change_but_a_shift_within_it_is() -> None:
     assert near(change_points(shifted), [150, 250])
 
 
-def test_smooth_curvature_is_no_change_but_a_sharp_turn_is() -> None:
-    # a slowly accelerating growth (a parabola) in mildly correlated noise: two straight
-    # pieces fit it better than one line, but a curve explains it without a change
+def test_curves_option_smooth_curvature_is_no_change_but_a_sharp_turn_is() -> None:
+    # a slowly accelerating growth (a parabola) in mildly correlated noise: straight pieces
+    # fit it better than one line, but a curve explains it without a change
     rng = np.random.default_rng(13)
     t = np.arange(600.0)
     for _ in range(3):
         x = 300.0 + 0.05 * t + 1.5e-4 * t * t + ar1(rng, 600, 0.3, 0.3)
-        assert change_points(x) == []
+        assert len(trend_change_points(t, x)) >= 2  # the default cuts it into lines
+        assert trend_change_points(t, x, curves=True) == []
     v = np.where(t < 300, 0.05 * t, 15.0 - 0.05 * (t - 300)) + rng.normal(0, 0.5, 600)
-    assert near(change_points(v), [300])
+    assert near(trend_change_points(t, v, curves=True), [300])
 
 
 def test_heavy_tailed_noise_does_not_open_segments() -> None:
