@@ -1,7 +1,7 @@
 """Benchmark: `gapwatch detect` (defaults) on real and synthetic series with known answers.
 
 Not a test: prints tables. Per series, F1 (margin 5) and covering with the conventions of the
-Turing change-point benchmark (``detectors.changepoint_scores``), for three detectors in the
+Turing change-point benchmark (``detectors.changepoint_scores``), for four detectors in the
 same run:
 
 * ours: ``detectors.gaussian.change_points(x)`` with every default (no per-series setting),
@@ -21,8 +21,8 @@ documented, each is one "annotator" (recall is averaged over annotators, as in t
 benchmark). Missing values stay in the series as nan (co2 has 59).
 
 A second, held-out set of real series (``heldout_cases``: more statsmodels series, river's
-airline passengers) was annotated and committed before any detector ran on it; it is scored
-and reported apart and no rule is chosen or tuned on it.
+airline passengers) was annotated and committed (e596c05) before any detector ran on it; it
+is scored and reported apart and nothing is tuned on it (BENCHMARKS.md lists every look).
 
 Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing]
 """
