@@ -22,9 +22,14 @@ correlated, carry a regular cycle (a season) and have isolated spikes. Four step
 3. **Search.** PELT (``detectors.pelt``), BIC-like: each change pays ``(p + 2) log n`` with
    ``p = 1`` (its new level), the rule of the ``mean`` model, and a segment that uses a slope
    pays ``log n`` more for it (so a pure step is not charged for a slope it does not need).
+   The search runs on Huber pseudo-observations: each round replaces every point by its
+   segment's fit plus its residual clipped at ``HUBER_K = 3`` robust standard deviations,
+   so heavy-tailed noise does not pay for segments (a robust cost, with cumulative sums).
 4. **Placement.** Two free lines place a continuous bend poorly; each change is moved (within
    ``3 * min_size`` points) to the best continuous kink instead when that wins by BIC (three
    parameters against the two levels and any slopes of two free segments).
+5. **Curvature** (``curves=True`` only): a change that one parabola over its two neighbouring
+   segments explains as well is dropped (``drop_curvature``).
 
 Times are the original indices, so missing values leave gaps in time, not in the lines.
 
