@@ -27,7 +27,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", choices=MODELS, default="linear",
         help=(
-            "linear: straight-line segments, long-run noise scale, outliers ignored (default); "
+            "linear: straight-line segments, long-run noise scale, outliers ignored, "
+            "heavy tails clipped (default); "
             "normal: mean and variance; mean: mean only; poisson: counts"
         ),
     )

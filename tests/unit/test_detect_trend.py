@@ -12,7 +12,7 @@ import pytest
 
 from detectors.gaussian import change_points
 from detectors.pelt import pelt
-from detectors.trend_segments import LinearTrendCost, outlier_mask
+from detectors.trend_segments import LinearTrendCost, outlier_mask, trend_change_points
 from streams import cli_detect
 
 
@@ -180,3 +180,27 @@ def test_a_seasonal_cycle_is_no_change_but_a_shift_within_it_is() -> None:
     assert change_points(calm) == []
     shifted = calm + np.where((t >= 150) & (t < 250), 3.0, 0.0)
     assert near(change_points(shifted), [150, 250])
+
+
+def test_curves_option_smooth_curvature_is_no_change_but_a_sharp_turn_is() -> None:
+    # a slowly accelerating growth (a parabola) in mildly correlated noise: straight pieces
+    # fit it better than one line, but a curve explains it without a change
+    rng = np.random.default_rng(13)
+    t = np.arange(600.0)
+    for _ in range(3):
+        x = 300.0 + 0.05 * t + 1.5e-4 * t * t + ar1(rng, 600, 0.3, 0.3)
+        assert len(trend_change_points(t, x)) >= 2  # the default cuts it into lines
+        assert trend_change_points(t, x, curves=True) == []
+    v = np.where(t < 300, 0.05 * t, 15.0 - 0.05 * (t - 300)) + rng.normal(0, 0.5, 600)
+    assert near(trend_change_points(t, v, curves=True), [300])
+
+
+def test_heavy_tailed_noise_does_not_open_segments() -> None:
+    # Student t(3) noise: the Huber-clipped pseudo-observations keep its tails from paying
+    # for segments; the steps are still found
+    signal = piecewise(500, [(0, 0.0, 0.0), (200, 4.0, 0.0), (350, 1.0, 0.0)])
+    exact = []
+    for seed in range(10):
+        x = signal + np.random.default_rng(100 + seed).standard_t(3, 500)
+        exact.append(near(change_points(x), [200, 350]))
+    assert sum(exact) >= 8, exact
