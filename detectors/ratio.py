@@ -136,6 +136,7 @@ class _Member:
         "log_factor", "factor", "stat", "start", "start_at", "run_p", "run_b", "info", "active",
         "two_sample",
         "score_f", "fisher_f", "score_1", "fisher_1", "ref_p", "ref_b", "ref_var",
+        "ref_index",
     )
 
     def __init__(self, log_factor: float) -> None:
@@ -161,12 +162,13 @@ class _Member:
         self.ref_p = 0.0
         self.ref_b = 0.0
         self.ref_var = 0.0
+        self.ref_index = 0
 
     def to_list(self) -> list[Any]:
         return [
             self.stat, self.start, self.start_at, self.run_p, self.run_b, self.info,
             self.score_f, self.fisher_f, self.score_1, self.fisher_1,
-            self.ref_p, self.ref_b, self.ref_var,
+            self.ref_p, self.ref_b, self.ref_var, self.ref_index,
         ]
 
     def load(self, data: list[Any]) -> None:
@@ -177,9 +179,10 @@ class _Member:
         self.run_b = float(data[4])
         self.info = float(data[5])
         # version 1 state had no score sums: start them from zero
-        sums = [float(x) for x in data[6:13]] + [0.0] * (13 - len(data))
+        sums = [float(x) for x in data[6:13]] + [0.0] * max(0, 13 - len(data))
         self.score_f, self.fisher_f, self.score_1, self.fisher_1 = sums[:4]
-        self.ref_p, self.ref_b, self.ref_var = sums[4:]
+        self.ref_p, self.ref_b, self.ref_var = sums[4:7]
+        self.ref_index = int(data[13]) if len(data) > 13 else self.start
 
 
 class RatioDetector:
@@ -598,7 +601,7 @@ class RatioDetector:
                 continue
             if m.stat <= 0.0 or m.ref_b <= 0.0:
                 m.reset(index, at)
-                m.ref_p, m.ref_b, m.ref_var = self._base_p, self._base_b, self._base_var
+                self._take_reference(m, index)
             # the run is tested against the baseline from before it started
             mu_ref = max(m.ref_p, 0.5) / m.ref_b * backend
             delta = mu_ref * (m.factor - 1.0)
@@ -622,7 +625,7 @@ class RatioDetector:
             # its error: sampling (the reference's own) and its lag behind an allowed drift,
             # which grows with the age of the run
             ref_rel_var = m.ref_var / (m.ref_p * m.ref_p) if m.ref_p > 0.0 else math.inf
-            lag = self._drift_lag + self._drift_per_window * (index - m.start)
+            lag = self._drift_lag + self._drift_per_window * (index - m.ref_index)
             se_sq = ref_rel_var * (1.0 + alpha * self._mean_mu) + lag * lag
             stat = _two_sample(m, 1.0 / max(se_sq, 1e-300))
             m.two_sample = stat
@@ -639,6 +642,32 @@ class RatioDetector:
         if best is None:
             return None, False
         return self._alarm(index, at, best, best_stat, best_h, active), False
+
+    def _take_reference(self, member: _Member, index: int) -> None:
+        """Reference of a (re)starting run: the oldest one a running member of the same
+        direction holds, else the baseline now.
+
+        A change of a size between two members' makes the nearer-but-larger one restart often;
+        the baseline it would restart from has meanwhile learnt part of the change. A running
+        member's reference predates its run, so it is the baseline from before the change.
+        """
+        oldest: _Member | None = None
+        for m in self._members:
+            if (
+                m is not member
+                and m.active
+                and m.stat > 0.0
+                and m.ref_b > 0.0
+                and (m.log_factor > 0) == (member.log_factor > 0)
+                and (oldest is None or m.ref_index < oldest.ref_index)
+            ):
+                oldest = m
+        if oldest is None:
+            member.ref_p, member.ref_b, member.ref_var = self._base_p, self._base_b, self._base_var
+            member.ref_index = index
+        else:
+            member.ref_p, member.ref_b, member.ref_var = oldest.ref_p, oldest.ref_b, oldest.ref_var
+            member.ref_index = oldest.ref_index
 
     def _change_start(self, member: _Member, index: int) -> _Member:
         """Member whose run start best explains the change (max profile GLR of its run).
@@ -657,7 +686,7 @@ class RatioDetector:
             # two-sample GLR (normal approximation on the log scale) of the run against its
             # own reference: the run's error, the reference's, and its lag behind a drift
             moved = math.log(m.run_p / m.run_b * m.ref_b / m.ref_p)
-            lag = self._drift_lag + self._drift_per_window * (index - m.start)
+            lag = self._drift_lag + self._drift_per_window * (index - m.ref_index)
             var = phi / m.run_p + phi * m.ref_var / (m.ref_p * m.ref_p) + lag * lag
             glr = moved * moved / (2.0 * var)
             if glr > best_glr:
