@@ -226,11 +226,13 @@ def main() -> int:
     parser.add_argument("--pre-change", type=int, default=336, help="windows before the change")
     parser.add_argument("--horizon", type=int, default=336, help="windows after the change")
     parser.add_argument("--json", type=Path, help="also dump the raw outcomes here")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a RatioDetectorConfig field (experiments)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     started = time.time()
     window_s = args.window_seconds
-    cfg = RatioDetectorConfig(window_seconds=window_s)
+    overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.set)}
+    cfg = RatioDetectorConfig.from_dict({**RatioDetectorConfig(window_seconds=window_s).to_dict(), **overrides})
     target = 1000.0 / cfg.arl0
     n_stable = args.stable_windows
     n_change = args.pre_change + args.horizon
