@@ -5,22 +5,29 @@ backend count is the exposure, ``rho`` the platform/backend ratio. A window with
 events carries little likelihood, so low volume cannot raise alarms by itself; a window with
 ``backend == 0`` carries none and is skipped.
 
-Detection is a bank of two-sided CUSUMs on the negative-binomial log-likelihood ratio of
+Detection is a bank of one-sided CUSUMs on the negative-binomial log-likelihood ratio of
 ``rho0 -> rho0 * f`` for a grid of factors ``f`` (drops and inflations from 5 % to 5x), which
-approximates the GLR over the unknown size of the change at O(1) cost. The baseline ``rho0``
-is an exponentially weighted ratio of sums (half-life ``baseline_half_life_s``), frozen while
-an alarm is pending (evidence >= ``freeze_evidence``). ``alpha`` is a bounded, winsorised
-method-of-moments estimate on the same exponential weights; the baseline's own sampling error
-is added to it (``alpha_eff = alpha + var(rho0) / rho0^2``), so a young or thin baseline
-cannot raise alarms either. Each member's alarm statistic is a two-sample test of its run
-against the baseline (the baseline's sampling error and its lag behind an allowed drift are
+approximates the GLR over the unknown size of the change at O(1) cost. The baseline is an
+exponentially weighted ratio of sums (half-life ``baseline_half_life_s``) that never freezes;
+each CUSUM run is tested against a reference from before the run (the baseline when the
+oldest running member of its direction started), so a change does not leak into its own
+reference while evidence builds. ``alpha`` is a bounded, winsorised method-of-moments estimate
+on the same exponential weights. Each member's alarm statistic is a two-sample test of its run
+against its reference (the reference's sampling error and its lag behind an allowed drift are
 profiled out, see ``_two_sample``); its threshold comes from the false-alarm budget
-(``detectors.calibration``). Members whose change is below the baseline's resolution, or
-whose per-window information is so high that a smaller member detects the same change as
-fast, stay idle. After an alarm the baseline is re-set to the post-change level; a later
-change back towards the level before the alarm is reported with ``resolves=True``.
+(``detectors.calibration``). Members whose change is below the baseline's resolution, or whose
+per-window information is so high that a smaller member detects the same change as fast, stay
+idle.
 
-Memory: a fixed number of floats (14 CUSUM members x 10 + ~20 scalars); O(1) per update.
+An alarm's life is explicit (``alarm_state``): an alarm is ``pending`` until a sequential test
+on the windows after it confirms the level it claimed (``confirmed``) or withdraws it (the
+baseline returns to the level before it, and an incident it opened is resolved by a change
+point with ``resolves=True``). The level before the incident stays as ``reference_ratio``; a
+confirmed incident resolves when a later change brings the ratio back near it, or when the
+level since the alarm is back within the reference's own error. A change far past the
+reference is a new change, never a ``resolves``.
+
+Memory: a fixed number of floats (14 CUSUM members x 14 + ~35 scalars); O(1) per update.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(7)
@@ -588,6 +595,13 @@ class RatioDetector:
         best_h = 0.0
         best_stat = 0.0
         evidence = 0.0
+        # (index, p, b, var) of the oldest reference a running member holds, per direction
+        oldest: dict[bool, tuple[int, float, float, float]] = {}
+        for m in self._members:
+            if m.active and m.stat > 0.0 and m.ref_b > 0.0:
+                up = m.log_factor > 0
+                if up not in oldest or m.ref_index < oldest[up][0]:
+                    oldest[up] = (m.ref_index, m.ref_p, m.ref_b, m.ref_var)
         for m in self._members:
             delta = mu0 * (m.factor - 1.0)
             if inv_alpha > 0.0:
@@ -601,7 +615,13 @@ class RatioDetector:
                 continue
             if m.stat <= 0.0 or m.ref_b <= 0.0:
                 m.reset(index, at)
-                self._take_reference(m, index)
+                # the reference of the oldest running member of its direction, else the
+                # baseline now: a change of a size between two members' makes the nearer,
+                # larger one restart often, and the live baseline has meanwhile learnt part of
+                # the change; a running member's reference predates its run
+                m.ref_index, m.ref_p, m.ref_b, m.ref_var = oldest.get(
+                    m.log_factor > 0, (index, self._base_p, self._base_b, self._base_var)
+                )
             # the run is tested against the baseline from before it started
             mu_ref = max(m.ref_p, 0.5) / m.ref_b * backend
             delta = mu_ref * (m.factor - 1.0)
@@ -642,32 +662,6 @@ class RatioDetector:
         if best is None:
             return None, False
         return self._alarm(index, at, best, best_stat, best_h, active), False
-
-    def _take_reference(self, member: _Member, index: int) -> None:
-        """Reference of a (re)starting run: the oldest one a running member of the same
-        direction holds, else the baseline now.
-
-        A change of a size between two members' makes the nearer-but-larger one restart often;
-        the baseline it would restart from has meanwhile learnt part of the change. A running
-        member's reference predates its run, so it is the baseline from before the change.
-        """
-        oldest: _Member | None = None
-        for m in self._members:
-            if (
-                m is not member
-                and m.active
-                and m.stat > 0.0
-                and m.ref_b > 0.0
-                and (m.log_factor > 0) == (member.log_factor > 0)
-                and (oldest is None or m.ref_index < oldest.ref_index)
-            ):
-                oldest = m
-        if oldest is None:
-            member.ref_p, member.ref_b, member.ref_var = self._base_p, self._base_b, self._base_var
-            member.ref_index = index
-        else:
-            member.ref_p, member.ref_b, member.ref_var = oldest.ref_p, oldest.ref_b, oldest.ref_var
-            member.ref_index = oldest.ref_index
 
     def _change_start(self, member: _Member, index: int) -> _Member:
         """Member whose run start best explains the change (max profile GLR of its run).
