@@ -113,7 +113,7 @@ class RatioDetectorConfig:
     #: a confirmed incident resolves when its level is back within this many standard errors
     #: of the reference (see ``RatioDetector._check_return``)
     resolve_z: float = 1.0
-    confirm_runs: float = 3.0
+    confirm_runs: float = 1.5
     #: ... but never before this many windows
     min_confirm_windows: int = 12
     max_dispersion: float = 1.0
