@@ -43,6 +43,8 @@ Memory: a fixed number of floats (14 CUSUM members x 14 + ~35 scalars); O(1) per
 [('drop', 301, 302)]
 >>> detector.in_alarm, round(detector.baseline_ratio, 1)
 (True, 0.5)
+>>> detector.alarm_state, round(detector.reference_ratio, 1)   # confirmed; the level before
+('confirmed', 0.8)
 """
 
 from __future__ import annotations
