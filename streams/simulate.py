@@ -1084,6 +1084,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--start", help="simulated start, ISO-8601 or epoch s (default 2026-01-05T00:00Z)")
     p.add_argument("--change-at-fraction", type=float, default=0.75,
                    help="where in the run the fault starts (default 0.75)")
+    p.add_argument("--noise", choices=NOISE_MODES, default="realistic",
+                   help="realistic (default): hour- and day-level autocorrelated rate noise shared by "
+                   "every source; calm: independent day-level noise only")
+    p.add_argument("--import-batch-minutes", type=float, default=IMPORT_BATCH_S / 60.0,
+                   help="period of the offline lead uploads (google_ads import channel; default 1)")
+    p.add_argument("--arrival-field", action="store_true",
+                   help="add arrived_at (epoch s, when the event reaches the topic) to every event")
     p.add_argument("--broker", default=os.environ.get("GAPWATCH_BROKER"),
                    help="bootstrap HOST:PORT (env GAPWATCH_BROKER)")
     p.add_argument("--out-dir", help="write backend.jsonl, platform.jsonl, changes.jsonl, truth.json")
@@ -1135,7 +1142,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         sim = generate(args.scenario, seed=args.seed, days=args.days, start=start,
-                       orders_per_day=args.orders_per_day, change_at_fraction=args.change_at_fraction)
+                       orders_per_day=args.orders_per_day, change_at_fraction=args.change_at_fraction,
+                       noise=getattr(args, "noise", "realistic"),
+                       import_batch_s=60.0 * getattr(args, "import_batch_minutes", IMPORT_BATCH_S / 60.0),
+                       arrival_field=getattr(args, "arrival_field", False))
     except ValueError as exc:
         print(f"gapwatch simulate: {exc}", file=sys.stderr)
         return 2
