@@ -9,24 +9,24 @@ whole shop moves for hours) plus white noise plus Poisson noise:
 
     y_t = x_t + v_t,    x_t = phi x_{t-1} + w_t,    Var(v_t) = 1/expected + s2
 
-``phi``, ``Var(w) = q`` and ``s2`` come from the residuals' own lag-0/1/2 moments (the scale at
-which the data really fluctuates), with a prior worth three days. A Kalman filter tracks
-``x``; at each closed hour, for each scale ``k`` in ``scales_hours``, the counts of the last
-``k`` hours are compared with the filter's forecast made before them: under "no change" their
-sum is Poisson-lognormal, tested as a negative binomial whose dispersion is the forecast's
-log-variance (AR propagation, white noise, the profile's and the level's own estimation
-error). A real change needs a tail probability below ``p_crit`` and a move of at least
-``min_relative_change``. ``p_crit`` spends the false-alarm budget over the tests of 30 days:
-``budget / (hours in 30 days x 2 directions x scales)``.
+``phi``, ``Var(w) = q`` and ``s2`` come from the residuals' own lag-0/1/2 moments, with a
+prior worth a day. At each closed hour two families of tests run, both directions:
 
-Learning: the profiles are fitted on level-normalised counts (a level change does not bend
-them); an unseen weekday borrows the other weekdays' factor, an unseen weekend day is
-uncertain (``unseen_profile_sd`` enters the test's variance) until seen. Level, profiles and
-noise moments freeze while the evidence is at least 0.5 and for a day after an alarm.
-After an alarm the level restarts at the alarming block's level; the alarm resolves once the
-level is closer (in log) to the level before it than to the alarmed one.
+* sudden moves (``forecast_scales_hours``, 1 and 2 h): the last ``k`` hours against the
+  Kalman filter's forecast made before them (it knows the shop's current mood);
+* lasting moves (``level_scales_hours``, 6, 24, 72 h): the last ``k`` hours against the
+  level alone, with the dispersion measured at that scale (the scale at which the data
+  really fluctuates; an AR state would absorb a lasting move).
 
-Memory: 2 x (24 + 7) profile sums, ``max(scales_hours)`` hour records, ~25 scalars; O(1).
+Under "no change" a block's count is Poisson-lognormal; its tails are taken as the larger of
+a negative binomial and a log-normal approximation whose log-variance is the forecast's (AR
+propagation, white noise, the level's and an unseen profile's own error). A change needs a
+tail probability below ``p_crit`` and a move of at least ``min_relative_change``;
+``p_crit`` spends the false-alarm budget over 30 days of tests (hours x 2 directions x
+scales) at a measured efficiency (``budget_efficiency``).
+
+Memory: 2 x (24 + 7 + 168) profile sums, one record (7 floats) per hour of the longest
+scale (72), ~30 scalars: about 8 kB of JSON; O(scales x longest scale) per closed hour.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)

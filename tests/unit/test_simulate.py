@@ -421,8 +421,8 @@ def test_calm_noise_is_independent_from_hour_to_hour() -> None:
 
 
 def test_noise_is_shared_by_backend_and_platforms() -> None:
-    s = generate("steady", seed=2, days=3.0, orders_per_day=8000)
-    hours = 72
+    s = generate("steady", seed=2, days=2.0, orders_per_day=6000)
+    hours = 48
     b = np.bincount([int((ts(e["occurred_at"]) - s.truth["start"]) // 3600) for e in orders(s)], minlength=hours)
     p = np.bincount([int((ts(e["occurred_at"]) - s.truth["start"]) // 3600) for e in platform(s, "ga4")],
                     minlength=hours)
@@ -478,7 +478,7 @@ def test_import_batches_arrive_in_bursts_every_period() -> None:
 
 
 def test_import_nightly_moves_the_channel_to_a_daily_batch() -> None:
-    s = generate("import_nightly", seed=4, days=3.0, arrival_field=True)
+    s = generate("import_nightly", seed=4, days=2.0, orders_per_day=1500, arrival_field=True)
     change_at = s.truth["change_at"]
     arrivals: dict[str, float] = {}
     for t, e in zip(s.platform_arrivals, s.platform, strict=True):
@@ -491,7 +491,7 @@ def test_import_nightly_moves_the_channel_to_a_daily_batch() -> None:
     assert max(before) < 200
     assert after and all(7200 + 10 <= t % 86400 <= 7200 + 40 for t, _ in after)  # 02:00 UTC
     # none lost: the same leads as steady, only later
-    steady = generate("steady", seed=4, days=3.0)
+    steady = generate("steady", seed=4, days=2.0, orders_per_day=1500)
     assert len(platform(s, "google_ads", "lead")) == len(platform(steady, "google_ads", "lead"))
     # arrival order in the output = arrival time
     assert s.platform_arrivals == sorted(s.platform_arrivals)
