@@ -26,7 +26,7 @@ tail probability below ``p_crit`` and a move of at least ``min_relative_change``
 scales) at a measured efficiency (``budget_efficiency``).
 
 Memory: 2 x (24 + 7 + 168) profile sums, one record (7 floats) per hour of the longest
-scale (72), ~30 scalars: about 8 kB of JSON; O(scales x longest scale) per closed hour.
+scale (72), ~30 scalars: about 16 kB of JSON; O(scales x longest scale) per closed hour.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)

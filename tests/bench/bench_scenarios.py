@@ -23,6 +23,10 @@ in its direction from 3 h before it to a day after) is counted apart, not as fal
 
     nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part scenarios --seeds 3
     nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part calibration --cal-seeds 10
+    nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part drop --drop-seeds 12
+
+Part ``drop``: a lasting -40 % business drop (``business_drop``), the business check alone,
+the break between day 10 and 16 at varied hours: the share reported within 2, 6, 24, 72 h.
 """
 
 from __future__ import annotations
@@ -225,9 +229,65 @@ def calibration_table(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------------------------
+# part 3: how fast the business check reports a lasting -40 % drop
+
+
+def drop_delay(job: tuple[float, int, int, float]) -> tuple[float, int, float | None, bool]:
+    """(size, window, delay h or None, alarm before the break) of one seed's business_drop."""
+    size, window_s, seed, days = job
+    # the break after the profile has seen every weekday and weekend, at varied hours
+    fraction = (10.0 + (seed * 0.37) % 6.0) / days
+    change_at = DEFAULT_START + round(fraction * days * DAY_S)
+    convs = backend_conversions("business_drop", seed=seed, days=days, orders_per_day=size,
+                                change_at_fraction=fraction)
+    n = int(days * DAY_S // window_s)
+    counts = np.bincount(((convs.occurred_at("order") - DEFAULT_START) // window_s).astype(int), minlength=n)[:n]
+    det = BackendDetector(backend_config(window_s))
+    early = False
+    for i, c in enumerate(counts.tolist()):
+        if c == 0 and window_s < 3600:
+            continue
+        cp = det.update(DEFAULT_START + i * window_s, c)
+        if cp is None or cp.resolves:
+            continue
+        if (cp.change_at or 0) < change_at - 3 * 3600:
+            early = True
+            continue
+        if cp.direction == "drop":
+            return size, window_s, ((cp.detected_at or 0) + window_s - change_at) / 3600.0, early
+    return size, window_s, None, early
+
+
+def drop_table(args: argparse.Namespace) -> list[str]:
+    days = 21.0
+    jobs = [(size, w, seed, days) for size in args.cal_sizes for w in (300, 3600) for seed in range(args.drop_seeds)]
+    found: dict[tuple[float, int], list[float | None]] = defaultdict(list)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for size, w, delay, _early in pool.map(drop_delay, jobs):
+            found[(size, w)].append(delay)
+    lines = [
+        f"business_drop (orders -40 %, lasting), business check alone, {args.drop_seeds} seeds, break between "
+        f"day 10 and 16 at varied hours, {days:g}-day runs; delay = break to the end of the alerting window",
+        "",
+        "| orders/day | window s | within 2 h | within 6 h | within 24 h | within 72 h | median delay h |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (size, w), delays in sorted(found.items()):
+        n = len(delays)
+        got = sorted(d for d in delays if d is not None)
+
+        def within(h: float) -> str:
+            return f"{sum(d <= h for d in got)}/{n}"  # noqa: B023
+
+        median = f"{statistics.median(got):.1f}" if got else "-"
+        lines.append(f"| {size:,.0f} | {w} | {within(2)} | {within(6)} | {within(24)} | {within(72)} | {median} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("scenarios", "calibration", "both"), default="both")
+    parser.add_argument("--part", choices=("scenarios", "calibration", "drop", "all"), default="all")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per scenario and size")
     parser.add_argument("--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[400.0, 4000.0])
     parser.add_argument("--days", type=float, default=5.0)
@@ -237,14 +297,18 @@ def main() -> int:
     parser.add_argument("--cal-days", type=float, default=32.0)
     parser.add_argument("--cal-sizes", type=lambda s: [float(x) for x in s.split(",")],
                         default=[300.0, 4000.0, 50000.0])
+    parser.add_argument("--drop-seeds", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     args = parser.parse_args()
     started = time.monotonic()
-    if args.part in ("scenarios", "both"):
+    if args.part in ("scenarios", "all"):
         print("\n".join(scenarios_table(args)), flush=True)
         print(flush=True)
-    if args.part in ("calibration", "both"):
+    if args.part in ("calibration", "all"):
         print("\n".join(calibration_table(args)), flush=True)
+        print(flush=True)
+    if args.part in ("drop", "all"):
+        print("\n".join(drop_table(args)), flush=True)
     print(f"\n({time.monotonic() - started:.0f} s)")
     return 0
 
