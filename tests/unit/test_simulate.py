@@ -506,3 +506,13 @@ def test_shop_sizes_from_300_to_50000_a_day(orders_per_day: float) -> None:
     n = convs.occurred_at("order").size
     # business_drop keeps 60 % of the last half day: 1.5 + 0.5 x 0.6 = 1.8 days of orders
     assert 0.8 * 1.8 * orders_per_day < n < 1.2 * 1.8 * orders_per_day
+
+
+def test_cli_noise_batch_and_arrival_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse(["simulate", "--scenario", "steady", "--days", "0.2", "--noise", "calm",
+                  "--import-batch-minutes", "30", "--arrival-field", "--out-dir", str(tmp_path), "--broker", ""])
+    assert args.func(args) == 0
+    truth = orjson.loads(capsys.readouterr().out)
+    assert truth["noise"] == "calm" and truth["import_batch_s"] == 1800.0
+    first = orjson.loads((tmp_path / "platform.jsonl").read_bytes().splitlines()[0])
+    assert first["arrived_at"] > first["occurred_at"]
