@@ -283,8 +283,9 @@ class GroupMonitor:
         #: group -> incident_key -> when an acknowledged incident resolved (re-fires stay acked)
         self.acked: dict[str, dict[str, float]] = {}
         #: group -> signal family -> [window end, action] of an incident a person closed
-        #: ("expected" / "false"): signals of the same change that alarm later join it silently
-        self.closed_by_person: dict[str, dict[str, list[Any]]] = {}
+        #: ("expected" / "false") or a plan explained: the change's other signals and segments
+        #: that alarm later (their change began before) get the same treatment, silently
+        self.settled: dict[str, dict[str, list[Any]]] = {}
         self._dirty: set[str] = set()
         self._gauges: dict[str, ClosedWindow] = {}  # segment -> newest window, for export_metrics
 
@@ -305,7 +306,7 @@ class GroupMonitor:
                     "incidents": self.incidents.get(group, {}),
                     "last": self.last_window.get(group, -1),
                     "acked": self.acked.get(group, {}),
-                    "closed_by_person": self.closed_by_person.get(group, {}),
+                    "settled": self.settled.get(group, {}),
                 }
         self._dirty = set()
         return out
@@ -326,8 +327,8 @@ class GroupMonitor:
                 self.incidents[group] = dict(value["incidents"])
                 if value.get("acked"):
                     self.acked[group] = dict(value["acked"])
-                if value.get("closed_by_person"):
-                    self.closed_by_person[group] = dict(value["closed_by_person"])
+                if value.get("settled"):
+                    self.settled[group] = dict(value["settled"])
 
     # ---- the per-window step --------------------------------------------------------------
     def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = (),
@@ -456,7 +457,7 @@ class GroupMonitor:
         for key, items in sorted(by_incident.items()):
             if key in incidents:
                 continue  # one alert per incident: children join the open one as localisation
-            closed = self.closed_by_person.get(group, {}).get(key)
+            closed = self.settled.get(group, {}).get(key)
             if closed is not None and min(cp.change_at or 0.0 for _, _, cp in items) < closed[0]:
                 # another signal of the change a person already judged: same verdict, no alert
                 self._rebaseline(group, key, closed[1])
@@ -468,6 +469,8 @@ class GroupMonitor:
             alert, as_planned = self._against_plans(alert, key, changes)
             if as_planned:  # a notice: the planned level is the new normal
                 self._rebaseline(group, key, "expected")
+                # the change's other signals (and segments) that alarm later join it silently
+                self.settled.setdefault(group, {})[key] = [float(windows[0].window_end), "expected"]
                 alerts.append(alert)
                 continue
             acked_at = self.acked.get(group, {}).get(alert.incident_key)
@@ -486,7 +489,7 @@ class GroupMonitor:
         for k, t in list(acked.items()):
             if at - t > self.config.refire_cooldown_s:
                 del acked[k]
-        closed = self.closed_by_person.get(group, {})
+        closed = self.settled.get(group, {})
         for k, (t, _action) in list(closed.items()):
             if at - t > self.config.plan_window_s:
                 del closed[k]
@@ -535,7 +538,7 @@ class GroupMonitor:
                 seg = self.segments.get(group, {}).get(inc["segment_key"])
                 det = seg.detectors.get(inc["metric"]) if seg is not None else None
                 self._rebaseline(group, key, action)
-                self.closed_by_person.setdefault(group, {})[key] = [at, action]
+                self.settled.setdefault(group, {})[key] = [at, action]
                 level = det.baseline_ratio if det is not None else math.nan
                 resolved = dataclasses.replace(
                     alert.resolved(current=_r(level) if action == "expected" else alert.baseline, detected_at=at),
