@@ -731,7 +731,7 @@ class SlackForwarder:
         api_base_url: str = DEFAULT_API_BASE,
         digest_s: float | None = None,
     ):
-        if not _safe_url(webhook_url):
+        if not (bot_token and not webhook_url) and not _safe_url(webhook_url):
             raise ValueError("the Slack webhook URL must be an http(s) URL without spaces")
         self.bootstrap_servers = bootstrap_servers
         self._webhook = _Secret(webhook_url)
@@ -1124,7 +1124,7 @@ class SlackForwarder:
         outcome, reason = await self._deliver(payload, alert_id, tp)
         if outcome is _Outcome.DELIVERED:
             # The one unavoidable window: Slack has the message, Kafka does not know yet.
-            recorded = await self._record_posted(tp, identity, record, alert)
+            recorded = await self._record_posted(tp, identity, record, alert, reply="thread_ts" in payload)
             self.metrics.record_seconds.observe(time.monotonic() - self._accepted_at)
             self._remember(state, identity)
             if recorded:
@@ -1135,7 +1135,7 @@ class SlackForwarder:
                 await self._commit(tp, record.offset)
 
     async def _record_posted(self, tp: Any, identity: tuple[str, str], record: Any,
-                             alert: Alert | None = None, quiet: str = "") -> bool:
+                             alert: Alert | None = None, quiet: str = "", reply: bool = False) -> bool:
         """Write (and wait for the ack of) the posted record of `identity` to the posted topic's
         partition of tp's number. Retried until Kafka takes it, also across a revocation (the
         next owner must see it); after stop() for at most one request timeout more."""
@@ -1151,6 +1151,8 @@ class SlackForwarder:
             doc["detected_at"] = alert.detected_at
             if quiet:
                 doc["quiet"] = quiet
+            elif reply:
+                doc["reply"] = True
             elif self._last_ts is not None:
                 doc["channel"], doc["ts"] = self._last_ts
         value = orjson.dumps(doc)
@@ -1331,7 +1333,9 @@ class SlackForwarder:
                 state = self._partitions.get(tp)
                 if state is not None:
                     self._remember(state, identity)
-                await self._commit(tp, max(record.offset, self._deferred.pop(tp, -1)))
+                await self._commit(tp, max(record.offset, self._deferred.get(tp, -1)))
+        for tp in {tp for tp, _, _ in held}:
+            self._deferred.pop(tp, None)
 
     async def _deliver(self, payload: dict[str, Any], alert_id: str, tp: Any) -> tuple[_Outcome, str]:
         started = time.monotonic()
@@ -1420,8 +1424,9 @@ def _remember_thread(state: _Partition, value: bytes | None) -> None:
         return
     if not isinstance(doc, dict) or not isinstance(doc.get("incident_key"), str):
         return
+    # the newest top-level post of the incident (replies and quiet records are not)
     key = doc["incident_key"]
-    if key in state.threads or doc.get("quiet") or doc.get("status") != "firing":
+    if doc.get("quiet") or doc.get("reply") or doc.get("status") != "firing":
         return
     state.threads[key] = {"detected_at": float(doc.get("detected_at") or 0.0), "ts": doc.get("ts"),
                           "channel": doc.get("channel")}
@@ -1517,6 +1522,24 @@ def load_webhook_url(webhook_url_file: str | None, environ: Mapping[str, str] | 
     return (environ.get(WEBHOOK_ENV) or "").strip() or None
 
 
+def load_bot_token(bot_token_file: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bot token from `--bot-token-file` (wins when given) or $GAPWATCH_SLACK_BOT_TOKEN."""
+    environ = os.environ if environ is None else environ
+    if bot_token_file:
+        with open(bot_token_file, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    return (environ.get(BOT_TOKEN_ENV) or "").strip() or None
+
+
+def _duration_arg(text: str) -> float:
+    from detectors.events import InvalidEvent, parse_duration
+
+    try:
+        return parse_duration(text, "duration")
+    except InvalidEvent as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "slack",
@@ -1551,6 +1574,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             f"(env {GRAFANA_ENV})"
         ),
     )
+    parser.add_argument(
+        "--cooldown", type=_duration_arg, default=DEFAULT_COOLDOWN_S, metavar="DURATION",
+        help="a re-fire of one incident within this (event time) posts nothing new with the webhook, "
+        "and is a reply in the incident's thread with a bot token (default 6h)",
+    )
+    parser.add_argument(
+        "--digest", type=_duration_arg, default=None, metavar="DURATION",
+        help="collect low-priority notices (expected changes that happened as planned) and post them "
+        "as one message every DURATION, e.g. 1h (default: post each)",
+    )
+    parser.add_argument(
+        "--bot-token-file", metavar="FILE",
+        help=f"file holding a Slack bot token (else env {BOT_TOKEN_ENV}): post through the Web API "
+        "(chat.postMessage) so re-fires and resolutions become thread replies; never printed",
+    )
+    parser.add_argument("--channel", default=os.environ.get("GAPWATCH_SLACK_CHANNEL") or None,
+                        help="channel id for the bot token (env GAPWATCH_SLACK_CHANNEL)")
+    parser.add_argument("--slack-api-url", default=DEFAULT_API_BASE, help="Slack Web API base URL (default %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address for /metrics (default %(default)s)")
     parser.add_argument(
@@ -1589,13 +1630,23 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gapwatch slack: cannot read --webhook-url-file: {exc.strerror}", file=sys.stderr)
         return 2
-    if not webhook_url:
+    try:
+        bot_token = load_bot_token(getattr(args, "bot_token_file", None))
+    except OSError as exc:
+        print(f"gapwatch slack: cannot read --bot-token-file: {exc.strerror}", file=sys.stderr)
+        return 2
+    if bot_token and not getattr(args, "channel", None):
+        print("gapwatch slack: a bot token needs --channel (or GAPWATCH_SLACK_CHANNEL)", file=sys.stderr)
+        return 2
+    if bot_token and not webhook_url:
+        webhook_url = ""  # the Web API is used instead
+    elif not webhook_url:
         print(
             f"gapwatch slack: no webhook URL configured: set {WEBHOOK_ENV} or pass --webhook-url-file",
             file=sys.stderr,
         )
         return 2
-    if not _safe_url(webhook_url):
+    if webhook_url and not _safe_url(webhook_url):
         print("gapwatch slack: the webhook URL is not an http(s) URL (value not shown)", file=sys.stderr)
         return 2
     if getattr(args, "session_timeout_ms", 10_000) < 1000:
@@ -1638,13 +1689,19 @@ def run(args: argparse.Namespace) -> int:
         auto_offset_reset=getattr(args, "offset_reset", "earliest"),
         client_options=kafka_options,
         consumer_options=_group_timeouts(getattr(args, "session_timeout_ms", 10_000)),
+        cooldown_s=getattr(args, "cooldown", DEFAULT_COOLDOWN_S),
+        digest_s=getattr(args, "digest", None),
+        bot_token=bot_token,
+        channel=getattr(args, "channel", None),
+        api_base_url=getattr(args, "slack_api_url", DEFAULT_API_BASE),
     )
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=getattr(args, "metrics_host", "0.0.0.0"), registry=registry)
         log.info("metrics on %s:%d/metrics", getattr(args, "metrics_host", "0.0.0.0"), args.metrics_port)
-    log.info("webhook configured: yes; grafana link: %s", "yes" if template else "no")
+    log.info("webhook configured: %s; bot token configured: %s; grafana link: %s",
+             "yes" if webhook_url else "no", "yes" if bot_token else "no", "yes" if template else "no")
 
     async def _main() -> int:
         loop = asyncio.get_running_loop()
