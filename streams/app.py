@@ -447,6 +447,11 @@ class GapwatchWorker:
                 continue  # said before (a retry, a second click): idempotent
             self.feedback_table[key] = orjson.dumps(fb)
             self.metrics.alert_feedback.labels(action=fb["action"]).inc()
+            # bounded like the changes: words older than the lookback (event time) are dropped
+            cutoff = fb["at"] - self.settings.change_lookback_days * 86400
+            for k, v in list(self.feedback_table.items()):
+                if v and orjson.loads(v)["at"] < cutoff:
+                    del self.feedback_table[k]
 
     def recent_feedback(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for v in list(self.feedback_table.values()) if v]

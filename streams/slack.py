@@ -499,6 +499,22 @@ def format_alert(alert: Alert, grafana_url_template: str | None = None) -> dict[
     if table:
         blocks.append(_section(table))
 
+    # the lifecycle: the plan it was compared with, who said what, and how to answer
+    life = []
+    if alert.plan:
+        life.append(f"*Plan:* {_md(alert.plan, 300)}")
+    if alert.resolution == "expected":
+        life.append("*Marked expected*: the new level is the new normal" + (f": {_md(alert.note, 300)}" if alert.note else ""))
+    elif alert.resolution == "false_alarm":
+        life.append("*Marked a false alarm*" + (f": {_md(alert.note, 300)}" if alert.note else ""))
+    elif alert.acknowledged:
+        life.append("*Acknowledged*" + (f": {_md(alert.note, 300)}" if alert.note else ""))
+    if not resolved and not alert.is_notice:
+        safe_id = _raw(alert.alert_id, 120).replace("`", "")
+        life.append(f"Answer with `gapwatch alert ack|expected|false {safe_id}` (see docs/oncall.md)")
+    if life:
+        blocks.append(_section(_lines_within(life, MAX_SECTION_CHARS)))
+
     link = grafana_url(grafana_url_template, alert, segment)
     if link:
         blocks.append(

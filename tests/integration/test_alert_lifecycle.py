@@ -174,3 +174,61 @@ def test_ack_expected_false_change_what_the_worker_does_next(broker: Any, pool: 
             first_doc = next(d for d in docs if d["alert_id"] == alert_id)
             assert refire and abs(refire[0]["baseline"] - first_doc["baseline"]) < 0.1
             assert refire[0]["incident_key"] == first_doc["incident_key"]
+
+
+def _offline(sim: Any, extra_changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bt = Backtest(PipelineConfig(window_s=WINDOW_S, allowed_lateness_s=LATENESS_S))
+    for c in [*sim.changes, *extra_changes]:
+        bt.add_change(c)
+    bt.run((orjson.dumps(e) for e in sim.backend), (orjson.dumps(e) for e in sim.platform))
+    return [a.to_dict() for a in bt.alerts if a.detected_at < sim.truth["end"] - WINDOW_S]
+
+
+def test_planned_changes_and_a_declared_holiday_live(broker: Any, pool: WorkerPool) -> None:
+    """A plan that matches: a notice, no gap alert; one that does not: a gap alert naming the
+    plan; a declared holiday: no business alert. Each on its own worker, each equal to backtest."""
+    safari = generate("safari_drop", days=2.0)
+    business = generate("business_drop")
+    plan = {"change_id": "plan-1", "kind": "conversion_action", "at": safari.truth["change_at"] - 600,
+            "summary": "meta purchase: 1-day click window on Safari",
+            "expected": {"metric": "count_ratio", "size": "", "scope": {"platform": "meta", "browser": "safari"}}}
+    cases = {
+        "match": (safari, [{**plan, "expected": {**plan["expected"], "size": "-70 %"}}]),
+        "mismatch": (safari, [{**plan, "expected": {**plan["expected"], "size": "-25 %"}}]),
+        "holiday": (business, [{"change_id": "hol-1", "kind": "holiday", "at": business.truth["change_at"] - 1800,
+                                "duration": "3d", "summary": "declared holiday"}]),
+    }
+    offline = {name: _offline(sim, extra) for name, (sim, extra) in cases.items()}
+    # the known answers, offline first (the same pipeline the worker runs)
+    assert [(a["verdict"], a["status"]) for a in offline["match"]] == [("expected_change", "firing")], offline["match"]
+    gaps = [a for a in offline["mismatch"] if a["verdict"] == "tracking_gap" and a["status"] == "firing"]
+    assert gaps and gaps[0]["plan"].startswith("expected -25 %, observed -")
+    assert not [a for a in offline["holiday"] if a["verdict"] == "business_change"]
+
+    workers = {}
+    names_of = {}
+    for name, (sim, extra) in cases.items():
+        names = unique_names(f"plan-{name}")
+        asyncio.run(create_topics(broker.bootstrap, names))
+        changes = [(names["changes"], str(c["change_id"]).encode(), orjson.dumps(c)) for c in [*sim.changes, *extra]]
+        asyncio.run(produce_messages(broker.bootstrap, changes))
+        workers[name] = pool.start(names, label=name, window_s=WINDOW_S, lateness_s=LATENESS_S,
+                                   extra=["--tick-seconds", "0.5", "--feedback-topic", f"t-feedback-{names['app_id']}"])
+        names_of[name] = names
+    for w in workers.values():
+        w.wait_ready()
+    for name, (sim, _extra) in cases.items():
+        names = names_of[name]
+        events = [m for m in _events(sim, names, 0, float("inf")) if m[0] != names["changes"]]
+        asyncio.run(produce_messages(broker.bootstrap, events + flush_messages(names, sim.truth["end"] + LATENESS_S + 1),
+                                     partitions=2))
+    for name, w in workers.items():
+        hours = 24 * (2 if name != "holiday" else 4)
+        w.wait_metrics(lambda m, h=hours: m.value("gapwatch_windows_closed_total", level="platform") >= 4 * (h - 2),
+                       240, f"{name}: the last windows")
+    time.sleep(2)
+    for name, (sim, _extra) in cases.items():
+        docs = asyncio.run(_alerts(broker.bootstrap, names_of[name]["alerts"], lambda d: False, timeout_s=8))
+        live = {(d["alert_id"], d["status"], d["verdict"], d.get("plan", ""))
+                for d in docs if d["detected_at"] < sim.truth["end"] - WINDOW_S}
+        assert live == {(a["alert_id"], a["status"], a["verdict"], a.get("plan", "")) for a in offline[name]}, name
