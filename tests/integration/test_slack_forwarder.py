@@ -459,10 +459,10 @@ if kill:
     when, target = kill.split(":", 1)
     original = slack.SlackForwarder._record_posted
 
-    async def record_posted(self, tp, identity, record):
+    async def record_posted(self, tp, identity, record, *args, **kwargs):
         if identity[0] == target and when == "before_record":
             os.kill(os.getpid(), signal.SIGKILL)
-        recorded = await original(self, tp, identity, record)
+        recorded = await original(self, tp, identity, record, *args, **kwargs)
         if identity[0] == target and when == "after_record":
             os.kill(os.getpid(), signal.SIGKILL)
         return recorded
