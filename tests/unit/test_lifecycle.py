@@ -202,3 +202,33 @@ def test_a_declared_holiday_raises_no_business_alert() -> None:
                "duration": "2d", "summary": "declared holiday"}
     alerts = _run("business_drop", changes=(holiday,)).alerts
     assert [a for a in alerts if a.verdict == "business_change"] == []
+
+
+# ---- verbs ----------------------------------------------------------------------------------------
+def test_alert_verb_builds_feedback_and_slack_takes_its_quiet_options() -> None:
+    from streams.cli import build_parser
+    from streams.cli_alert import build_feedback
+
+    args = build_parser().parse_args(["alert", "expected", "abc123", "--note", "new window", "--at", "1767225600",
+                                      "--feedback-topic", "fb", "--broker", "k:9092"])
+    assert build_feedback(args, "alice") == {"alert_id": "abc123", "action": "expected", "at": 1767225600.0,
+                                             "note": "new window", "by": "alice"}
+    assert args.feedback_topic == "fb"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["alert", "snooze", "abc123"])
+    slack = build_parser().parse_args(["slack", "--digest", "1h", "--cooldown", "90m", "--channel", "C1"])
+    assert (slack.digest, slack.cooldown, slack.channel) == (3600.0, 5400.0, "C1")
+
+
+def test_slack_format_shows_the_plan_and_how_to_answer() -> None:
+    from streams.slack import format_alert
+
+    alert = Alert.from_dict({"alert_id": "a1", "status": "firing", "metric": "count_ratio", "direction": "drop",
+                             "segment": {"platform": "meta", "event_name": "purchase", "browser": "*", "region": "*"},
+                             "baseline": 0.8, "current": 0.24, "change_at": 1.0, "detected_at": 2.0,
+                             "verdict": "tracking_gap", "plan": "expected -25 %, observed -70 % (planned change c1)"})
+    text = orjson.dumps(format_alert(alert)).decode()
+    assert "expected -25 %, observed -70 %" in text and "gapwatch alert ack|expected|false a1" in text
+    done = Alert.from_dict({**alert.to_dict(), "status": "resolved", "resolution": "false_alarm", "note": "load test"})
+    text = orjson.dumps(format_alert(done)).decode()
+    assert "false alarm" in text and "load test" in text and "gapwatch alert ack" not in text
