@@ -746,6 +746,7 @@ class SlackForwarder:
         channel: str | None = None,
         api_base_url: str = DEFAULT_API_BASE,
         digest_s: float | None = None,
+        feedback_topic: str | None = None,
     ):
         if not (bot_token and not webhook_url) and not _safe_url(webhook_url):
             raise ValueError("the Slack webhook URL must be an http(s) URL without spaces")
@@ -780,6 +781,9 @@ class SlackForwarder:
         self._digest_due = 0.0
         self._last_ts: tuple[str, str] | None = None  # (channel, ts) of the last Web API post
         self._deferred: dict[Any, int] = {}  # tp -> newest offset handled behind a held notice
+        #: the feedback topic (`gapwatch alert`): alert ids people acknowledged are not posted
+        self.feedback_topic = feedback_topic
+        self._acked: set[str] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # set on stop() and on a revocation: ends retry sleeps
         self._handling = asyncio.Lock()  # held while one alert is handled; a revocation waits for it
@@ -917,6 +921,7 @@ class SlackForwarder:
         if self._consumer is None:
             await self.start()
         announce = asyncio.ensure_future(self._announce_stop())
+        feedback = asyncio.ensure_future(self._follow_feedback()) if self.feedback_topic else None
         try:
             while not self.stopping:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=100)
@@ -938,6 +943,10 @@ class SlackForwarder:
                             await self._handle(tp, record)
         finally:
             announce.cancel()
+            if feedback is not None:
+                feedback.cancel()
+                with contextlib.suppress(BaseException):
+                    await feedback
             await self.close()
             log.info("slack forwarder stopped")
 
@@ -1303,6 +1312,35 @@ class SlackForwarder:
             return 503, error, None
         return 400, error, None
 
+    async def _follow_feedback(self) -> None:
+        """Read the compacted feedback topic from the start, keep following it: an alert someone
+        acknowledged is not posted (also when the worker has not re-sent it yet)."""
+        reader = kafka_client("consumer", self._options(group_id=None, enable_auto_commit=False,
+                                                        auto_offset_reset="earliest"))
+        try:
+            reader.subscribe([self.feedback_topic])
+            await reader.start()
+            while not self.stopping:
+                batch = await reader.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else ""
+                        try:
+                            doc = orjson.loads(record.value) if record.value else None
+                        except orjson.JSONDecodeError:
+                            continue
+                        if isinstance(doc, dict) and doc.get("action") == "ack":
+                            self._acked.add(str(doc.get("alert_id") or key))
+                        elif key:
+                            self._acked.discard(key)  # a newer word (expected / false) replaces it
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the forwarder goes on without it (the worker's re-send still says it)
+            log.warning("cannot follow the feedback topic %s: %s", self.feedback_topic, type(exc).__name__)
+        finally:
+            with contextlib.suppress(Exception):
+                await reader.stop()
+
     def _thread_of(self, alert: Alert) -> dict[str, Any] | None:
         """The incident's first post, when it was posted within the cooldown (event time)."""
         if not alert.incident_key:
@@ -1315,7 +1353,7 @@ class SlackForwarder:
 
     def _quiet_reason(self, alert: Alert, thread: dict[str, Any] | None) -> str | None:
         """Why this alert is not posted as a new message (None: it is). docs/slack.md."""
-        if alert.status == "firing" and alert.acknowledged:
+        if alert.status == "firing" and (alert.acknowledged or alert.alert_id in self._acked):
             return "acknowledged"  # someone is on it: no repeat posts
         if alert.is_notice and alert.status == "firing" and self.digest_s:
             return "digest"
@@ -1607,6 +1645,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--channel", default=os.environ.get("GAPWATCH_SLACK_CHANNEL") or None,
                         help="channel id for the bot token (env GAPWATCH_SLACK_CHANNEL)")
+    parser.add_argument(
+        "--feedback-topic", default=os.environ.get("GAPWATCH_FEEDBACK_TOPIC") or "gapwatch-feedback",
+        help="the topic `gapwatch alert` writes to: acknowledged alerts are not posted (default %(default)s; '' to ignore)",
+    )
     parser.add_argument("--slack-api-url", default=DEFAULT_API_BASE, help="Slack Web API base URL (default %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address for /metrics (default %(default)s)")
@@ -1710,6 +1752,7 @@ def run(args: argparse.Namespace) -> int:
         bot_token=bot_token,
         channel=getattr(args, "channel", None),
         api_base_url=getattr(args, "slack_api_url", DEFAULT_API_BASE),
+        feedback_topic=getattr(args, "feedback_topic", None) or None,
     )
     if args.metrics_port is not None:
         from prometheus_client import start_http_server

@@ -896,3 +896,21 @@ async def test_notices_wait_for_the_digest(harness: Harness) -> None:
     assert all(f"n{i}" in body for i in range(3)) and "expected -25 %" in body, ids
     await harness.stop_forwarder(forwarder)
     assert await committed(harness.bootstrap, harness.topic, harness.group) == 4
+
+
+async def test_an_alert_acknowledged_on_the_feedback_topic_is_not_posted(harness: Harness) -> None:
+    feedback = f"gapwatch-feedback-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(harness.bootstrap, {feedback: 1})
+    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(feedback, key=b"k1", value=orjson.dumps(
+            {"alert_id": "k1", "action": "ack", "at": 1767227400, "note": "on it", "by": "me"}))
+    finally:
+        await producer.stop()
+    forwarder = await harness.start_forwarder(feedback_topic=feedback)
+    await wait_for(lambda: "k1" in forwarder._acked, what="the ack read")
+    await harness.produce([make_alert("k1"), make_alert("k2"), make_alert("k1", "resolved")])
+    await wait_for(lambda: len(harness.slack.posts) == 2, what="2 posts")
+    await asyncio.sleep(0.3)
+    assert harness.slack.posted_ids() == [("k2", "firing"), ("k1", "resolved")]
