@@ -40,15 +40,18 @@ import orjson
 __all__ = [
     "Alert", "AlertFormatError", "Cause", "ChildChange", "Evidence", "Interval", "Localisation",
     "NearbyChange", "ReconciliationRow", "Segment", "Status", "Direction", "Verdict", "STATUSES",
-    "DIRECTIONS", "VERDICTS",
+    "DIRECTIONS", "VERDICTS", "Resolution", "RESOLUTIONS",
 ]
 
 Status = Literal["firing", "resolved"]
 Direction = Literal["drop", "inflation"]
-Verdict = Literal["tracking_gap", "business_change", "inconclusive"]
+Verdict = Literal["tracking_gap", "business_change", "inconclusive", "expected_change"]
 STATUSES: tuple[Status, ...] = ("firing", "resolved")
 DIRECTIONS: tuple[Direction, ...] = ("drop", "inflation")
-VERDICTS: tuple[Verdict, ...] = ("tracking_gap", "business_change", "inconclusive")
+VERDICTS: tuple[Verdict, ...] = ("tracking_gap", "business_change", "inconclusive", "expected_change")
+#: how a person closed an incident (`gapwatch alert expected|false`); None: the data did
+Resolution = Literal["expected", "false_alarm"]
+RESOLUTIONS: tuple[Resolution, ...] = ("expected", "false_alarm")
 
 #: (low, high) of a 95 % interval; an end the detector could not estimate is None (JSON null)
 Interval = tuple[float | None, float | None]
@@ -253,6 +256,22 @@ class Alert:
     localisation: Localisation
     reconciliation: tuple[ReconciliationRow, ...]
     evidence: Evidence
+    # ---- lifecycle (optional: written only when set; docs/alerts.md "Lifecycle") ----------
+    #: stable over re-fires of one incident (group, signal family, segment): Slack threads it
+    incident_key: str = ""
+    #: someone acknowledged it (`gapwatch alert ack`): still tracked, not posted again
+    acknowledged: bool = False
+    #: set on a resolution a person made: "expected" (new normal) or "false_alarm"
+    resolution: Resolution | None = None
+    #: the person's note with an ack / expected / false
+    note: str = ""
+    #: a planned change this move was compared with: "expected -25 %, observed -70 % (change c-1)"
+    plan: str = ""
+
+    @property
+    def is_notice(self) -> bool:
+        """A low-priority notice (an expected change happened as planned), not an alert."""
+        return self.verdict == "expected_change"
 
     def resolved(self, *, current: float | None, detected_at: float) -> Alert:
         """The same incident (same `alert_id`), reported back at its level."""
@@ -276,6 +295,16 @@ class Alert:
             "reconciliation": [r.to_dict() for r in self.reconciliation],
             "evidence": self.evidence.to_dict(),
         })
+        if self.incident_key:
+            out["incident_key"] = self.incident_key
+        if self.acknowledged:
+            out["acknowledged"] = True
+        if self.resolution is not None:
+            out["resolution"] = self.resolution
+        if self.note:
+            out["note"] = self.note
+        if self.plan:
+            out["plan"] = self.plan
         return out
 
     def to_json(self) -> bytes:
@@ -326,6 +355,11 @@ class Alert:
             localisation=Localisation.from_dict(doc["localisation"]) if "localisation" in doc else _NOWHERE,
             reconciliation=_list(doc, "reconciliation", "alert", ReconciliationRow.from_dict),
             evidence=Evidence.from_dict(doc["evidence"]) if "evidence" in doc else _NO_EVIDENCE,
+            incident_key=_str(doc, "incident_key", "alert", ""),
+            acknowledged=_bool(doc, "acknowledged"),
+            resolution=_choice(doc, "resolution", RESOLUTIONS) if doc.get("resolution") is not None else None,
+            note=_str(doc, "note", "alert", ""),
+            plan=_str(doc, "plan", "alert", ""),
         )
 
 
@@ -366,6 +400,13 @@ def _choice(doc: Mapping[str, Any], key: str, choices: tuple[_C, ...]) -> _C:
         if value == choice:
             return choice
     raise _fail("alert", key, f"expected one of {', '.join(choices)}")
+
+
+def _bool(doc: Mapping[str, Any], key: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise _fail("alert", key, "expected true or false")
+    return value
 
 
 def _is_number(value: Any) -> bool:

@@ -18,6 +18,7 @@ a backend move with a steady ratio is a business change, not a tracking gap.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,6 +87,14 @@ class MonitorConfig:
     #: count x E[v^2]; in units of E[v^2]/E[v] = mean x (1 + cv^2) it behaves like a count.
     #: cv ~ 1 is typical of order values
     value_cv: float = 1.0
+    #: a re-fire of one incident (same group, signal family, segment) this soon after it
+    #: resolved is the same incident: an ack carries over, Slack threads it (docs/alerts.md)
+    refire_cooldown_s: float = 6 * 3600.0
+    #: a planned change (change event with `expected`) explains moves from 1 h before its
+    #: `at` (clocks are not exact) to this long after it
+    plan_window_s: float = 2 * 86_400.0
+    #: a move matches the plan when |observed - expected| <= max(0.1, this x |expected|)
+    plan_tolerance: float = 0.5
 
     def detector_config(self, metric: str = "count_ratio") -> RatioDetectorConfig:
         return RatioDetectorConfig(
@@ -271,6 +280,12 @@ class GroupMonitor:
         self.backend: dict[str, BackendDetector] = {}  # event_name -> seasonal backend detector
         self.backend_incidents: dict[str, dict[str, Any]] = {}
         self.last_window: dict[str, int] = {}  # group -> newest window start applied
+        #: group -> incident_key -> when an acknowledged incident resolved (re-fires stay acked)
+        self.acked: dict[str, dict[str, float]] = {}
+        #: group -> signal family -> [window end, action] of an incident a person closed
+        #: ("expected" / "false") or a plan explained: the change's other signals and segments
+        #: that alarm later (their change began before) get the same treatment, silently
+        self.settled: dict[str, dict[str, list[Any]]] = {}
         self._dirty: set[str] = set()
         self._gauges: dict[str, ClosedWindow] = {}  # segment -> newest window, for export_metrics
 
@@ -290,6 +305,8 @@ class GroupMonitor:
                     "segments": {k: s.to_dict() for k, s in self.segments[group].items()},
                     "incidents": self.incidents.get(group, {}),
                     "last": self.last_window.get(group, -1),
+                    "acked": self.acked.get(group, {}),
+                    "settled": self.settled.get(group, {}),
                 }
         self._dirty = set()
         return out
@@ -308,15 +325,26 @@ class GroupMonitor:
             else:
                 self.segments[group] = {k: _Segment(k, self.config, s) for k, s in value["segments"].items()}
                 self.incidents[group] = dict(value["incidents"])
+                if value.get("acked"):
+                    self.acked[group] = dict(value["acked"])
+                if value.get("settled"):
+                    self.settled[group] = dict(value["settled"])
 
     # ---- the per-window step --------------------------------------------------------------
-    def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = ()) -> list[Alert]:
-        """Feed every segment window of one closed window; returns alerts to emit."""
+    def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = (),
+                   feedback: Iterable[Mapping[str, Any]] = ()) -> list[Alert]:
+        """Feed every segment window of one closed window; returns alerts to emit.
+
+        `feedback`: what people said about alerts (`{alert_id, action, at, note}`, action ack /
+        expected / false); each applies at the first closed window whose end is >= its `at`.
+        """
         if not windows:
             return []
         window_end = windows[0].window_end
         # only changes published by the end of this window: live and backtest agree
         changes = [c for c in changes if float(c["at"]) <= window_end]
+        # people's feedback first: it applies at this window, before its data
+        alerts = self._apply_feedback([f for f in feedback if float(f["at"]) <= window_end], windows)
         by_group: dict[str, list[ClosedWindow]] = {}
         backend_windows: dict[str, ClosedWindow] = {}
         for w in windows:
@@ -324,7 +352,6 @@ class GroupMonitor:
                 backend_windows[w.event_name] = w
             else:
                 by_group.setdefault(f"{w.platform}|{w.event_name}", []).append(w)
-        alerts: list[Alert] = []
         backend_moves: dict[str, ChangePoint | None] = {}
         start = windows[0].window_start
         for w in backend_windows.values():
@@ -366,8 +393,10 @@ class GroupMonitor:
         if cp.resolves and open_inc is not None:
             resolved = Alert.from_dict(open_inc).resolved(current=_r(cp.ratio_after, 3), detected_at=detected_at)
             self.backend_incidents.pop(event_name, None)
-            alerts.append(resolved)
+            if not open_inc.get("declared"):  # a declared promotion's move was never posted
+                alerts.append(resolved)
             return cp
+        declared = self._declared(change_at, event_name, changes)
         alert = Alert(
             alert_id=_alert_id("backend", event_name, cp.direction, cp.change_at),
             status="firing", segment=seg, metric="backend_count", direction=cp.direction,
@@ -388,6 +417,10 @@ class GroupMonitor:
         )
         # state is JSON: the open incident is kept as the alert document
         self.backend_incidents[event_name] = alert.to_dict()
+        if declared is not None:
+            # a declared promotion / holiday: tracked (it resolves quietly), never a business alert
+            self.backend_incidents[event_name]["declared"] = declared
+            return cp
         alerts.append(alert)
         return cp
 
@@ -415,7 +448,7 @@ class GroupMonitor:
                 if inc["segment_key"] == seg.key and inc["metric"] == cp.metric:
                     resolved = Alert.from_dict(inc["alert"]).resolved(current=_r(cp.ratio_after, 4),
                                                                       detected_at=_at(cp.detected_at))
-                    del incidents[key]
+                    self._close_incident(group, key, resolved.detected_at)
                     alerts.append(resolved)
         new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves]
         by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
@@ -424,13 +457,165 @@ class GroupMonitor:
         for key, items in sorted(by_incident.items()):
             if key in incidents:
                 continue  # one alert per incident: children join the open one as localisation
+            closed = self.settled.get(group, {}).get(key)
+            if closed is not None and min(cp.change_at or 0.0 for _, _, cp in items) < closed[0]:
+                # another signal of the change a person already judged: same verdict, no alert
+                self._rebaseline(group, key, closed[1])
+                continue
             # the most specific signal names the alert: duplicates over counts over values
             items.sort(key=lambda it: (_PRIORITY.index(it[2].metric), it[0].key))
             alert, named = self._make_alert(group, segs, items, changes, backend_moves)
+            alert = dataclasses.replace(alert, incident_key=_alert_id(group, key, named))
+            alert, as_planned = self._against_plans(alert, key, changes)
+            if as_planned:  # a notice: the planned level is the new normal
+                self._rebaseline(group, key, "expected")
+                # the change's other signals (and segments) that alarm later join it silently
+                self.settled.setdefault(group, {})[key] = [float(windows[0].window_end), "expected"]
+                alerts.append(alert)
+                continue
+            acked_at = self.acked.get(group, {}).get(alert.incident_key)
+            if acked_at is not None and alert.detected_at - acked_at <= self.config.refire_cooldown_s:
+                alert = dataclasses.replace(alert, acknowledged=True)  # a re-fire of an acked incident
             # state is JSON: the open incident is kept as the alert document
             incidents[key] = {"segment_key": named, "metric": alert.metric, "alert": alert.to_dict()}
             alerts.append(alert)
         return alerts
+
+    # ---- people and plans (docs/oncall.md) ------------------------------------------------
+    def _close_incident(self, group: str, key: str, at: float) -> None:
+        inc = self.incidents[group].pop(key)
+        acked = self.acked.get(group, {})
+        # forget acks whose cooldown has passed; remember this one's
+        for k, t in list(acked.items()):
+            if at - t > self.config.refire_cooldown_s:
+                del acked[k]
+        closed = self.settled.get(group, {})
+        for k, (t, _action) in list(closed.items()):
+            if at - t > self.config.plan_window_s:
+                del closed[k]
+        doc = inc["alert"]
+        if doc.get("acknowledged") and doc.get("incident_key"):
+            self.acked.setdefault(group, {})[doc["incident_key"]] = at
+        self._dirty.add(group)
+
+    def _rebaseline(self, group: str, key: str, action: str) -> None:
+        """Apply "expected" (accept the new level) or "false" (keep the old one) to every
+        detector of the group in alarm in the incident's signal family."""
+        for seg in self.segments.get(group, {}).values():
+            for metric, det in seg.detectors.items():
+                if det.in_alarm and det.alarm_direction is not None and _family(metric, det.alarm_direction) == key:
+                    if action == "expected":
+                        det.accept_level()
+                    else:
+                        det.reject_alarm()
+        self._dirty.add(group)
+
+    def _apply_feedback(self, feedback: list[Mapping[str, Any]], windows: Sequence[ClosedWindow]) -> list[Alert]:
+        """Apply ack / expected / false to the open incidents they name (idempotent: an
+        incident already acked, or closed, is not touched again)."""
+        if not feedback:
+            return []
+        wanted = {str(f["alert_id"]): f for f in feedback}
+        at = float(windows[0].window_end)
+        out: list[Alert] = []
+        for group, incs in sorted(self.incidents.items()):
+            for key, inc in sorted(incs.items()):
+                fb = wanted.get(inc["alert"]["alert_id"])
+                if fb is None:
+                    continue
+                action, note = str(fb["action"]), str(fb.get("note") or "")
+                alert = Alert.from_dict(inc["alert"])
+                if action == "ack":
+                    if alert.acknowledged:
+                        continue
+                    alert = dataclasses.replace(alert, acknowledged=True, note=note or alert.note)
+                    inc["alert"] = alert.to_dict()
+                    self._dirty.add(group)
+                    out.append(alert)  # same alert_id and status: an update, never a new post
+                    continue
+                if action not in ("expected", "false"):
+                    continue
+                seg = self.segments.get(group, {}).get(inc["segment_key"])
+                det = seg.detectors.get(inc["metric"]) if seg is not None else None
+                self._rebaseline(group, key, action)
+                self.settled.setdefault(group, {})[key] = [at, action]
+                level = det.baseline_ratio if det is not None else math.nan
+                resolved = dataclasses.replace(
+                    alert.resolved(current=_r(level) if action == "expected" else alert.baseline, detected_at=at),
+                    resolution="expected" if action == "expected" else "false_alarm", note=note)
+                self._close_incident(group, key, at)
+                out.append(resolved)
+        for event_name, doc in sorted(self.backend_incidents.items()):
+            fb = wanted.get(doc["alert_id"])
+            if fb is None:
+                continue
+            action, note = str(fb["action"]), str(fb.get("note") or "")
+            alert = Alert.from_dict(doc)
+            if action == "ack" and not alert.acknowledged:
+                alert = dataclasses.replace(alert, acknowledged=True, note=note)
+                self.backend_incidents[event_name] = {**doc, **alert.to_dict()}
+                out.append(alert)
+            elif action in ("expected", "false"):
+                self.backend_incidents.pop(event_name)
+                out.append(dataclasses.replace(alert.resolved(current=alert.current, detected_at=at),
+                                               resolution="expected" if action == "expected" else "false_alarm",
+                                               note=note))
+            else:
+                continue
+            self._dirty.add(f"*backend*|{event_name}")
+        return out
+
+    def _against_plans(self, alert: Alert, family: str, changes: list[Mapping[str, Any]]) -> tuple[Alert, bool]:
+        """Compare a new incident with the planned changes (change events with `expected`).
+
+        The nearest plan whose scope and signal family fit and whose time window holds the
+        change decides: the move matches (a notice: verdict ``expected_change``) or it does not
+        (still a gap, and the alert names the plan: "expected -25 %, observed -70 %").
+        """
+        cfg = self.config
+        seg = alert.segment.to_dict()
+        best: tuple[float, Mapping[str, Any]] | None = None
+        for ch in changes:
+            plan = ch.get("expected")
+            if not plan:
+                continue
+            dt = alert.change_at - float(ch["at"])
+            if not (-3600.0 <= dt <= cfg.plan_window_s):
+                continue
+            if _family(str(plan["metric"]), alert.direction).split("|")[0] != family.split("|")[0]:
+                continue
+            if any(seg.get(dim, "*") not in (want, "*") for dim, want in (plan.get("scope") or {}).items()):
+                continue
+            if best is None or abs(dt) < best[0]:
+                best = (abs(dt), ch)
+        if best is None or alert.baseline is None or alert.current is None or not alert.baseline:
+            return alert, False
+        ch = best[1]
+        plan = ch["expected"]
+        expected = float(plan["size"])
+        observed = alert.current / alert.baseline - 1.0
+        text = (f"expected {expected * 100:+.0f} %, observed {observed * 100:+.0f} % "
+                f"(planned change {ch['change_id']}{': ' + ch['summary'] if ch.get('summary') else ''})")
+        matches = (plan["direction"] == alert.direction
+                   and abs(observed - expected) <= max(0.1, cfg.plan_tolerance * abs(expected)))
+        if matches:
+            return dataclasses.replace(alert, verdict="expected_change", plan=text), True
+        cause = Cause("planned_change_mismatch", 0.95,
+                      f"a planned change was expected here but the move does not match it: {text}")
+        return dataclasses.replace(alert, plan=text, likely_causes=(cause, *alert.likely_causes)), False
+
+    def _declared(self, change_at: float, event_name: str, changes: list[Mapping[str, Any]]) -> str | None:
+        """The declared promotion / holiday (change event with `until`) running at `change_at`."""
+        for ch in changes:
+            until = ch.get("until")
+            if until is None or ch.get("kind") not in ("promotion", "holiday"):
+                continue
+            want = (ch.get("scope") or {}).get("event_name")
+            if want and want != event_name:
+                continue
+            if float(ch["at"]) - 3600.0 <= change_at <= float(until) + 3600.0:
+                return str(ch["change_id"])
+        return None
 
     # ---- alert content --------------------------------------------------------------------
     def _make_alert(self, group: str, segs: dict[str, _Segment], items: list[tuple[_Segment, ClosedWindow, ChangePoint]],

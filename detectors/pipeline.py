@@ -23,6 +23,7 @@ import orjson
 
 from detectors.alert import Alert
 from detectors.events import InvalidEvent, parse_backend_fast, parse_change, parse_platform_fast
+from detectors.feedback import parse_feedback
 from detectors.monitor import GroupMonitor, MonitorConfig
 from detectors.windows import (
     ClosedWindow,
@@ -334,8 +335,11 @@ class AssembleStage:
         return asm
 
     def process_partials(self, messages: Iterable[tuple[int, bytes]], changes: Sequence[Mapping[str, Any]],
-                         outbox: Outbox) -> AssembleResult:
-        """Merge a batch of partials (partials partition, value); close and publish what is ready."""
+                         outbox: Outbox, feedback: Sequence[Mapping[str, Any]] = ()) -> AssembleResult:
+        """Merge a batch of partials (partials partition, value); close and publish what is ready.
+
+        `feedback`: people's ack / expected / false (detectors.feedback), like `changes` an input
+        both drivers give."""
         result = AssembleResult()
         touched: dict[int, WindowAssembler] = {}
         for k, value in messages:
@@ -358,7 +362,7 @@ class AssembleStage:
                     outbox.send(topics.windows, w.segment_key.encode(), orjson.dumps(w.to_dict()))
                 result.windows.extend(windows)
                 if mon is not None:
-                    for alert in mon.on_windows(windows, changes):
+                    for alert in mon.on_windows(windows, changes, feedback):
                         outbox.send(topics.alerts, alert.alert_id.encode(), alert.to_json())
                         result.alerts.append(alert)
             changes_out: dict[str, JSON | None] = {}
@@ -390,6 +394,8 @@ class Backtest:
         self.assemble = AssembleStage(config, 1)
         self.outbox = Outbox()
         self.changes: list[dict[str, Any]] = []
+        #: people's feedback (`gapwatch backtest --feedback FILE`), as the worker's table holds it
+        self.feedback: list[dict[str, Any]] = []
         self.windows: list[ClosedWindow] = []
         self.alerts: list[Alert] = []
         self.invalid: Counter[tuple[str, str]] = Counter()
@@ -407,6 +413,15 @@ class Backtest:
             self.changes.append(parse_change(raw)._asdict())
         except InvalidEvent as exc:
             self.invalid[("changes", exc.reason)] += 1
+
+    def add_feedback(self, raw: bytes | dict[str, Any]) -> None:
+        """One ack / expected / false; the newest per alert_id wins (a compacted topic)."""
+        try:
+            fb = parse_feedback(raw)
+        except InvalidEvent as exc:
+            self.invalid[("feedback", exc.reason)] += 1
+            return
+        self.feedback = [f for f in self.feedback if f["alert_id"] != fb["alert_id"]] + [fb]
 
     def feed(self, kind: str, values: Sequence[bytes]) -> None:
         """One chunk of one input, at the next offsets."""
@@ -447,7 +462,7 @@ class Backtest:
                     if isinstance(e, Send) and e.topic == partials and e.value is not None]
             if not msgs:
                 return
-            result = self.assemble.process_partials(msgs, self.changes, self.outbox)
+            result = self.assemble.process_partials(msgs, self.changes, self.outbox, self.feedback)
             self.windows.extend(result.windows)
             self.alerts.extend(result.alerts)
 

@@ -765,6 +765,46 @@ class RatioDetector:
         self._evidence = 0.0
         return cp
 
+    # ------------------------------------------------------------------ people's feedback
+    # Two additions on the alarm life above, for what a person says about an open incident
+    # (detectors.monitor applies them; docs/oncall.md). Both close the incident without a
+    # change point: the monitor reports the resolution itself, with the person's reason.
+    def accept_level(self) -> None:
+        """"Expected": the level since the alarm is the new normal; re-baseline at it.
+
+        The baseline already follows the post-alarm level (re-baselined at the alarm, learning
+        since); the incident and its reference are dropped and the CUSUMs restart on it. No-op
+        without an open incident.
+        """
+        if not self.in_alarm:
+            return
+        self._state = "none"
+        self._reference_ratio = math.nan
+        self._reset_members()
+
+    def reject_alarm(self) -> None:
+        """"False alarm": close the incident and keep the baseline from before it.
+
+        A pending alarm goes back to the level before it (its decayed prior, without the
+        disputed windows since); a confirmed one to its reference level, with the reference's
+        precision. If the level really stays moved, the CUSUMs alarm again: a new incident.
+        """
+        if not self.in_alarm:
+            return
+        if self._state == "pending" and self._prior[1] > 0.0:
+            self._base_p, self._base_b, self._base_var = self._prior
+        elif math.isfinite(self._reference_ratio) and self._base_b > 0.0:
+            self._base_p = self._reference_ratio * self._base_b
+            self._base_var = self._reference_var * self._base_p * self._base_p
+        self._state = "none"
+        self._reference_ratio = math.nan
+        self._reset_members()
+
+    def _reset_members(self) -> None:
+        for m in self._members:
+            m.reset(self._index, None)
+        self._evidence = 0.0
+
     # ------------------------------------------------------------------ state
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able state; ``from_dict`` restores it exactly."""

@@ -27,7 +27,8 @@ from detectors.alert import Alert, ReconciliationRow
 
 __all__ = ["alert_line", "alert_text", "reconciliation_table"]
 
-_HEADS = {"tracking_gap": "TRACKING GAP", "business_change": "BUSINESS CHANGE", "inconclusive": "INCONCLUSIVE"}
+_HEADS = {"tracking_gap": "TRACKING GAP", "business_change": "BUSINESS CHANGE", "inconclusive": "INCONCLUSIVE",
+          "expected_change": "EXPECTED CHANGE (notice)"}
 
 
 def alert_line(alert: Alert) -> str:
@@ -46,6 +47,10 @@ def alert_text(alert: Alert) -> str:
     """A few lines per alert (`gapwatch demo`): the move, top causes and changes, where it moved."""
     where = " / ".join(f"{k}={v}" for k, v in alert.segment.to_dict().items() if v != "*")
     if alert.status == "resolved":
+        why = {"expected": " as the new normal", "false_alarm": " as a false alarm"}.get(alert.resolution or "", "")
+        if why:
+            note = f": {alert.note}" if alert.note else ""
+            return f"RESOLVED{why}  {where}  {alert.metric} at {alert.current}  (alert {alert.alert_id}){note}"
         return f"RESOLVED  {where}  {alert.metric} back to {alert.current}  (alert {alert.alert_id})"
     t = time.strftime("%a %d %b %H:%M", time.gmtime(alert.change_at)) if alert.change_at else "?"
     base, cur = alert.baseline, alert.current

@@ -31,11 +31,14 @@ def read_lines(path: Path) -> Iterator[bytes]:
 
 
 def run_backtest(backend: Path, platform: Path, changes: Path | None, config: PipelineConfig,
-                 quiet: bool = False) -> Backtest:
+                 quiet: bool = False, feedback: Path | None = None) -> Backtest:
     bt = Backtest(config)
     if changes is not None:
         for line in read_lines(changes):
             bt.add_change(line)
+    if feedback is not None:
+        for line in read_lines(feedback):
+            bt.add_feedback(line)
     started = time.monotonic()
     last = [started]
 
@@ -61,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--backend", type=Path, required=True, help="backend events JSONL")
     p.add_argument("--platform", type=Path, required=True, help="platform events JSONL")
     p.add_argument("--changes", type=Path, help="change events JSONL")
+    p.add_argument("--feedback", type=Path,
+                   help="ack / expected / false JSONL ({alert_id, action, at, note}), as `gapwatch alert` publishes it")
     p.add_argument("--window-seconds", type=int, default=300, help="window size (default 300)")
     p.add_argument("--allowed-lateness-seconds", type=float, default=120.0, help="allowed lateness (default 120)")
     p.add_argument("--false-alarms-per-30-days", type=float, default=1.0, help="calibration (default 1)")
@@ -71,13 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in (args.backend, args.platform, args.changes):
+    for path in (args.backend, args.platform, args.changes, args.feedback):
         if path is not None and not path.is_file():
             print(f"gapwatch backtest: {path} does not exist", file=sys.stderr)
             return 2
     config = PipelineConfig(window_s=args.window_seconds, allowed_lateness_s=args.allowed_lateness_seconds,
                             false_alarms_per_30_days=args.false_alarms_per_30_days)
-    pipe = run_backtest(args.backend, args.platform, args.changes, config, args.quiet)
+    pipe = run_backtest(args.backend, args.platform, args.changes, config, args.quiet, args.feedback)
     with args.out.open("wb") as fh:
         for alert in pipe.alerts:
             fh.write(alert.to_json() + b"\n")

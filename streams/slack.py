@@ -66,6 +66,11 @@ DEFAULT_GROUP_ID = "gapwatch-slack"
 DEFAULT_POSTED_TOPIC = "gapwatch-slack-posted"
 DEFAULT_POSTED_RETENTION_S = 90 * 86_400.0
 WEBHOOK_ENV = "GAPWATCH_SLACK_WEBHOOK_URL"
+#: a Slack bot token (xoxb-...): threads and updates through the Web API instead of the webhook
+BOT_TOKEN_ENV = "GAPWATCH_SLACK_BOT_TOKEN"
+DEFAULT_API_BASE = "https://slack.com/api"
+#: a re-fire of one incident (same `incident_key`) this soon (event time) is not a new post
+DEFAULT_COOLDOWN_S = 6 * 3600.0
 GRAFANA_ENV = "GAPWATCH_GRAFANA_URL_TEMPLATE"
 
 # Block Kit limits (docs.slack.dev/reference/block-kit): we stay under them by construction.
@@ -119,11 +124,13 @@ _VERDICTS = {
     "tracking_gap": "Tracking gap",
     "business_change": "Business change",
     "inconclusive": "Possible tracking gap",
+    "expected_change": "Expected change (as planned)",
 }
 _VERDICT_EXPLANATIONS = {
     "tracking_gap": "the platform stopped seeing what the backend sees; the backend itself held",
     "business_change": "the backend itself moved and the platform followed: a business change, not a tracking gap",
     "inconclusive": "the ratio moved but the evidence does not separate measurement from business",
+    "expected_change": "a planned change had the effect it was announced with: the new level is the new normal",
 }
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -492,6 +499,22 @@ def format_alert(alert: Alert, grafana_url_template: str | None = None) -> dict[
     if table:
         blocks.append(_section(table))
 
+    # the lifecycle: the plan it was compared with, who said what, and how to answer
+    life = []
+    if alert.plan:
+        life.append(f"*Plan:* {_md(alert.plan, 300)}")
+    if alert.resolution == "expected":
+        life.append("*Marked expected*: the new level is the new normal" + (f": {_md(alert.note, 300)}" if alert.note else ""))
+    elif alert.resolution == "false_alarm":
+        life.append("*Marked a false alarm*" + (f": {_md(alert.note, 300)}" if alert.note else ""))
+    elif alert.acknowledged:
+        life.append("*Acknowledged*" + (f": {_md(alert.note, 300)}" if alert.note else ""))
+    if not resolved and not alert.is_notice:
+        safe_id = _raw(alert.alert_id, 120).replace("`", "")
+        life.append(f"Answer with `gapwatch alert ack|expected|false {safe_id}` (see docs/oncall.md)")
+    if life:
+        blocks.append(_section(_lines_within(life, MAX_SECTION_CHARS)))
+
     link = grafana_url(grafana_url_template, alert, segment)
     if link:
         blocks.append(
@@ -564,7 +587,9 @@ class SlackMetrics:
         )
         self.skipped = Counter(
             "gapwatch_slack_skipped",
-            "Alerts on the topic not posted: duplicate ((alert_id, status) already posted by any replica)",
+            "Alerts on the topic not posted: duplicate ((alert_id, status) already posted by any replica), "
+            "acknowledged (someone acked the incident), cooldown (a re-fire of a posted incident, webhook mode), "
+            "digest (a notice held for the digest)",
             ["reason"],
             registry=self.registry,
         )
@@ -600,7 +625,8 @@ class SlackMetrics:
         )
         for outcome in self.OUTCOMES:
             self.posts.labels(outcome=outcome)
-        self.skipped.labels(reason="duplicate")
+        for reason in ("duplicate", "acknowledged", "cooldown", "digest"):
+            self.skipped.labels(reason=reason)
 
 
 class _Secret:
@@ -658,12 +684,14 @@ class _Partition:
     """What the forwarder knows about one owned partition of the alerts topic: the identities
     posted from it (by any replica), oldest first, with the time they were posted."""
 
-    __slots__ = ("tp", "posted", "ready")
+    __slots__ = ("tp", "posted", "ready", "threads")
 
     def __init__(self, tp: Any):
         self.tp = tp
         self.posted: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.ready = asyncio.Event()
+        #: incident_key -> {"detected_at", "ts", "channel"} of its first post (quiet rules)
+        self.threads: dict[str, dict[str, Any]] = {}
 
 
 def _rebalance_listener(forwarder: SlackForwarder) -> Any:
@@ -713,8 +741,14 @@ class SlackForwarder:
         consumer_options: Mapping[str, Any] | None = None,
         producer_options: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        bot_token: str | None = None,
+        channel: str | None = None,
+        api_base_url: str = DEFAULT_API_BASE,
+        digest_s: float | None = None,
+        feedback_topic: str | None = None,
     ):
-        if not _safe_url(webhook_url):
+        if not (bot_token and not webhook_url) and not _safe_url(webhook_url):
             raise ValueError("the Slack webhook URL must be an http(s) URL without spaces")
         self.bootstrap_servers = bootstrap_servers
         self._webhook = _Secret(webhook_url)
@@ -735,6 +769,21 @@ class SlackForwarder:
         self.consumer_options = dict(consumer_options or {})
         self.producer_options = dict(producer_options or {})
         self._rng = rng or random.Random()
+        # quiet rules (docs/slack.md): cooldown of re-fires, Web API threads, notice digest
+        self.cooldown_s = cooldown_s
+        self._bot = _Secret(bot_token) if bot_token else None
+        if self._bot is not None and not channel:
+            raise ValueError("a bot token needs a channel (--channel)")
+        self.channel = channel
+        self.api_base_url = api_base_url.rstrip("/")
+        self.digest_s = digest_s
+        self._digest: list[tuple[Any, Alert, Any]] = []  # (tp, notice, record) held for the digest
+        self._digest_due = 0.0
+        self._last_ts: tuple[str, str] | None = None  # (channel, ts) of the last Web API post
+        self._deferred: dict[Any, int] = {}  # tp -> newest offset handled behind a held notice
+        #: the feedback topic (`gapwatch alert`): alert ids people acknowledged are not posted
+        self.feedback_topic = feedback_topic
+        self._acked: set[str] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # set on stop() and on a revocation: ends retry sleeps
         self._handling = asyncio.Lock()  # held while one alert is handled; a revocation waits for it
@@ -872,9 +921,13 @@ class SlackForwarder:
         if self._consumer is None:
             await self.start()
         announce = asyncio.ensure_future(self._announce_stop())
+        feedback = asyncio.ensure_future(self._follow_feedback()) if self.feedback_topic else None
         try:
             while not self.stopping:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=100)
+                if self._digest and time.monotonic() >= self._digest_due:
+                    async with self._handling:
+                        await self.flush_digest()
                 generation = self._generation
                 for tp, records in batch.items():
                     for record in records:
@@ -890,6 +943,10 @@ class SlackForwarder:
                             await self._handle(tp, record)
         finally:
             announce.cancel()
+            if feedback is not None:
+                feedback.cancel()
+                with contextlib.suppress(BaseException):
+                    await feedback
             await self.close()
             log.info("slack forwarder stopped")
 
@@ -936,6 +993,9 @@ class SlackForwarder:
             self._wake.clear()
         for tp in revoked:
             self._partitions.pop(tp, None)
+            self._deferred.pop(tp, None)
+        # held notices of a revoked partition were not committed: its next owner re-reads them
+        self._digest = [item for item in self._digest if item[0] not in revoked]
         self._update_gauges()
         if revoked:
             log.info("partitions revoked: %s", _partition_list(revoked))
@@ -1009,6 +1069,7 @@ class SlackForwarder:
                         posted_at = _posted_at(record)
                         state.posted.pop(identity, None)
                         state.posted[identity] = posted_at
+                        _remember_thread(state, record.value)
                 for ptp in list(pending):
                     if await reader.position(ptp) >= ends[ptp]:
                         pending.discard(ptp)
@@ -1060,15 +1121,35 @@ class SlackForwarder:
             log.info("alert %s (%s) already posted: skipped", alert_id, status)
             await self._commit(tp, record.offset)
             return
+        thread = self._thread_of(alert)
+        quiet = self._quiet_reason(alert, thread)
+        if quiet == "digest":
+            self._digest.append((tp, alert, record))
+            self._digest_due = self._digest_due or time.monotonic() + (self.digest_s or 0.0)
+            self.metrics.skipped.labels(reason="digest").inc()
+            return  # committed with the digest (a crash before it re-reads the notice)
+        if quiet is not None:
+            # not posted, but recorded like a post: every replica agrees, nothing is re-read
+            self.metrics.skipped.labels(reason=quiet).inc()
+            log.info("alert %s (%s): not posted (%s)", alert_id, status, quiet)
+            if await self._record_posted(tp, identity, record, alert, quiet=quiet):
+                self._remember(state, identity)
+                await self._commit(tp, record.offset)
+            return
         try:
             payload = format_alert(alert, self.grafana_url_template)
         except Exception as exc:  # a formatting bug must not lose the alert
             log.error("could not format alert %s (%s): posting a minimal message", alert_id, type(exc).__name__)
             payload = _minimal_payload(alert_id, status)
+        if self._bot is not None:
+            payload = {**payload, "channel": self.channel}
+            if thread is not None and thread.get("ts"):
+                payload["thread_ts"] = thread["ts"]  # a re-fire or a resolution: a reply in its thread
+                payload["channel"] = thread.get("channel") or self.channel
         outcome, reason = await self._deliver(payload, alert_id, tp)
         if outcome is _Outcome.DELIVERED:
             # The one unavoidable window: Slack has the message, Kafka does not know yet.
-            recorded = await self._record_posted(tp, identity, record)
+            recorded = await self._record_posted(tp, identity, record, alert, reply="thread_ts" in payload)
             self.metrics.record_seconds.observe(time.monotonic() - self._accepted_at)
             self._remember(state, identity)
             if recorded:
@@ -1078,18 +1159,31 @@ class SlackForwarder:
             if await self._send_to_dlq(tp, record, reason):
                 await self._commit(tp, record.offset)
 
-    async def _record_posted(self, tp: Any, identity: tuple[str, str], record: Any) -> bool:
+    async def _record_posted(self, tp: Any, identity: tuple[str, str], record: Any,
+                             alert: Alert | None = None, quiet: str = "", reply: bool = False) -> bool:
         """Write (and wait for the ack of) the posted record of `identity` to the posted topic's
         partition of tp's number. Retried until Kafka takes it, also across a revocation (the
         next owner must see it); after stop() for at most one request timeout more."""
-        value = orjson.dumps(
-            {
-                "alert_id": identity[0],
-                "status": identity[1],
-                "posted_at": time.time(),
-                "source": f"{record.topic}/{record.partition}/{record.offset}",
-            }
-        )
+        doc: dict[str, Any] = {
+            "alert_id": identity[0],
+            "status": identity[1],
+            "posted_at": time.time(),
+            "source": f"{record.topic}/{record.partition}/{record.offset}",
+        }
+        if alert is not None and alert.incident_key:
+            # the incident's first post opens its thread; re-fires and resolutions find it here
+            doc["incident_key"] = alert.incident_key
+            doc["detected_at"] = alert.detected_at
+            if quiet:
+                doc["quiet"] = quiet
+            elif reply:
+                doc["reply"] = True
+            elif self._last_ts is not None:
+                doc["channel"], doc["ts"] = self._last_ts
+        value = orjson.dumps(doc)
+        state = self._partitions.get(tp)
+        if state is not None:
+            _remember_thread(state, value)
         key = posted_key(*identity)
         attempt = 0
         give_up_at: float | None = None
@@ -1142,6 +1236,14 @@ class SlackForwarder:
     async def _commit(self, tp: Any, offset: int) -> None:
         from aiokafka.errors import KafkaError
 
+        held = [r.offset for t, _, r in self._digest if t == tp]
+        if held and min(held) <= offset:
+            # a notice held for the digest: commit only up to it (a crash re-reads it; what
+            # follows it was recorded as posted and is skipped as a duplicate)
+            self._deferred[tp] = max(offset, self._deferred.get(tp, -1))
+            offset = min(held) - 1
+            if offset < 0:
+                return
         try:
             await self._consumer.commit({tp: offset + 1})
         except KafkaError as exc:
@@ -1167,6 +1269,8 @@ class SlackForwarder:
         """One POST: (status or None on a connection error, short description, Retry-After)."""
         import aiohttp
 
+        if self._bot is not None:
+            return await self._post_api(payload)
         try:
             async with self._session.post(self._webhook.reveal(), data=orjson.dumps(payload)) as response:
                 body = await response.text(errors="replace")
@@ -1174,6 +1278,118 @@ class SlackForwarder:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # Only the exception type (and OS reason): some aiohttp errors embed the URL.
             return None, _describe_error(exc), None
+
+    async def _post_api(self, payload: Mapping[str, Any]) -> tuple[int | None, str, str | None]:
+        """`chat.postMessage` through Slack's Web API (bot token in the header, never logged).
+
+        Slack answers 200 with ``{"ok": false, "error": ...}`` for most failures: ratelimited is
+        a 429, invalid_blocks a 400 (the text-only retry), the rest permanent 4xx."""
+        import aiohttp
+
+        self._last_ts = None
+        headers = {"Authorization": f"Bearer {self._bot.reveal() if self._bot else ''}",
+                   "Content-Type": "application/json; charset=utf-8"}
+        try:
+            async with self._session.post(f"{self.api_base_url}/chat.postMessage", data=orjson.dumps(payload),
+                                          headers=headers) as response:
+                body = await response.text(errors="replace")
+                retry_after = response.headers.get("Retry-After")
+                if response.status != 200:
+                    return response.status, _slack_error(body), retry_after
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return None, _describe_error(exc), None
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return 502, "not JSON", None
+        if doc.get("ok"):
+            self._last_ts = (str(doc.get("channel") or payload.get("channel") or ""), str(doc.get("ts") or ""))
+            return 200, "", None
+        error = _raw(str(doc.get("error") or "unknown_error"), 80)
+        if error == "ratelimited":
+            return 429, error, retry_after
+        if error in ("internal_error", "fatal_error", "service_unavailable", "request_timeout"):
+            return 503, error, None
+        return 400, error, None
+
+    async def _follow_feedback(self) -> None:
+        """Read the compacted feedback topic from the start, keep following it: an alert someone
+        acknowledged is not posted (also when the worker has not re-sent it yet)."""
+        reader = kafka_client("consumer", self._options(group_id=None, enable_auto_commit=False,
+                                                        auto_offset_reset="earliest"))
+        try:
+            reader.subscribe([self.feedback_topic])
+            await reader.start()
+            while not self.stopping:
+                batch = await reader.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else ""
+                        try:
+                            doc = orjson.loads(record.value) if record.value else None
+                        except orjson.JSONDecodeError:
+                            continue
+                        if isinstance(doc, dict) and doc.get("action") == "ack":
+                            self._acked.add(str(doc.get("alert_id") or key))
+                        elif key:
+                            self._acked.discard(key)  # a newer word (expected / false) replaces it
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the forwarder goes on without it (the worker's re-send still says it)
+            log.warning("cannot follow the feedback topic %s: %s", self.feedback_topic, type(exc).__name__)
+        finally:
+            with contextlib.suppress(Exception):
+                await reader.stop()
+
+    def _thread_of(self, alert: Alert) -> dict[str, Any] | None:
+        """The incident's first post, when it was posted within the cooldown (event time)."""
+        if not alert.incident_key:
+            return None
+        for state in self._partitions.values():
+            thread = state.threads.get(alert.incident_key)
+            if thread is not None and abs(alert.detected_at - float(thread.get("detected_at", 0.0))) <= self.cooldown_s:
+                return thread
+        return None
+
+    def _quiet_reason(self, alert: Alert, thread: dict[str, Any] | None) -> str | None:
+        """Why this alert is not posted as a new message (None: it is). docs/slack.md."""
+        if alert.status == "firing" and (alert.acknowledged or alert.alert_id in self._acked):
+            return "acknowledged"  # someone is on it: no repeat posts
+        if alert.is_notice and alert.status == "firing" and self.digest_s:
+            return "digest"
+        if alert.status == "firing" and thread is not None and self._bot is None:
+            return "cooldown"  # the webhook cannot thread: a re-fire posts nothing new
+        return None
+
+    async def flush_digest(self) -> None:
+        """Post the held notices as one message, record each, commit past them."""
+        held, self._digest, self._digest_due = self._digest, [], 0.0
+        if not held:
+            return
+        lines = [f"• {_md(a.segment.platform)}/{_md(a.segment.event_name)} {_md(a.metric)} "
+                 f"{_md(a.plan) or _md(a.direction)} (alert `{_raw(a.alert_id, 40)}`)" for _, a, _ in held]
+        text = f"gapwatch digest: {len(held)} expected change(s) happened as planned"
+        payload: dict[str, Any] = {"text": text, "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": _clip(":memo: " + text, MAX_HEADER_CHARS)}},
+            _section(_lines_within(lines, 2900)),
+        ]}
+        if self._bot is not None:
+            payload["channel"] = self.channel
+        tp0 = held[0][0]
+        outcome, _reason = await self._deliver(payload, "digest", tp0)
+        if outcome is not _Outcome.DELIVERED:
+            self._digest = held + self._digest  # not committed: retried with the next digest
+            self._digest_due = time.monotonic() + (self.digest_s or 0.0)
+            return
+        for tp, alert, record in held:
+            identity = (alert.alert_id, alert.status)
+            if await self._record_posted(tp, identity, record, alert, quiet="digest"):
+                state = self._partitions.get(tp)
+                if state is not None:
+                    self._remember(state, identity)
+                await self._commit(tp, max(record.offset, self._deferred.get(tp, -1)))
+        for tp in {tp for tp, _, _ in held}:
+            self._deferred.pop(tp, None)
 
     async def _deliver(self, payload: dict[str, Any], alert_id: str, tp: Any) -> tuple[_Outcome, str]:
         started = time.monotonic()
@@ -1252,6 +1468,22 @@ def _identity_of(key: bytes | None) -> tuple[str, str] | None:
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
         return value[0], value[1]
     return None
+
+
+def _remember_thread(state: _Partition, value: bytes | None) -> None:
+    """Keep the incident's first post (its thread) from a posted record that names one."""
+    try:
+        doc = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(doc, dict) or not isinstance(doc.get("incident_key"), str):
+        return
+    # the newest top-level post of the incident (replies and quiet records are not)
+    key = doc["incident_key"]
+    if doc.get("quiet") or doc.get("reply") or doc.get("status") != "firing":
+        return
+    state.threads[key] = {"detected_at": float(doc.get("detected_at") or 0.0), "ts": doc.get("ts"),
+                          "channel": doc.get("channel")}
 
 
 def _posted_at(record: Any) -> float:
@@ -1344,6 +1576,24 @@ def load_webhook_url(webhook_url_file: str | None, environ: Mapping[str, str] | 
     return (environ.get(WEBHOOK_ENV) or "").strip() or None
 
 
+def load_bot_token(bot_token_file: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bot token from `--bot-token-file` (wins when given) or $GAPWATCH_SLACK_BOT_TOKEN."""
+    environ = os.environ if environ is None else environ
+    if bot_token_file:
+        with open(bot_token_file, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    return (environ.get(BOT_TOKEN_ENV) or "").strip() or None
+
+
+def _duration_arg(text: str) -> float:
+    from detectors.events import InvalidEvent, parse_duration
+
+    try:
+        return parse_duration(text, "duration")
+    except InvalidEvent as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "slack",
@@ -1378,6 +1628,28 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             f"(env {GRAFANA_ENV})"
         ),
     )
+    parser.add_argument(
+        "--cooldown", type=_duration_arg, default=DEFAULT_COOLDOWN_S, metavar="DURATION",
+        help="a re-fire of one incident within this (event time) posts nothing new with the webhook, "
+        "and is a reply in the incident's thread with a bot token (default 6h)",
+    )
+    parser.add_argument(
+        "--digest", type=_duration_arg, default=None, metavar="DURATION",
+        help="collect low-priority notices (expected changes that happened as planned) and post them "
+        "as one message every DURATION, e.g. 1h (default: post each)",
+    )
+    parser.add_argument(
+        "--bot-token-file", metavar="FILE",
+        help=f"file holding a Slack bot token (else env {BOT_TOKEN_ENV}): post through the Web API "
+        "(chat.postMessage) so re-fires and resolutions become thread replies; never printed",
+    )
+    parser.add_argument("--channel", default=os.environ.get("GAPWATCH_SLACK_CHANNEL") or None,
+                        help="channel id for the bot token (env GAPWATCH_SLACK_CHANNEL)")
+    parser.add_argument(
+        "--feedback-topic", default=os.environ.get("GAPWATCH_FEEDBACK_TOPIC") or "gapwatch-feedback",
+        help="the topic `gapwatch alert` writes to: acknowledged alerts are not posted (default %(default)s; '' to ignore)",
+    )
+    parser.add_argument("--slack-api-url", default=DEFAULT_API_BASE, help="Slack Web API base URL (default %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address for /metrics (default %(default)s)")
     parser.add_argument(
@@ -1416,13 +1688,23 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gapwatch slack: cannot read --webhook-url-file: {exc.strerror}", file=sys.stderr)
         return 2
-    if not webhook_url:
+    try:
+        bot_token = load_bot_token(getattr(args, "bot_token_file", None))
+    except OSError as exc:
+        print(f"gapwatch slack: cannot read --bot-token-file: {exc.strerror}", file=sys.stderr)
+        return 2
+    if bot_token and not getattr(args, "channel", None):
+        print("gapwatch slack: a bot token needs --channel (or GAPWATCH_SLACK_CHANNEL)", file=sys.stderr)
+        return 2
+    if bot_token and not webhook_url:
+        webhook_url = ""  # the Web API is used instead
+    elif not webhook_url:
         print(
             f"gapwatch slack: no webhook URL configured: set {WEBHOOK_ENV} or pass --webhook-url-file",
             file=sys.stderr,
         )
         return 2
-    if not _safe_url(webhook_url):
+    if webhook_url and not _safe_url(webhook_url):
         print("gapwatch slack: the webhook URL is not an http(s) URL (value not shown)", file=sys.stderr)
         return 2
     if getattr(args, "session_timeout_ms", 10_000) < 1000:
@@ -1465,13 +1747,20 @@ def run(args: argparse.Namespace) -> int:
         auto_offset_reset=getattr(args, "offset_reset", "earliest"),
         client_options=kafka_options,
         consumer_options=_group_timeouts(getattr(args, "session_timeout_ms", 10_000)),
+        cooldown_s=getattr(args, "cooldown", DEFAULT_COOLDOWN_S),
+        digest_s=getattr(args, "digest", None),
+        bot_token=bot_token,
+        channel=getattr(args, "channel", None),
+        api_base_url=getattr(args, "slack_api_url", DEFAULT_API_BASE),
+        feedback_topic=getattr(args, "feedback_topic", None) or None,
     )
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=getattr(args, "metrics_host", "0.0.0.0"), registry=registry)
         log.info("metrics on %s:%d/metrics", getattr(args, "metrics_host", "0.0.0.0"), args.metrics_port)
-    log.info("webhook configured: yes; grafana link: %s", "yes" if template else "no")
+    log.info("webhook configured: %s; bot token configured: %s; grafana link: %s",
+             "yes" if webhook_url else "no", "yes" if bot_token else "no", "yes" if template else "no")
 
     async def _main() -> int:
         loop = asyncio.get_running_loop()

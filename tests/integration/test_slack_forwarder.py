@@ -28,6 +28,7 @@ from streams.slack import ForwarderSetupError, SlackForwarder, posted_key
 pytestmark = pytest.mark.slow
 
 SECRET = "T0GAPW4TCH/B0TEST/xoxSeCrEtW3bh00kT0k3n"
+BOT_TOKEN = "xoxb-b0tS3cReT-t0k3n"
 GROUP_TIMEOUTS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +51,22 @@ class FakeSlack:
         self.posted_by: list[str] = []  # replica of each accepted post
         self._held: asyncio.Future[tuple[str, str, asyncio.Future[int]]] | None = None
         self._runner: web.AppRunner | None = None
+        self.api_posts: list[dict[str, Any]] = []  # chat.postMessage calls (Web API stand-in)
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    async def _api(self, request: web.Request) -> web.Response:
+        """`chat.postMessage` like Slack's Web API: bot token in the header, 200 + ok/ts."""
+        if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        payload = await request.json()
+        if not payload.get("channel"):
+            return web.json_response({"ok": False, "error": "channel_not_found"})
+        ts = f"{1767225600 + len(self.api_posts)}.000100"
+        self.api_posts.append({**payload, "ts": ts})
+        return web.json_response({"ok": True, "channel": payload["channel"], "ts": ts})
 
     @property
     def url(self) -> str:
@@ -62,6 +79,8 @@ class FakeSlack:
         return self._held
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if request.path == "/api/chat.postMessage":
+            return await self._api(request)
         if request.path != f"/services/{SECRET}":
             return web.Response(status=404, text="no_service")
         payload = await request.json()
@@ -220,6 +239,7 @@ def webhook_never_logged(caplog: pytest.LogCaptureFixture, capsys: pytest.Captur
     captured = capsys.readouterr()
     for text in (caplog.text, captured.out, captured.err):
         assert SECRET not in text
+        assert BOT_TOKEN not in text and "b0tS3cReT" not in text
         assert "/services/" not in text
         assert "xoxSeCrEt" not in text
 
@@ -439,10 +459,10 @@ if kill:
     when, target = kill.split(":", 1)
     original = slack.SlackForwarder._record_posted
 
-    async def record_posted(self, tp, identity, record):
+    async def record_posted(self, tp, identity, record, *args, **kwargs):
         if identity[0] == target and when == "before_record":
             os.kill(os.getpid(), signal.SIGKILL)
-        recorded = await original(self, tp, identity, record)
+        recorded = await original(self, tp, identity, record, *args, **kwargs)
         if identity[0] == target and when == "after_record":
             os.kill(os.getpid(), signal.SIGKILL)
         return recorded
@@ -809,3 +829,88 @@ async def wait_for_records(consumer: AIOKafkaConsumer, records: list[Any], n: in
     while len(records) < n and time.monotonic() < deadline:
         for batch in (await consumer.getmany(timeout_ms=500)).values():
             records.extend(batch)
+
+
+# ---- quiet rules (docs/slack.md): one incident, one message / one thread ----------------------
+
+
+def incident_alert(alert_id: str, status: str = "firing", detected_at: float = 1767227400, **extra: Any) -> dict[str, Any]:
+    return {**make_alert(alert_id, status), "incident_key": "inc-1", "detected_at": detected_at, **extra}
+
+
+async def test_refires_of_one_incident_post_nothing_new_with_the_webhook(harness: Harness) -> None:
+    await harness.produce([
+        incident_alert("a1"), incident_alert("a1", acknowledged=True),  # the ack: an update, not a post
+        incident_alert("a1", "resolved", 1767231000),
+        incident_alert("a2", detected_at=1767234600),                 # a re-fire 2 h later: quiet
+        incident_alert("a3", detected_at=1767227400 + 7 * 3600),      # past the 6 h cooldown: posted
+        {**incident_alert("b1"), "incident_key": "inc-2", "acknowledged": True},  # acked re-fire: quiet
+    ])
+    forwarder = await harness.start_forwarder()
+    await wait_for(lambda: forwarder.metrics.registry.get_sample_value(
+        "gapwatch_slack_skipped_total", {"reason": "acknowledged"}) == 1, what="the acked re-fire")
+    await asyncio.sleep(0.5)
+    assert harness.slack.posted_ids() == [("a1", "firing"), ("a1", "resolved"), ("a3", "firing")]
+    assert forwarder.metrics.registry.get_sample_value("gapwatch_slack_skipped_total", {"reason": "cooldown"}) == 1
+    await harness.stop_forwarder(forwarder)
+    # a restart (or another replica) reads the same rules back from the posted topic
+    await harness.produce([incident_alert("a4", detected_at=1767227400 + 8 * 3600)])
+    forwarder = await harness.start_forwarder()
+    await wait_for(lambda: forwarder.metrics.registry.get_sample_value(
+        "gapwatch_slack_skipped_total", {"reason": "cooldown"}) == 1, what="the re-fire after a restart")
+    assert len(harness.slack.posts) == 3
+    assert await committed(harness.bootstrap, harness.topic, harness.group) == 7
+
+
+async def test_with_a_bot_token_one_incident_is_one_thread(harness: Harness) -> None:
+    await harness.produce([
+        incident_alert("a1"), incident_alert("a1", "resolved", 1767231000),
+        incident_alert("a2", detected_at=1767234600), incident_alert("a2", "resolved", 1767238200),
+        incident_alert("a3", detected_at=1767241800),
+    ])
+    forwarder = await harness.start_forwarder(bot_token=BOT_TOKEN, channel="C0GAPS", api_base_url=harness.slack.api_base)
+    await wait_for(lambda: len(harness.slack.api_posts) == 5, what="5 Web API posts")
+    await asyncio.sleep(0.3)
+    assert harness.slack.posts == []  # nothing through the webhook
+    first, *replies = harness.slack.api_posts
+    assert "thread_ts" not in first and first["channel"] == "C0GAPS"
+    assert [r["thread_ts"] for r in replies] == [first["ts"]] * 4
+    await harness.stop_forwarder(forwarder)
+    # restarted: the thread is found on the posted topic
+    await harness.produce([incident_alert("a4", detected_at=1767245400)])
+    forwarder = await harness.start_forwarder(bot_token=BOT_TOKEN, channel="C0GAPS", api_base_url=harness.slack.api_base)
+    await wait_for(lambda: len(harness.slack.api_posts) == 6, what="the reply after a restart")
+    assert harness.slack.api_posts[-1]["thread_ts"] == first["ts"]
+    assert repr(forwarder).count("xoxb") == 0
+
+
+async def test_notices_wait_for_the_digest(harness: Harness) -> None:
+    notices = [{**make_alert(f"n{i}"), "verdict": "expected_change", "plan": f"expected -25 %, observed -2{i} %"}
+               for i in range(3)]
+    await harness.produce([*notices, make_alert("g1")])
+    forwarder = await harness.start_forwarder(digest_s=1.0)
+    await wait_for(lambda: len(harness.slack.posts) == 2, what="the alert and one digest")
+    ids = [p.get("text", "") for p in harness.slack.posts]
+    digest = next(p for p in harness.slack.posts if "digest" in p.get("text", ""))
+    body = orjson.dumps(digest).decode()
+    assert all(f"n{i}" in body for i in range(3)) and "expected -25 %" in body, ids
+    await harness.stop_forwarder(forwarder)
+    assert await committed(harness.bootstrap, harness.topic, harness.group) == 4
+
+
+async def test_an_alert_acknowledged_on_the_feedback_topic_is_not_posted(harness: Harness) -> None:
+    feedback = f"gapwatch-feedback-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(harness.bootstrap, {feedback: 1})
+    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(feedback, key=b"k1", value=orjson.dumps(
+            {"alert_id": "k1", "action": "ack", "at": 1767227400, "note": "on it", "by": "me"}))
+    finally:
+        await producer.stop()
+    forwarder = await harness.start_forwarder(feedback_topic=feedback)
+    await wait_for(lambda: "k1" in forwarder._acked, what="the ack read")
+    await harness.produce([make_alert("k1"), make_alert("k2"), make_alert("k1", "resolved")])
+    await wait_for(lambda: len(harness.slack.posts) == 2, what="2 posts")
+    await asyncio.sleep(0.3)
+    assert harness.slack.posted_ids() == [("k2", "firing"), ("k1", "resolved")]
