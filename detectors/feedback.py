@@ -10,7 +10,7 @@ in `gapwatch backtest --feedback FILE` alike. Pure: no I/O.
 >>> parse_feedback(b'{"alert_id": "a1", "action": "snooze", "at": 1}')
 Traceback (most recent call last):
 ...
-detectors.events.InvalidEvent: action must be one of ack, expected, false
+detectors.events.InvalidEvent: invalid_field: action must be one of ack, expected, false
 """
 
 from __future__ import annotations
