@@ -647,11 +647,15 @@ class GroupMonitor:
             low, high = rate_interval(c_a, e_a)
             rel = now / base - 1 if base > 0 else 0.0
             entry = ChildChange(Segment.from_key(key), round(base, 4), round(now, 4), round(rel, 3), int(e_a))
+            # expected minus seen, in conversions, for every child: a share of the change is
+            # judged against all of its siblings, not only those that moved significantly
+            deficits[key] = (base - now) * e_a
             if abs(rel) >= cfg.moved_min_change and not (low <= base <= high):
                 moved.append(entry)
-                deficits[key] = (base - now) * e_a  # expected minus seen, in conversions
             else:
                 steady.append(entry)
+        moved_keys = {c.segment.key for c in moved}
+        sign = 1.0 if direction == "drop" else -1.0
         # A child explains the change when it carries most of it and far more than its share
         # of the traffic (its siblings held); otherwise the change belongs to the parent.
         exposure = {}
@@ -661,12 +665,13 @@ class GroupMonitor:
         best_share, best_key, best_rank = 0.0, None, (0.0, 0.0)
         for dim_index in (2, 3):  # browser children have region "*", and the other way round
             keys = [k for k in exposure if k.split("|")[5 - dim_index] == "*"]
-            dim_change = sum(abs(deficits.get(k, 0.0)) for k in keys)
+            # the change of a dimension: its children's deficits in the alert's direction
+            dim_change = sum(max(0.0, sign * deficits.get(k, 0.0)) for k in keys)
             dim_exposure = sum(exposure[k] for k in keys)
             for k in keys:
-                if k not in deficits:
+                if k not in moved_keys:
                     continue
-                share = _share(abs(deficits[k]), dim_change)
+                share = _share(max(0.0, sign * deficits[k]), dim_change)
                 traffic = _share(exposure[k], dim_exposure)
                 # ties (a region's drop carries all of the browser dimension's moved deficit too)
                 # go to the child whose share most exceeds its share of the traffic
