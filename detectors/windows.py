@@ -102,6 +102,16 @@ class Partial(NamedTuple):
 HASH_BITS = 64
 _SEED_EVENT, _SEED_ORDER, _SEED_BACKEND = 1, 2, 3
 _xxh = xxhash.xxh3_64_intdigest
+_platform_seeds: dict[str, tuple[int, int]] = {}
+
+
+def _platform_seed(platform: str) -> tuple[int, int]:
+    """Seeds of a platform's event and order keys (derived from its name: stable)."""
+    raw = platform.encode()
+    seeds = (_xxh(raw, _SEED_EVENT), _xxh(raw, _SEED_ORDER))
+    if len(_platform_seeds) < 4096:
+        _platform_seeds[platform] = seeds
+    return seeds
 
 
 class HashStore:
@@ -129,6 +139,9 @@ class HashStore:
     def __init__(self, window_s: int) -> None:
         self.window_s = window_s
         self.young: dict[int, tuple[int, int]] = {}  # key -> (aux, bucket)
+        # what `put` added since the last merge, as flat lists (an update appends again: the
+        # merge keeps the last value of a key); entries `prefetch` copied are not in them
+        self.new: list[int] = []  # key, aux, bucket, key, aux, bucket, ...
         self.keys = np.zeros(0, dtype=np.uint64)
         self.aux = np.zeros(0, dtype=np.uint64)
         self.buckets = np.zeros(0, dtype=np.uint32)
@@ -152,6 +165,7 @@ class HashStore:
 
     def put(self, key: int, aux: int, bucket: int) -> None:
         self.young[key] = (aux, bucket)
+        self.new += (key, aux, bucket)
 
     def should_compact(self) -> bool:
         return len(self.young) >= max(self.min_merge, len(self.keys) >> 2)
@@ -176,15 +190,20 @@ class HashStore:
     def compact(self) -> None:
         """Merge `young` into the arrays, dropping entries before the cutoff (newest value wins)."""
         young, self.young = self.young, {}
-        n = len(young)
-        if n:
-            big = [k for k, (a, _) in young.items() if a >= 1 << 64]
-            for k in big:  # an aux that does not fit 64 bits stays in the dict (see PartitionWindows)
-                self.young[k] = young.pop(k)
-            keys = np.fromiter(young.keys(), dtype=np.uint64, count=len(young))
-            vals = list(young.values())
-            aux = np.fromiter((a for a, _ in vals), dtype=np.uint64, count=len(vals))
-            buckets = np.fromiter((b // self.window_s for _, b in vals), dtype=np.uint32, count=len(vals))
+        new, self.new = self.new, []
+        if new:
+            try:
+                flat = np.array(new, dtype=np.uint64).reshape(-1, 3)
+            except OverflowError:  # an aux beyond 64 bits (a 65th channel): those stay in the dict
+                big = {k for k, (a, _) in young.items() if a >= 1 << 64}
+                for k in big:
+                    self.young[k] = young[k]
+                    self.new += (k, *young[k])
+                flat = np.array([x for i in range(0, len(new), 3) if new[i] not in big for x in new[i:i + 3]],
+                                dtype=np.uint64).reshape(-1, 3)
+            keys = flat[:, 0]
+            aux = flat[:, 1]
+            buckets = (flat[:, 2] // np.uint64(self.window_s)).astype(np.uint32)
             # the dict's entries override the arrays' (their values are newer)
             keys = np.concatenate([self.keys, keys])
             aux = np.concatenate([self.aux, aux])
@@ -290,13 +309,16 @@ class PartitionWindows:
         return self._seen.get(self.platform_keys_of(platform, event_id, None)[0]) is not None
 
     def platform_keys_of(self, platform: str, event_id: str, order_id: str | None) -> tuple[int, int, int]:
-        """(event key, order key, backend order key) of a platform event (0: no order id)."""
+        """(event key, order key, backend order key) of a platform event (0: no order id).
+
+        The platform is the seed of the event and order keys (hashes of platform and id)."""
         mask = self.hash_mask
-        ekey = _xxh(f"{platform}\x1f{event_id}".encode(), _SEED_EVENT) & mask
+        seeds = _platform_seeds.get(platform) or _platform_seed(platform)
+        ekey = _xxh(event_id.encode(), seeds[0]) & mask
         if order_id is None:
             return ekey, 0, 0
-        return (ekey, _xxh(f"{platform}\x1f{order_id}".encode(), _SEED_ORDER) & mask,
-                _xxh(order_id.encode(), _SEED_BACKEND) & mask)
+        order = order_id.encode()
+        return ekey, _xxh(order, seeds[1]) & mask, _xxh(order, _SEED_BACKEND) & mask
 
     def backend_key(self, order_id: str) -> int:
         return _xxh(order_id.encode(), _SEED_BACKEND) & self.hash_mask
@@ -418,7 +440,12 @@ class PartitionWindows:
         if keys is None:
             keys = self.platform_keys_of(ev.platform, ev.event_id, ev.order_id)
         key = keys[0]
-        seen = self._seen.get(key)
+        store = self._seen
+        seen = store.young.get(key)
+        if seen is None and not store.complete:
+            seen = store.get(key)
+        elif seen is not None and seen[1] < store.cutoff:
+            seen = None  # forgotten
         is_new = seen is None
         bit = self._channel_bit.get(ev.channel) or self._channel(ev.channel)
         if seen is not None:
@@ -670,18 +697,20 @@ class PartitionWindows:
                 self._deleted_keys.append(f"{prefix}d:{seq}")
                 continue
             newest = NEG_INF
-            seen, orders, backend = self._seen.young, self._orders.young, self._backend.young
+            orders, backend = self._orders.young, self._backend.young
             if delta["s"] and len(delta["s"][0]) == 4 or delta["o"] and len(delta["o"][0]) == 4:
                 delta = self._upgrade_delta(delta)
             for hkey, channels, bucket in delta["s"]:
-                seen[hkey] = (channels, bucket)
+                self._seen.put(hkey, channels, bucket)
                 newest = max(newest, bucket)
             for hkey, first, bucket in delta["o"]:
-                orders.setdefault(hkey, (first, bucket))
+                if hkey not in orders:
+                    self._orders.put(hkey, first, bucket)
                 newest = max(newest, bucket)
             for order, bucket in delta["b"]:
                 hkey = self.backend_key(order) if isinstance(order, str) else order
-                backend.setdefault(hkey, (0, bucket))
+                if hkey not in backend:
+                    self._backend.put(hkey, 0, bucket)
                 newest = max(newest, bucket)
             for leaf, order, bucket in delta.get("c", ()):
                 hkey = self.backend_key(order) if isinstance(order, str) else order
