@@ -156,7 +156,7 @@ class HashStore:
     def get(self, key: int) -> tuple[int, int] | None:
         hit = self.young.get(key)
         if hit is None and not self.complete and len(self.keys):
-            i = int(np.searchsorted(self.keys, key))
+            i = int(np.searchsorted(self.keys, np.uint64(key)))  # a Python int would compare as float
             if i < len(self.keys) and int(self.keys[i]) == key:
                 hit = (int(self.aux[i]), int(self.buckets[i]) * self.window_s)
         if hit is not None and hit[1] < self.cutoff:
