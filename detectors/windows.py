@@ -21,6 +21,7 @@ partition has closed a window, builds the closed window of every segment.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -141,7 +142,8 @@ class HashStore:
         self.young: dict[int, tuple[int, int]] = {}  # key -> (aux, bucket)
         # what `put` added since the last merge, as flat lists (an update appends again: the
         # merge keeps the last value of a key); entries `prefetch` copied are not in them
-        self.new: list[int] = []  # key, aux, bucket, key, aux, bucket, ...
+        self.new = array("Q")  # key, aux, bucket, key, aux, bucket, ... (8 bytes each)
+        self.wide: dict[int, tuple[int, int]] = {}  # entries whose aux needs > 64 bits: dict only
         self.keys = np.zeros(0, dtype=np.uint64)
         self.aux = np.zeros(0, dtype=np.uint64)
         self.buckets = np.zeros(0, dtype=np.uint32)
@@ -165,7 +167,10 @@ class HashStore:
 
     def put(self, key: int, aux: int, bucket: int) -> None:
         self.young[key] = (aux, bucket)
-        self.new += (key, aux, bucket)
+        if aux >> 64:  # a channel mask past 64 channels: kept in the dict, never merged
+            self.wide[key] = (aux, bucket)
+        else:
+            self.new.extend((key, aux, bucket))
 
     def should_compact(self) -> bool:
         return len(self.young) >= max(self.min_merge, len(self.keys) >> 2)
@@ -190,17 +195,12 @@ class HashStore:
     def compact(self) -> None:
         """Merge `young` into the arrays, dropping entries before the cutoff (newest value wins)."""
         young, self.young = self.young, {}
-        new, self.new = self.new, []
+        new, self.new = self.new, array("Q")
+        if self.wide:
+            self.wide = {k: v for k, v in self.wide.items() if v[1] >= self.cutoff and young.get(k) == v}
+            self.young.update(self.wide)
         if new:
-            try:
-                flat = np.array(new, dtype=np.uint64).reshape(-1, 3)
-            except OverflowError:  # an aux beyond 64 bits (a 65th channel): those stay in the dict
-                big = {k for k, (a, _) in young.items() if a >= 1 << 64}
-                for k in big:
-                    self.young[k] = young[k]
-                    self.new += (k, *young[k])
-                flat = np.array([x for i in range(0, len(new), 3) if new[i] not in big for x in new[i:i + 3]],
-                                dtype=np.uint64).reshape(-1, 3)
+            flat = np.frombuffer(new, dtype=np.uint64).reshape(-1, 3)
             keys = flat[:, 0]
             aux = flat[:, 1]
             buckets = (flat[:, 2] // np.uint64(self.window_s)).astype(np.uint32)
@@ -317,8 +317,10 @@ class PartitionWindows:
         ekey = _xxh(event_id.encode(), seeds[0]) & mask
         if order_id is None:
             return ekey, 0, 0
-        order = order_id.encode()
-        return ekey, _xxh(order, seeds[1]) & mask, _xxh(order, _SEED_BACKEND) & mask
+        # (platform, order) pairs as the order's own hash xor the platform's seed: two pairs
+        # share a key with probability 2^-64, like any two hashes
+        bkey = _xxh(order_id.encode(), _SEED_BACKEND) & mask
+        return ekey, (bkey ^ seeds[1]) & mask, bkey
 
     def backend_key(self, order_id: str) -> int:
         return _xxh(order_id.encode(), _SEED_BACKEND) & self.hash_mask

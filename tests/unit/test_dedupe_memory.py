@@ -103,3 +103,19 @@ def test_deltas_of_the_string_format_are_read() -> None:
     fresh.add_platform(1, pe("e1", T, "capi", order_id="o1"))
     assert pw.seen_events == fresh.seen_events and pw.order_events == fresh.order_events
     assert pw.conversions == fresh.conversions
+
+
+def test_more_channels_than_a_mask_of_64_bits_holds() -> None:
+    cfg = WindowConfig(window_s=60, allowed_lateness_s=0)
+    pw = PartitionWindows(0, cfg)
+    for c in range(70):
+        pw.add_platform(c, pe(f"e{c}", T, f"ch{c}"))  # 70 channels known here
+    pw.add_platform(100, pe("x", T, "ch69"))
+    pw.add_platform(101, pe("x", T, "ch68"))  # the pair: masks past bit 64
+    for store in (pw._seen, pw._orders, pw._backend):
+        store.compact()
+    pw.add_platform(102, pe("x", T, "ch69"))  # same channel again: a duplicate trigger
+    pw.add_platform(103, pe("x", T, "ch5"))  # a third channel: a pair, not a duplicate
+    counters = pw.windows[T]["p"]["meta|purchase|chrome|eu"]
+    from detectors.windows import P_DUP, P_PAIR
+    assert counters[P_DUP] == 1 and counters[P_PAIR] == 2
