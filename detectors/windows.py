@@ -199,25 +199,37 @@ class HashStore:
         if self.wide:
             self.wide = {k: v for k, v in self.wide.items() if v[1] >= self.cutoff and young.get(k) == v}
             self.young.update(self.wide)
+        keys, aux, buckets = self.keys, self.aux, self.buckets
         if new:
             flat = np.frombuffer(new, dtype=np.uint64).reshape(-1, 3)
-            keys = flat[:, 0]
-            aux = flat[:, 1]
-            buckets = (flat[:, 2] // np.uint64(self.window_s)).astype(np.uint32)
-            # the dict's entries override the arrays' (their values are newer)
-            keys = np.concatenate([self.keys, keys])
-            aux = np.concatenate([self.aux, aux])
-            buckets = np.concatenate([self.buckets, buckets])
-            order = np.argsort(keys, kind="stable")
-            keys, aux, buckets = keys[order], aux[order], buckets[order]
-            last = np.ones(len(keys), dtype=bool)
-            last[:-1] = keys[1:] != keys[:-1]
-        else:
-            keys, aux, buckets = self.keys, self.aux, self.buckets
-            last = np.ones(len(keys), dtype=bool)
-        if self.cutoff > NEG_INF:
-            last &= buckets.astype(np.int64) * self.window_s >= self.cutoff
-        self.keys, self.aux, self.buckets = keys[last], aux[last], buckets[last]
+            # the new entries sorted, the last value of a key kept (an update appends again)
+            order = np.argsort(flat[:, 0], kind="stable")
+            flat = flat[order]
+            last = np.ones(len(flat), dtype=bool)
+            last[:-1] = flat[1:, 0] != flat[:-1, 0]
+            flat = flat[last]
+            new_keys, new_aux = flat[:, 0], flat[:, 1]
+            new_buckets = (flat[:, 2] // np.uint64(self.window_s)).astype(np.uint32)
+            # keys already in the arrays take the new value in place; the others are inserted
+            # (a merge: linear in the arrays, the sort only over the new entries)
+            pos = np.searchsorted(keys, new_keys)
+            inside = pos < len(keys)
+            hit = np.zeros(len(new_keys), dtype=bool)
+            hit[inside] = keys[pos[inside]] == new_keys[inside]
+            if hit.any():
+                aux, buckets = aux.copy(), buckets.copy()
+                aux[pos[hit]] = new_aux[hit]
+                buckets[pos[hit]] = new_buckets[hit]
+            fresh = ~hit
+            keys = np.insert(keys, pos[fresh], new_keys[fresh])
+            aux = np.insert(aux, pos[fresh], new_aux[fresh])
+            buckets = np.insert(buckets, pos[fresh], new_buckets[fresh])
+        if self.cutoff > NEG_INF and len(buckets):
+            first_kept = int(max(0.0, math.ceil(self.cutoff / self.window_s)))
+            if int(buckets.min()) < first_kept:
+                keep = buckets >= first_kept
+                keys, aux, buckets = keys[keep], aux[keep], buckets[keep]
+        self.keys, self.aux, self.buckets = keys, aux, buckets
 
     def items(self) -> dict[int, tuple[int, int]]:
         """Every entry remembered (after the cutoff), as a dict: for tests and comparisons."""

@@ -119,3 +119,31 @@ def test_more_channels_than_a_mask_of_64_bits_holds() -> None:
     counters = pw.windows[T]["p"]["meta|purchase|chrome|eu"]
     from detectors.windows import P_DUP, P_PAIR
     assert counters[P_DUP] == 1 and counters[P_PAIR] == 2
+
+
+def test_merges_agree_with_a_dict_on_random_operations() -> None:
+    import random
+
+    for trial in range(100):
+        st = HashStore(window_s=60)
+        model: dict[int, tuple[int, int]] = {}
+        rng = random.Random(trial)
+        cut = 0
+        for _ in range(300):
+            k = rng.randrange(1, 50) if rng.random() < 0.5 else rng.randrange(1, 2**64)
+            a, b = rng.randrange(0, 2**64), 60 * rng.randrange(0, 100)
+            st.put(k, a, b)
+            model[k] = (a, b)
+            if rng.random() < 0.1:
+                st.compact()
+            if rng.random() < 0.05:  # the cutoff only moves forward
+                cut = max(cut, rng.randrange(0, 60))
+                st.cutoff = 60 * cut
+                model = {k: v for k, v in model.items() if v[1] >= st.cutoff}
+            if rng.random() < 0.05:
+                st.prefetch([*list(model)[:5], rng.randrange(1, 2**64)])
+        model = {k: v for k, v in model.items() if v[1] >= st.cutoff}
+        assert st.items() == model, trial
+        st.compact()
+        assert st.items() == model and bool(np.all(st.keys[1:] > st.keys[:-1]))
+        assert all(st.get(k) == v for k, v in model.items())
