@@ -134,7 +134,8 @@ class HashStore:
     >>> st.cutoff = 660.0; st.get(12345)
     """
 
-    #: merge `young` into the arrays once it holds this many entries, or a quarter of the arrays
+    #: merge `young` into the arrays once it holds this many entries, or an eighth of the arrays
+    #: (an entry there costs ~300 bytes, one in the arrays 20; a merge is linear in the arrays)
     min_merge = 50_000
 
     def __init__(self, window_s: int) -> None:
@@ -142,7 +143,7 @@ class HashStore:
         self.young: dict[int, tuple[int, int]] = {}  # key -> (aux, bucket)
         # what `put` added since the last merge, as flat lists (an update appends again: the
         # merge keeps the last value of a key); entries `prefetch` copied are not in them
-        self.new = array("Q")  # key, aux, bucket, key, aux, bucket, ... (8 bytes each)
+        self.new: list[int] = []  # key, aux, bucket, key, aux, bucket, ... (a list: appends are cheap)
         self.wide: dict[int, tuple[int, int]] = {}  # entries whose aux needs > 64 bits: dict only
         self.keys = np.zeros(0, dtype=np.uint64)
         self.aux = np.zeros(0, dtype=np.uint64)
@@ -170,10 +171,10 @@ class HashStore:
         if aux >> 64:  # a channel mask past 64 channels: kept in the dict, never merged
             self.wide[key] = (aux, bucket)
         else:
-            self.new.extend((key, aux, bucket))
+            self.new += (key, aux, bucket)
 
     def should_compact(self) -> bool:
-        return len(self.young) >= max(self.min_merge, len(self.keys) >> 2)
+        return len(self.young) >= max(self.min_merge, len(self.keys) >> 3)
 
     def prefetch(self, keys: list[int]) -> None:
         """Copy the array entries of `keys` into `young` (then `young.get` answers for them)."""
@@ -195,13 +196,13 @@ class HashStore:
     def compact(self) -> None:
         """Merge `young` into the arrays, dropping entries before the cutoff (newest value wins)."""
         young, self.young = self.young, {}
-        new, self.new = self.new, array("Q")
+        new, self.new = self.new, []
         if self.wide:
             self.wide = {k: v for k, v in self.wide.items() if v[1] >= self.cutoff and young.get(k) == v}
             self.young.update(self.wide)
         keys, aux, buckets = self.keys, self.aux, self.buckets
         if new:
-            flat = np.frombuffer(new, dtype=np.uint64).reshape(-1, 3)
+            flat = np.frombuffer(array("Q", new), dtype=np.uint64).reshape(-1, 3)
             # the new entries sorted, the last value of a key kept (an update appends again)
             order = np.argsort(flat[:, 0], kind="stable")
             flat = flat[order]
