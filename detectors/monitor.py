@@ -143,20 +143,11 @@ class _Segment:
             self.detectors = {m: RatioDetector.from_dict(d) for m, d in state["det"].items()}
             self.history = [list(r) for r in state["hist"]]
             self.unit = float(state["unit"])
-        # the state as of the last `to_dict`, until the next update: a group's state is written
-        # whole, and its segments without a window since the last write need not be serialised
-        self._state: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        state = self._state
-        if state is None:
-            state = self._state = {
-                "det": {m: d.to_dict() for m, d in self.detectors.items()}, "hist": self.history, "unit": self.unit,
-            }
-        return state
+        return {"det": {m: d.to_dict() for m, d in self.detectors.items()}, "hist": self.history, "unit": self.unit}
 
     def update(self, w: ClosedWindow) -> list[ChangePoint]:
-        self._state = None
         row = _row(w)
         self.history.append(row)
         if len(self.history) > HISTORY:
