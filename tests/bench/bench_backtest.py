@@ -106,7 +106,8 @@ def main() -> int:
     if args.digest or args.dump:
         h = hashlib.sha256()
         out = args.dump.open("wb") if args.dump else None
-        for doc in [w.to_dict() for w in bt.windows] + bt.alerts:
+        alerts = [orjson.loads(a.to_json()) if hasattr(a, "to_json") else a for a in bt.alerts]
+        for doc in [w.to_dict() for w in bt.windows] + alerts:
             line = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS) + b"\n"
             h.update(line)
             if out:
