@@ -21,6 +21,9 @@ __all__ = [
     "BackendEvent",
     "PlatformEvent",
     "ChangeEvent",
+    "CALENDAR_KINDS",
+    "parse_duration",
+    "parse_size",
     "parse_backend",
     "parse_platform",
     "parse_change",
@@ -109,6 +112,10 @@ class ChangeEvent(NamedTuple):
     author: str
     url: str
     scope: dict[str, str]
+    #: a planned change's expected effect: {metric, direction, size, scope} (docs/events.md)
+    expected: dict[str, Any] | None = None
+    #: end of a declared promotion / holiday (kinds `promotion`, `holiday`): `at` + duration
+    until: float | None = None
 
 
 # ISO 4217 active codes (plus common precious-metal / testing codes are deliberately absent).
@@ -417,8 +424,87 @@ def parse_platform(raw: bytes | str | None) -> PlatformEvent:
 
 CHANGE_KINDS = (
     "deploy", "tag_publish", "consent_update", "pixel_change", "crm_change",
-    "attribution_setting", "conversion_action", "other",
+    "attribution_setting", "conversion_action", "other", "promotion", "holiday",
 )
+#: declared calendar periods: no business-change alert while one runs (docs/events.md)
+CALENDAR_KINDS = ("promotion", "holiday")
+EXPECTED_METRICS = ("count_ratio", "value_ratio", "duplicate_rate", "click_id_coverage", "backend_count")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(raw: Any, field: str = "duration") -> float:
+    """Seconds from a number of seconds or a string such as ``90m``, ``2h``, ``3d``.
+
+    >>> parse_duration("2h"), parse_duration(600), parse_duration("1.5d")
+    (7200.0, 600.0, 129600.0)
+    """
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        seconds = float(raw)
+    elif isinstance(raw, str) and raw.strip():
+        text = raw.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1])
+        try:
+            seconds = float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            raise InvalidEvent("invalid_field", f"{field} must be seconds or like 90m, 2h, 3d") from None
+    else:
+        raise InvalidEvent("invalid_field", f"{field} must be seconds or like 90m, 2h, 3d")
+    if not (0 < seconds <= 366 * 86400.0):
+        raise InvalidEvent("invalid_field", f"{field} must be positive and at most a year")
+    return seconds
+
+
+def parse_size(raw: Any) -> float:
+    """A relative change as a fraction: ``-0.25``, ``"-25%"`` and ``"-25 %"`` are the same.
+
+    >>> parse_size("-25 %"), parse_size(-0.25), parse_size("+40%")
+    (-0.25, -0.25, 0.4)
+    """
+    if isinstance(raw, str):
+        text = raw.replace(" ", "")
+        try:
+            value = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise InvalidEvent("invalid_field", "expected.size must be like -0.25 or \"-25 %\"") from None
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    else:
+        raise InvalidEvent("invalid_field", "expected.size must be like -0.25 or \"-25 %\"")
+    if not (-1.0 < value <= 10.0) or value == 0.0:
+        raise InvalidEvent("invalid_field", "expected.size must be a non-zero change above -100 %")
+    return value
+
+
+def _parse_expected(raw: Any) -> dict[str, Any]:
+    """The `expected` object of a planned change: metric, direction, size (fraction), scope."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent("invalid_field", "expected must be an object with metric, direction, size, scope")
+    metric = raw.get("metric", "count_ratio")
+    if metric not in EXPECTED_METRICS:
+        raise InvalidEvent("invalid_field", f"expected.metric must be one of {', '.join(EXPECTED_METRICS)}")
+    if raw.get("size") is None:
+        raise InvalidEvent("invalid_field", "expected.size is required (for example \"-25 %\")")
+    size = parse_size(raw["size"])
+    direction = raw.get("direction") or ("drop" if size < 0 else "inflation")
+    if direction not in ("drop", "inflation") or (direction == "drop") != (size < 0):
+        raise InvalidEvent("invalid_field", "expected.direction must be drop (size < 0) or inflation (size > 0)")
+    scope = _parse_scope(raw.get("scope") or {}, "expected.scope")
+    return {"metric": metric, "direction": direction, "size": size, "scope": scope}
+
+
+def _parse_scope(scope_raw: Any, where: str = "scope") -> dict[str, str]:
+    if not isinstance(scope_raw, dict):
+        raise InvalidEvent("invalid_field", f"{where} must be an object with platform / region / browser")
+    scope: dict[str, str] = {}
+    if scope_raw.get("platform"):
+        scope["platform"] = _platform_name({"platform": scope_raw["platform"]})
+    if scope_raw.get("region"):
+        scope["region"] = normalise_region(scope_raw["region"])
+    if scope_raw.get("browser"):
+        scope["browser"] = normalise_browser(scope_raw["browser"])
+    if scope_raw.get("event_name"):
+        scope["event_name"] = canonical_event_name(scope_raw["event_name"], "purchase")
+    return scope
 
 
 def _text(obj: dict[str, Any], field: str, limit: int = 500) -> str:
@@ -444,21 +530,24 @@ def parse_change(raw: bytes | str | dict[str, Any] | None) -> ChangeEvent:
     at = parse_time(obj.get("at"), "at") if obj.get("at") is not None else None
     if at is None:
         raise InvalidEvent("invalid_field", "at is required (ISO-8601 or epoch seconds)")
-    scope_raw = obj.get("scope") or {}
-    if not isinstance(scope_raw, dict):
-        raise InvalidEvent("invalid_field", "scope must be an object with platform / region / browser")
-    scope: dict[str, str] = {}
-    if scope_raw.get("platform"):
-        scope["platform"] = _platform_name({"platform": scope_raw["platform"]})
-    if scope_raw.get("region"):
-        scope["region"] = normalise_region(scope_raw["region"])
-    if scope_raw.get("browser"):
-        scope["browser"] = normalise_browser(scope_raw["browser"])
-    if scope_raw.get("event_name"):
-        scope["event_name"] = canonical_event_name(scope_raw["event_name"], "purchase")
+    scope = _parse_scope(obj.get("scope") or {})
+    kind = kind.strip().lower()
+    expected = None
+    if obj.get("expected") is not None:
+        expected = _parse_expected(obj["expected"])
+        # the plan's scope narrows the change's own
+        expected["scope"] = {**scope, **expected["scope"]}
+    until = None
+    if kind in CALENDAR_KINDS:
+        if obj.get("until") is not None:
+            until = parse_time(obj["until"], "until")
+            if until <= at:
+                raise InvalidEvent("invalid_field", "until must be after at")
+        else:
+            until = at + parse_duration(obj.get("duration", 86400.0))
     return ChangeEvent(
-        change_id, kind.strip().lower(), at, _text(obj, "summary"), _text(obj, "service", 100),
-        _text(obj, "author", 100), _text(obj, "url", 1000), scope,
+        change_id, kind, at, _text(obj, "summary"), _text(obj, "service", 100),
+        _text(obj, "author", 100), _text(obj, "url", 1000), scope, expected, until,
     )
 
 

@@ -1,23 +1,27 @@
 """Offline change points of a plain numeric series (``gapwatch detect``).
 
-Exact penalised segmentation by PELT (Killick et al. 2012) with a cost per model, all in
-numpy on cumulative sums (O(n) typical, O(n^2) worst case):
+Penalised segmentation by PELT (Killick et al. 2012, ``detectors.pelt``) with a cost per
+model, all in numpy on cumulative sums:
 
-* ``normal`` (default): Gaussian, mean and variance change; cost ``n log(var)`` (-2 log-lik).
+* ``linear`` (default): straight-line segments (breaks in level and trend), noise scaled by
+  its robust long-run variance (autocorrelation), isolated spikes left out as outliers;
+  see ``detectors.trend_segments``.
+* ``normal``: Gaussian, mean and variance change; cost ``n log(var)`` (-2 log-lik).
 * ``mean``: Gaussian mean change with one robust noise scale for the whole series
   (MAD of first differences / sqrt 2, insensitive to the changes themselves).
 * ``poisson``: counts, rate change; cost ``-2 (S log(S/n) - S)``.
 
 Default penalty MBIC-style: ``(p + 2) log n`` with ``p`` the parameters a segment adds
-(normal 2, mean 1, poisson 1), the defaults of R ``changepoint``; default minimum segment
-length 5. A segment's variance is floored at 1 % of the robust noise variance so constant
+(linear 2, normal 2, mean 1, poisson 1), the defaults of R ``changepoint``; default minimum
+segment length 5. Fewer than ``2 * min_size`` non-missing points (10 by default) or a
+constant series: no change point. A segment's variance is floored at 1 % of the robust noise variance so constant
 stretches cannot produce infinitely good fits. ``nan`` (or empty lines) are skipped but
 keep their index: a change point is the 0-based index of the first point of the new segment.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(1)
 >>> x = np.concatenate([rng.normal(0, 1, 100), rng.normal(3, 1, 80), rng.normal(3, 4, 100)])
->>> change_points(x)
+>>> change_points(x, model="normal")
 [100, 182]
 >>> change_points([1.0, float("nan"), 1.2, 0.9] * 10 + [5.0, 5.2, 4.9, 5.1] * 10)
 [40]
@@ -32,9 +36,12 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-Model = Literal["normal", "mean", "poisson"]
-MODELS: tuple[str, ...] = ("normal", "mean", "poisson")
-_PARAMS = {"normal": 2, "mean": 1, "poisson": 1}
+from detectors.pelt import pelt
+from detectors.trend_segments import trend_change_points
+
+Model = Literal["linear", "normal", "mean", "poisson"]
+MODELS: tuple[str, ...] = ("linear", "normal", "mean", "poisson")
+_PARAMS = {"linear": 2, "normal": 2, "mean": 1, "poisson": 1}
 
 FloatArray = NDArray[np.float64]
 
@@ -77,7 +84,7 @@ class _Cost:
         self.sigma2 = scale * scale
         self.var_floor = 0.01 * self.sigma2
 
-    def __call__(self, starts: NDArray[np.int64], end: int) -> FloatArray:
+    def __call__(self, starts: NDArray[np.int64], end: NDArray[np.int64]) -> FloatArray:
         n = (end - starts).astype(float)
         s1 = self.s1[end] - self.s1[starts]
         if self.model == "poisson":
@@ -91,40 +98,11 @@ class _Cost:
         return np.asarray(n * np.log(var), dtype=np.float64)
 
 
-def pelt(x: FloatArray, model: str, penalty: float, min_size: int) -> list[int]:
-    """Optimal segmentation of ``x`` (no nan) by PELT; returns the change indices."""
-    n = int(x.size)
-    if n < 2 * min_size:
-        return []
-    cost = _Cost(x, model)
-    best = np.full(n + 1, np.inf)
-    best[0] = -penalty
-    last = np.zeros(n + 1, dtype=np.int64)
-    candidates = np.array([0], dtype=np.int64)
-    for end in range(min_size, n + 1):
-        # a new candidate start becomes admissible once it can close a min-size segment
-        new_start = end - min_size
-        if new_start >= min_size:
-            candidates = np.append(candidates, new_start)
-        values = best[candidates] + cost(candidates, end) + penalty
-        i = int(np.argmin(values))
-        best[end] = values[i]
-        last[end] = candidates[i]
-        # pruning (Killick et al.): a start that cannot beat the optimum now never will
-        candidates = candidates[values - penalty <= best[end]]
-    changes: list[int] = []
-    end = n
-    while end > 0:
-        start = int(last[end])
-        if start > 0:
-            changes.append(start)
-        end = start
-    return sorted(changes)
 
 
 def change_points(
     values: Sequence[float] | FloatArray,
-    model: str = "normal",
+    model: str = "linear",
     penalty: float | None = None,
     min_size: int = 5,
 ) -> list[int]:
@@ -151,5 +129,10 @@ def change_points(
         raise ValueError("the poisson model needs non-negative values")
     if model == "normal":
         min_size = max(min_size, 2)  # a variance needs two points
+    if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
+        return []
+    if model == "linear":
+        changes = trend_change_points(keep.astype(np.float64), x, penalty, min_size)
+        return [int(keep[c]) for c in changes]
     pen = default_penalty(model, int(x.size)) if penalty is None else float(penalty)
-    return [int(keep[c]) for c in pelt(x, model, pen, min_size)]
+    return [int(keep[c]) for c in pelt(_Cost(x, model), int(x.size), pen, min_size)]

@@ -18,12 +18,24 @@ a backend move with a steady ratio is a business change, not a tracking gap.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from detectors.alert import (
+    Alert,
+    Cause,
+    ChildChange,
+    Evidence,
+    Localisation,
+    NearbyChange,
+    ReconciliationRow,
+    Segment,
+    Verdict,
+)
 from detectors.changepoint import ChangePoint, rate_interval
 from detectors.ratio import RatioDetector, RatioDetectorConfig
 from detectors.seasonal import BackendDetector, BackendDetectorConfig
@@ -75,6 +87,14 @@ class MonitorConfig:
     #: count x E[v^2]; in units of E[v^2]/E[v] = mean x (1 + cv^2) it behaves like a count.
     #: cv ~ 1 is typical of order values
     value_cv: float = 1.0
+    #: a re-fire of one incident (same group, signal family, segment) this soon after it
+    #: resolved is the same incident: an ack carries over, Slack threads it (docs/alerts.md)
+    refire_cooldown_s: float = 6 * 3600.0
+    #: a planned change (change event with `expected`) explains moves from 1 h before its
+    #: `at` (clocks are not exact) to this long after it
+    plan_window_s: float = 2 * 86_400.0
+    #: a move matches the plan when |observed - expected| <= max(0.1, this x |expected|)
+    plan_tolerance: float = 0.5
 
     def detector_config(self, metric: str = "count_ratio") -> RatioDetectorConfig:
         return RatioDetectorConfig(
@@ -193,22 +213,33 @@ def _r(x: float, nd: int = 4) -> float | None:
     return None if x is None or not math.isfinite(x) else round(x, nd)
 
 
+def _at(t: float | None) -> float:
+    if t is None:  # the monitor passes `at=` to every detector update
+        raise ValueError("a change point without its window time")
+    return t
+
+
+def _evidence(cp: ChangePoint) -> Evidence:
+    return Evidence(_r(cp.statistic, 3), _r(cp.threshold, 3), cp.p_value if math.isfinite(cp.p_value) else None)
+
+
 def rank_changes(
-    changes: Iterable[Mapping[str, Any]], change_at: float, segment: Mapping[str, str],
+    changes: Iterable[Mapping[str, Any]], change_at: float, segment: Segment,
     before_s: float, after_s: float,
-) -> list[dict[str, Any]]:
+) -> list[NearbyChange]:
     """Change events near `change_at`, best first: close in time (before beats after) and in scope.
 
-    >>> seg = {"platform": "meta", "event_name": "purchase", "browser": "safari", "region": "*"}
+    >>> seg = Segment("meta", "purchase", "safari", "*")
     >>> ranked = rank_changes([
     ...     {"change_id": "a", "kind": "deploy", "at": 1000.0 - 1200, "scope": {"platform": "meta"}},
     ...     {"change_id": "b", "kind": "crm_change", "at": 1000.0 - 3 * 86400, "scope": {}},
     ...     {"change_id": "c", "kind": "deploy", "at": 1000.0 + 7200, "scope": {}},
     ... ], 1000.0, seg, 7 * 86400, 3600)
-    >>> [c["change_id"] for c in ranked]
+    >>> [c.change_id for c in ranked]
     ['a', 'b']
     """
     out = []
+    have_dims = segment.to_dict()
     for ch in changes:
         at = float(ch["at"])
         dt = at - change_at
@@ -223,19 +254,19 @@ def rank_changes(
         for dim in ("platform", "browser", "region", "event_name"):
             want = scope.get(dim)
             if want:
-                have = segment.get(dim, "*")
+                have = have_dims.get(dim, "*")
                 if have == want:
                     fit *= 1.5
                 elif have != "*":
                     fit *= 0.2
                 elif dim == "platform":
                     fit *= 0.2
-        out.append({
-            "change_id": ch.get("change_id"), "kind": ch.get("kind"), "summary": ch.get("summary", ""),
-            "service": ch.get("service", ""), "author": ch.get("author", ""), "url": ch.get("url", ""),
-            "at": at, "distance_s": round(dt, 1), "score": round(proximity * fit, 4),
-        })
-    out.sort(key=lambda c: (-c["score"], abs(c["distance_s"]), str(c["change_id"])))
+        out.append(NearbyChange(
+            change_id=ch["change_id"], kind=ch["kind"], summary=ch.get("summary", ""),
+            service=ch.get("service", ""), author=ch.get("author", ""), url=ch.get("url", ""),
+            at=at, distance_s=round(dt, 1), score=round(proximity * fit, 4),
+        ))
+    out.sort(key=lambda c: (-c.score, abs(c.distance_s), c.change_id))
     return out[:5]
 
 
@@ -249,6 +280,12 @@ class GroupMonitor:
         self.backend: dict[str, BackendDetector] = {}  # event_name -> seasonal backend detector
         self.backend_incidents: dict[str, dict[str, Any]] = {}
         self.last_window: dict[str, int] = {}  # group -> newest window start applied
+        #: group -> incident_key -> when an acknowledged incident resolved (re-fires stay acked)
+        self.acked: dict[str, dict[str, float]] = {}
+        #: group -> signal family -> [window end, action] of an incident a person closed
+        #: ("expected" / "false") or a plan explained: the change's other signals and segments
+        #: that alarm later (their change began before) get the same treatment, silently
+        self.settled: dict[str, dict[str, list[Any]]] = {}
         self._dirty: set[str] = set()
         self._gauges: dict[str, ClosedWindow] = {}  # segment -> newest window, for export_metrics
 
@@ -268,6 +305,8 @@ class GroupMonitor:
                     "segments": {k: s.to_dict() for k, s in self.segments[group].items()},
                     "incidents": self.incidents.get(group, {}),
                     "last": self.last_window.get(group, -1),
+                    "acked": self.acked.get(group, {}),
+                    "settled": self.settled.get(group, {}),
                 }
         self._dirty = set()
         return out
@@ -286,15 +325,26 @@ class GroupMonitor:
             else:
                 self.segments[group] = {k: _Segment(k, self.config, s) for k, s in value["segments"].items()}
                 self.incidents[group] = dict(value["incidents"])
+                if value.get("acked"):
+                    self.acked[group] = dict(value["acked"])
+                if value.get("settled"):
+                    self.settled[group] = dict(value["settled"])
 
     # ---- the per-window step --------------------------------------------------------------
-    def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-        """Feed every segment window of one closed window; returns alerts to emit."""
+    def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = (),
+                   feedback: Iterable[Mapping[str, Any]] = ()) -> list[Alert]:
+        """Feed every segment window of one closed window; returns alerts to emit.
+
+        `feedback`: what people said about alerts (`{alert_id, action, at, note}`, action ack /
+        expected / false); each applies at the first closed window whose end is >= its `at`.
+        """
         if not windows:
             return []
         window_end = windows[0].window_end
         # only changes published by the end of this window: live and backtest agree
         changes = [c for c in changes if float(c["at"]) <= window_end]
+        # people's feedback first: it applies at this window, before its data
+        alerts = self._apply_feedback([f for f in feedback if float(f["at"]) <= window_end], windows)
         by_group: dict[str, list[ClosedWindow]] = {}
         backend_windows: dict[str, ClosedWindow] = {}
         for w in windows:
@@ -302,7 +352,6 @@ class GroupMonitor:
                 backend_windows[w.event_name] = w
             else:
                 by_group.setdefault(f"{w.platform}|{w.event_name}", []).append(w)
-        alerts: list[dict[str, Any]] = []
         backend_moves: dict[str, ChangePoint | None] = {}
         start = windows[0].window_start
         for w in backend_windows.values():
@@ -318,7 +367,7 @@ class GroupMonitor:
             alerts.extend(self._update_group(group, by_group[group], changes, backend_moves))
         return alerts
 
-    def _update_backend(self, parent: ClosedWindow, changes: list[Mapping[str, Any]], alerts: list[dict[str, Any]],
+    def _update_backend(self, parent: ClosedWindow, changes: list[Mapping[str, Any]], alerts: list[Alert],
                         emit: bool) -> ChangePoint | None:
         event_name = parent.event_name
         if self.last_window.get(f"*backend*|{event_name}", -1) >= parent.window_start:
@@ -338,37 +387,45 @@ class GroupMonitor:
             return cp
         # The business-change alert is emitted by whoever owns the first group of this event
         # name in this monitor; it names platform "*" (the backend is shared).
-        seg = {"platform": "*", "event_name": event_name, "browser": "*", "region": "*"}
+        seg = Segment("*", event_name, "*", "*")
         open_inc = self.backend_incidents.get(event_name)
+        change_at, detected_at = _at(cp.change_at), _at(cp.detected_at)
         if cp.resolves and open_inc is not None:
-            alert = dict(open_inc, status="resolved", detected_at=cp.detected_at, current=_r(cp.ratio_after, 3))
+            resolved = Alert.from_dict(open_inc).resolved(current=_r(cp.ratio_after, 3), detected_at=detected_at)
             self.backend_incidents.pop(event_name, None)
-            alerts.append(alert)
+            if not open_inc.get("declared"):  # a declared promotion's move was never posted
+                alerts.append(resolved)
             return cp
-        alert = {
-            "alert_id": _alert_id("backend", event_name, cp.direction, cp.change_at),
-            "status": "firing", "segment": seg, "metric": "backend_count", "direction": cp.direction,
-            "baseline": _r(cp.ratio_before, 3), "current": _r(cp.ratio_after, 3),
-            "baseline_interval": [_r(cp.ratio_before_low, 3), _r(cp.ratio_before_high, 3)],
-            "current_interval": [_r(cp.ratio_after_low, 3), _r(cp.ratio_after_high, 3)],
-            "change_at": cp.change_at, "detected_at": cp.detected_at,
-            "verdict": "business_change",
-            "likely_causes": [{
-                "cause": "business_change", "score": 1.0,
-                "evidence": f"backend {event_name} per window moved {cp.relative_change:+.0%} against its daily/weekly profile; "
-                            "platform/backend ratios held, so the platforms still see the same reality",
-            }],
-            "nearby_changes": rank_changes(changes, cp.change_at or 0.0, seg, self.config.nearby_before_s, self.config.nearby_after_s),
-            "localisation": {"moved": [], "steady": []},
-            "reconciliation": [],
-            "evidence": {"statistic": _r(cp.statistic, 3), "threshold": _r(cp.threshold, 3), "p_value": cp.p_value},
-        }
-        self.backend_incidents[event_name] = alert
+        declared = self._declared(change_at, event_name, changes)
+        alert = Alert(
+            alert_id=_alert_id("backend", event_name, cp.direction, cp.change_at),
+            status="firing", segment=seg, metric="backend_count", direction=cp.direction,
+            baseline=_r(cp.ratio_before, 3), current=_r(cp.ratio_after, 3),
+            baseline_interval=(_r(cp.ratio_before_low, 3), _r(cp.ratio_before_high, 3)),
+            current_interval=(_r(cp.ratio_after_low, 3), _r(cp.ratio_after_high, 3)),
+            change_at=change_at, detected_at=detected_at,
+            verdict="business_change",
+            likely_causes=(Cause(
+                "business_change", 1.0,
+                f"backend {event_name} per window moved {cp.relative_change:+.0%} against its daily/weekly profile; "
+                "platform/backend ratios held, so the platforms still see the same reality",
+            ),),
+            nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s, self.config.nearby_after_s)),
+            localisation=Localisation(moved=(), steady=()),
+            reconciliation=(),
+            evidence=_evidence(cp),
+        )
+        # state is JSON: the open incident is kept as the alert document
+        self.backend_incidents[event_name] = alert.to_dict()
+        if declared is not None:
+            # a declared promotion / holiday: tracked (it resolves quietly), never a business alert
+            self.backend_incidents[event_name]["declared"] = declared
+            return cp
         alerts.append(alert)
         return cp
 
     def _update_group(self, group: str, windows: list[ClosedWindow], changes: list[Mapping[str, Any]],
-                      backend_moves: Mapping[str, ChangePoint | None]) -> list[dict[str, Any]]:
+                      backend_moves: Mapping[str, ChangePoint | None]) -> list[Alert]:
         segs = self.segments.setdefault(group, {})
         incidents = self.incidents.setdefault(group, {})
         self._dirty.add(group)
@@ -382,16 +439,16 @@ class GroupMonitor:
             for cp in seg.update(w):
                 fired.append((seg, w, cp))
             self._gauges[w.segment_key] = w
-        alerts: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         # resolutions first: the segment an incident named reports the level came back
         for seg, _w, cp in fired:
             if not cp.resolves:
                 continue
             for key, inc in list(incidents.items()):
                 if inc["segment_key"] == seg.key and inc["metric"] == cp.metric:
-                    resolved = dict(inc["alert"], status="resolved", current=_r(cp.ratio_after, 4),
-                                    detected_at=cp.detected_at)
-                    del incidents[key]
+                    resolved = Alert.from_dict(inc["alert"]).resolved(current=_r(cp.ratio_after, 4),
+                                                                      detected_at=_at(cp.detected_at))
+                    self._close_incident(group, key, resolved.detected_at)
                     alerts.append(resolved)
         new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves]
         by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
@@ -400,16 +457,169 @@ class GroupMonitor:
         for key, items in sorted(by_incident.items()):
             if key in incidents:
                 continue  # one alert per incident: children join the open one as localisation
+            closed = self.settled.get(group, {}).get(key)
+            if closed is not None and min(cp.change_at or 0.0 for _, _, cp in items) < closed[0]:
+                # another signal of the change a person already judged: same verdict, no alert
+                self._rebaseline(group, key, closed[1])
+                continue
             # the most specific signal names the alert: duplicates over counts over values
             items.sort(key=lambda it: (_PRIORITY.index(it[2].metric), it[0].key))
             alert, named = self._make_alert(group, segs, items, changes, backend_moves)
-            incidents[key] = {"segment_key": named, "metric": alert["metric"], "alert": alert}
+            alert = dataclasses.replace(alert, incident_key=_alert_id(group, key, named))
+            alert, as_planned = self._against_plans(alert, key, changes)
+            if as_planned:  # a notice: the planned level is the new normal
+                self._rebaseline(group, key, "expected")
+                # the change's other signals (and segments) that alarm later join it silently
+                self.settled.setdefault(group, {})[key] = [float(windows[0].window_end), "expected"]
+                alerts.append(alert)
+                continue
+            acked_at = self.acked.get(group, {}).get(alert.incident_key)
+            if acked_at is not None and alert.detected_at - acked_at <= self.config.refire_cooldown_s:
+                alert = dataclasses.replace(alert, acknowledged=True)  # a re-fire of an acked incident
+            # state is JSON: the open incident is kept as the alert document
+            incidents[key] = {"segment_key": named, "metric": alert.metric, "alert": alert.to_dict()}
             alerts.append(alert)
         return alerts
 
+    # ---- people and plans (docs/oncall.md) ------------------------------------------------
+    def _close_incident(self, group: str, key: str, at: float) -> None:
+        inc = self.incidents[group].pop(key)
+        acked = self.acked.get(group, {})
+        # forget acks whose cooldown has passed; remember this one's
+        for k, t in list(acked.items()):
+            if at - t > self.config.refire_cooldown_s:
+                del acked[k]
+        closed = self.settled.get(group, {})
+        for k, (t, _action) in list(closed.items()):
+            if at - t > self.config.plan_window_s:
+                del closed[k]
+        doc = inc["alert"]
+        if doc.get("acknowledged") and doc.get("incident_key"):
+            self.acked.setdefault(group, {})[doc["incident_key"]] = at
+        self._dirty.add(group)
+
+    def _rebaseline(self, group: str, key: str, action: str) -> None:
+        """Apply "expected" (accept the new level) or "false" (keep the old one) to every
+        detector of the group in alarm in the incident's signal family."""
+        for seg in self.segments.get(group, {}).values():
+            for metric, det in seg.detectors.items():
+                if det.in_alarm and det.alarm_direction is not None and _family(metric, det.alarm_direction) == key:
+                    if action == "expected":
+                        det.accept_level()
+                    else:
+                        det.reject_alarm()
+        self._dirty.add(group)
+
+    def _apply_feedback(self, feedback: list[Mapping[str, Any]], windows: Sequence[ClosedWindow]) -> list[Alert]:
+        """Apply ack / expected / false to the open incidents they name (idempotent: an
+        incident already acked, or closed, is not touched again)."""
+        if not feedback:
+            return []
+        wanted = {str(f["alert_id"]): f for f in feedback}
+        at = float(windows[0].window_end)
+        out: list[Alert] = []
+        for group, incs in sorted(self.incidents.items()):
+            for key, inc in sorted(incs.items()):
+                fb = wanted.get(inc["alert"]["alert_id"])
+                if fb is None:
+                    continue
+                action, note = str(fb["action"]), str(fb.get("note") or "")
+                alert = Alert.from_dict(inc["alert"])
+                if action == "ack":
+                    if alert.acknowledged:
+                        continue
+                    alert = dataclasses.replace(alert, acknowledged=True, note=note or alert.note)
+                    inc["alert"] = alert.to_dict()
+                    self._dirty.add(group)
+                    out.append(alert)  # same alert_id and status: an update, never a new post
+                    continue
+                if action not in ("expected", "false"):
+                    continue
+                seg = self.segments.get(group, {}).get(inc["segment_key"])
+                det = seg.detectors.get(inc["metric"]) if seg is not None else None
+                self._rebaseline(group, key, action)
+                self.settled.setdefault(group, {})[key] = [at, action]
+                level = det.baseline_ratio if det is not None else math.nan
+                resolved = dataclasses.replace(
+                    alert.resolved(current=_r(level) if action == "expected" else alert.baseline, detected_at=at),
+                    resolution="expected" if action == "expected" else "false_alarm", note=note)
+                self._close_incident(group, key, at)
+                out.append(resolved)
+        for event_name, doc in sorted(self.backend_incidents.items()):
+            fb = wanted.get(doc["alert_id"])
+            if fb is None:
+                continue
+            action, note = str(fb["action"]), str(fb.get("note") or "")
+            alert = Alert.from_dict(doc)
+            if action == "ack" and not alert.acknowledged:
+                alert = dataclasses.replace(alert, acknowledged=True, note=note)
+                self.backend_incidents[event_name] = {**doc, **alert.to_dict()}
+                out.append(alert)
+            elif action in ("expected", "false"):
+                self.backend_incidents.pop(event_name)
+                out.append(dataclasses.replace(alert.resolved(current=alert.current, detected_at=at),
+                                               resolution="expected" if action == "expected" else "false_alarm",
+                                               note=note))
+            else:
+                continue
+            self._dirty.add(f"*backend*|{event_name}")
+        return out
+
+    def _against_plans(self, alert: Alert, family: str, changes: list[Mapping[str, Any]]) -> tuple[Alert, bool]:
+        """Compare a new incident with the planned changes (change events with `expected`).
+
+        The nearest plan whose scope and signal family fit and whose time window holds the
+        change decides: the move matches (a notice: verdict ``expected_change``) or it does not
+        (still a gap, and the alert names the plan: "expected -25 %, observed -70 %").
+        """
+        cfg = self.config
+        seg = alert.segment.to_dict()
+        best: tuple[float, Mapping[str, Any]] | None = None
+        for ch in changes:
+            plan = ch.get("expected")
+            if not plan:
+                continue
+            dt = alert.change_at - float(ch["at"])
+            if not (-3600.0 <= dt <= cfg.plan_window_s):
+                continue
+            if _family(str(plan["metric"]), alert.direction).split("|")[0] != family.split("|")[0]:
+                continue
+            if any(seg.get(dim, "*") not in (want, "*") for dim, want in (plan.get("scope") or {}).items()):
+                continue
+            if best is None or abs(dt) < best[0]:
+                best = (abs(dt), ch)
+        if best is None or alert.baseline is None or alert.current is None or not alert.baseline:
+            return alert, False
+        ch = best[1]
+        plan = ch["expected"]
+        expected = float(plan["size"])
+        observed = alert.current / alert.baseline - 1.0
+        text = (f"expected {expected * 100:+.0f} %, observed {observed * 100:+.0f} % "
+                f"(planned change {ch['change_id']}{': ' + ch['summary'] if ch.get('summary') else ''})")
+        matches = (plan["direction"] == alert.direction
+                   and abs(observed - expected) <= max(0.1, cfg.plan_tolerance * abs(expected)))
+        if matches:
+            return dataclasses.replace(alert, verdict="expected_change", plan=text), True
+        cause = Cause("planned_change_mismatch", 0.95,
+                      f"a planned change was expected here but the move does not match it: {text}")
+        return dataclasses.replace(alert, plan=text, likely_causes=(cause, *alert.likely_causes)), False
+
+    def _declared(self, change_at: float, event_name: str, changes: list[Mapping[str, Any]]) -> str | None:
+        """The declared promotion / holiday (change event with `until`) running at `change_at`."""
+        for ch in changes:
+            until = ch.get("until")
+            if until is None or ch.get("kind") not in ("promotion", "holiday"):
+                continue
+            want = (ch.get("scope") or {}).get("event_name")
+            if want and want != event_name:
+                continue
+            if float(ch["at"]) - 3600.0 <= change_at <= float(until) + 3600.0:
+                return str(ch["change_id"])
+        return None
+
     # ---- alert content --------------------------------------------------------------------
     def _make_alert(self, group: str, segs: dict[str, _Segment], items: list[tuple[_Segment, ClosedWindow, ChangePoint]],
-                    changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> tuple[dict[str, Any], str]:
+                    changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> tuple[Alert, str]:
         cfg = self.config
         metric, direction = items[0][2].metric, items[0][2].direction
         change_at = min(cp.change_at or 0.0 for _, _, cp in items)
@@ -417,7 +627,9 @@ class GroupMonitor:
         parent_key = f"{platform}|{event_name}|*|*"
         parent = segs.get(parent_key)
         # Localisation: which children moved, and which one carries the parent's change.
-        moved, steady, deficits = [], [], {}
+        moved: list[ChildChange] = []
+        steady: list[ChildChange] = []
+        deficits: dict[str, float] = {}
         for key, seg in sorted(segs.items()):
             if key == parent_key:
                 continue
@@ -434,31 +646,38 @@ class GroupMonitor:
                 continue
             low, high = rate_interval(c_a, e_a)
             rel = now / base - 1 if base > 0 else 0.0
-            entry = {"segment": key, "baseline": _r(base), "current": _r(now), "change": _r(rel, 3),
-                     "events": int(e_a)}
+            entry = ChildChange(Segment.from_key(key), round(base, 4), round(now, 4), round(rel, 3), int(e_a))
+            # expected minus seen, in conversions, for every child: a share of the change is
+            # judged against all of its siblings, not only those that moved significantly
+            deficits[key] = (base - now) * e_a
             if abs(rel) >= cfg.moved_min_change and not (low <= base <= high):
                 moved.append(entry)
-                deficits[key] = (base - now) * e_a  # expected minus seen, in conversions
             else:
                 steady.append(entry)
+        moved_keys = {c.segment.key for c in moved}
+        sign = 1.0 if direction == "drop" else -1.0
         # A child explains the change when it carries most of it and far more than its share
         # of the traffic (its siblings held); otherwise the change belongs to the parent.
         exposure = {}
         for key, seg in segs.items():
             if key != parent_key and metric in seg.detectors:
                 exposure[key] = _signal(metric, seg.since(change_at), seg.unit)[0]
-        best_share, best_key = 0.0, None
+        best_share, best_key, best_rank = 0.0, None, (0.0, 0.0)
         for dim_index in (2, 3):  # browser children have region "*", and the other way round
             keys = [k for k in exposure if k.split("|")[5 - dim_index] == "*"]
-            dim_change = sum(abs(deficits.get(k, 0.0)) for k in keys)
+            # the change of a dimension: its children's deficits in the alert's direction
+            dim_change = sum(max(0.0, sign * deficits.get(k, 0.0)) for k in keys)
             dim_exposure = sum(exposure[k] for k in keys)
             for k in keys:
-                if k not in deficits:
+                if k not in moved_keys:
                     continue
-                share = _share(abs(deficits[k]), dim_change)
+                share = _share(max(0.0, sign * deficits[k]), dim_change)
                 traffic = _share(exposure[k], dim_exposure)
-                if share >= cfg.localise_share and share >= cfg.localise_concentration * traffic and share > best_share:
-                    best_share, best_key = share, k
+                # ties (a region's drop carries all of the browser dimension's moved deficit too)
+                # go to the child whose share most exceeds its share of the traffic
+                rank = (share, share / traffic if traffic > 0 else math.inf)
+                if share >= cfg.localise_share and share >= cfg.localise_concentration * traffic and rank > best_rank:
+                    best_share, best_key, best_rank = share, k, rank
         named = parent_key
         alarming = [seg.key for seg, _, _ in items]
         if best_key is not None:
@@ -473,40 +692,36 @@ class GroupMonitor:
         after = seg_obj.since(change_at)
         e_a, c_a = _signal(metric, after, seg_obj.unit)
         current = _ratio(c_a, e_a) if e_a > 0 else ref.ratio_after
-        platform_, event_name_, browser, region = named.split("|")
-        segment = {"platform": platform_, "event_name": event_name_, "browser": browser, "region": region}
+        segment = Segment.from_key(named)
         backend_cp = backend_moves.get(event_name)
-        verdict = "tracking_gap"
+        verdict: Verdict = "tracking_gap"
         if backend_cp is not None and backend_cp.direction == direction and abs(ref.relative_change) < 0.15:
             verdict = "inconclusive"
         causes = self._causes(metric, direction, named, parent, segs, change_at, best_share, moved, changes)
         nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s)
-        for c in causes:
-            if c["cause"] == "attribution_change":
-                break
-        alert = {
-            "alert_id": _alert_id(group, metric, direction, named, change_at),
-            "status": "firing",
-            "segment": segment,
-            "metric": metric,
-            "direction": direction,
-            "baseline": _r(baseline),
-            "current": _r(current),
-            "baseline_interval": [_r(ref.ratio_before_low), _r(ref.ratio_before_high)],
-            "change_at": change_at,
-            "detected_at": ref.detected_at,
-            "verdict": verdict,
-            "likely_causes": causes,
-            "nearby_changes": nearby,
-            "localisation": {"moved": moved, "steady": steady, "alarming": sorted(alarming)},
-            "reconciliation": self._reconciliation(seg_obj, parent, change_at, baseline, metric),
-            "evidence": {"statistic": _r(ref.statistic, 3), "threshold": _r(ref.threshold, 3), "p_value": ref.p_value},
-        }
+        alert = Alert(
+            alert_id=_alert_id(group, metric, direction, named, change_at),
+            status="firing",
+            segment=segment,
+            metric=metric,
+            direction=direction,
+            baseline=_r(baseline),
+            current=_r(current),
+            baseline_interval=(_r(ref.ratio_before_low), _r(ref.ratio_before_high)),
+            change_at=change_at,
+            detected_at=_at(ref.detected_at),
+            verdict=verdict,
+            likely_causes=tuple(causes),
+            nearby_changes=tuple(nearby),
+            localisation=Localisation(tuple(moved), tuple(steady), alarming=tuple(sorted(alarming))),
+            reconciliation=tuple(self._reconciliation(seg_obj, parent, change_at, baseline, metric)),
+            evidence=_evidence(ref),
+        )
         return alert, named
 
     def _causes(self, metric: str, direction: str, named: str, parent: _Segment | None, segs: dict[str, _Segment],
-                change_at: float, share: float, moved: list[dict[str, Any]], changes: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        causes: list[dict[str, Any]] = []
+                change_at: float, share: float, moved: list[ChildChange], changes: list[Mapping[str, Any]]) -> list[Cause]:
+        causes: list[Cause] = []
         src = parent or segs[named]
         b, a = src.before(change_at), src.since(change_at)
         _, _, browser, region = named.split("|")
@@ -516,72 +731,72 @@ class GroupMonitor:
 
         if metric == "count_ratio" and direction == "drop":
             if browser != "*":
-                causes.append({"cause": "browser_restriction", "score": round(0.5 + 0.5 * share, 3),
-                               "evidence": f"{share:.0%} of the missing conversions are on {browser}; other browsers held"})
+                causes.append(Cause("browser_restriction", round(0.5 + 0.5 * share, 3),
+                                    f"{share:.0%} of the missing conversions are on {browser}; other browsers held"))
             denied_b, denied_a = rate(b, H_DENIED_B, H_B), rate(a, H_DENIED_B, H_B)
             consent_rise = (denied_a - denied_b) if math.isfinite(denied_a) and math.isfinite(denied_b) else 0.0
             if region != "*" or consent_rise > 0.05:
                 score = (0.5 + 0.5 * share if region != "*" else 0.3) + min(0.4, 2 * max(0.0, consent_rise))
-                causes.append({"cause": "consent", "score": round(min(score, 1.0), 3),
-                               "evidence": (f"drop concentrated in region {region}; " if region != "*" else "")
-                               + f"consent-denied share of backend orders {denied_b:.0%} -> {denied_a:.0%}"})
+                causes.append(Cause("consent", round(min(score, 1.0), 3),
+                                    (f"drop concentrated in region {region}; " if region != "*" else "")
+                                    + f"consent-denied share of backend orders {denied_b:.0%} -> {denied_a:.0%}"))
             imp_b, imp_a = rate(b, H_IMPORT, H_B), rate(a, H_IMPORT, H_B)
             if math.isfinite(imp_b) and imp_b > 0.05 and (not math.isfinite(imp_a) or imp_a < 0.5 * imp_b):
-                causes.append({"cause": "crm_import", "score": 0.8,
-                               "evidence": f"import channel per backend conversion {imp_b:.2f} -> {imp_a if math.isfinite(imp_a) else 0:.2f}"})
+                causes.append(Cause("crm_import", 0.8,
+                                    f"import channel per backend conversion {imp_b:.2f} -> {imp_a if math.isfinite(imp_a) else 0:.2f}"))
             if browser == "*" and region == "*":
-                causes.append({"cause": "broken_tag", "score": 0.5,
-                               "evidence": "the drop is spread over every browser and region: the tag or trigger itself"})
+                causes.append(Cause("broken_tag", 0.5,
+                                    "the drop is spread over every browser and region: the tag or trigger itself"))
         if direction == "inflation" and metric in ("count_ratio", "duplicate_rate"):
             dup_b, dup_a = rate(b, H_DUP, H_P), rate(a, H_DUP, H_P)
             if math.isfinite(dup_a) and dup_a > (dup_b if math.isfinite(dup_b) else 0) + 0.02:
-                causes.append({"cause": "duplicate_trigger", "score": round(min(1.0, 0.6 + dup_a), 3),
-                               "evidence": f"same event_id on the same channel: {dup_b:.1%} -> {dup_a:.1%} of conversions"})
+                causes.append(Cause("duplicate_trigger", round(min(1.0, 0.6 + dup_a), 3),
+                                    f"same event_id on the same channel: {dup_b:.1%} -> {dup_a:.1%} of conversions"))
             brk_b, brk_a = rate(b, H_BROKEN, H_P), rate(a, H_BROKEN, H_P)
             pair_b, pair_a = rate(b, H_PAIR, H_P), rate(a, H_PAIR, H_P)
             if math.isfinite(brk_a) and brk_a > (brk_b if math.isfinite(brk_b) else 0) + 0.02:
-                causes.append({"cause": "broken_dedupe", "score": round(min(1.0, 0.6 + brk_a), 3),
-                               "evidence": f"one order under two event_ids: {brk_b:.1%} -> {brk_a:.1%}; pixel/server pairs {pair_b:.0%} -> {pair_a:.0%}"})
+                causes.append(Cause("broken_dedupe", round(min(1.0, 0.6 + brk_a), 3),
+                                    f"one order under two event_ids: {brk_b:.1%} -> {brk_a:.1%}; pixel/server pairs {pair_b:.0%} -> {pair_a:.0%}"))
         if metric == "value_ratio":
             mv_b, mv_a = rate(b, H_MISS_VALUE, H_P), rate(a, H_MISS_VALUE, H_P)
             count_held = not src.detectors["count_ratio"].in_alarm
             score = 0.5 + (0.3 if count_held else 0.0) + (0.2 if math.isfinite(mv_a) and mv_a > (mv_b or 0) + 0.05 else 0.0)
-            causes.append({"cause": "missing_value", "score": round(score, 3),
-                           "evidence": f"value ratio moved while the count ratio {'held' if count_held else 'moved too'}; "
-                                       f"events without value {mv_b:.0%} -> {mv_a:.0%}"})
+            causes.append(Cause("missing_value", round(score, 3),
+                                f"value ratio moved while the count ratio {'held' if count_held else 'moved too'}; "
+                                f"events without value {mv_b:.0%} -> {mv_a:.0%}"))
         if metric == "click_id_coverage":
             mc_b, mc_a = rate(b, H_MISS_CLICK, H_P), rate(a, H_MISS_CLICK, H_P)
-            causes.append({"cause": "missing_click_ids", "score": 0.9,
-                           "evidence": f"conversions without click ids {mc_b:.0%} -> {mc_a:.0%}"})
+            causes.append(Cause("missing_click_ids", 0.9,
+                                f"conversions without click ids {mc_b:.0%} -> {mc_a:.0%}"))
         for ch in changes:
             if ch.get("kind") == "attribution_setting" and -self.config.nearby_before_s <= float(ch["at"]) - change_at <= self.config.nearby_after_s:
-                causes.append({"cause": "attribution_change", "score": 0.7,
-                               "evidence": f"attribution setting changed {abs(float(ch['at']) - change_at) / 3600:.1f} h "
-                                           f"{'before' if float(ch['at']) <= change_at else 'after'} the change: {ch.get('summary', '')}"})
+                causes.append(Cause("attribution_change", 0.7,
+                                    f"attribution setting changed {abs(float(ch['at']) - change_at) / 3600:.1f} h "
+                                    f"{'before' if float(ch['at']) <= change_at else 'after'} the change: {ch.get('summary', '')}"))
                 break
         if not causes:
-            causes.append({"cause": "unknown", "score": 0.1, "evidence": "no specific pattern; check the event path"})
-        causes.sort(key=lambda c: -c["score"])
+            causes.append(Cause("unknown", 0.1, "no specific pattern; check the event path"))
+        causes.sort(key=lambda c: -c.score)
         return causes
 
-    def _reconciliation(self, seg: _Segment, parent: _Segment | None, change_at: float, baseline: float, metric: str) -> list[dict[str, Any]]:
+    def _reconciliation(self, seg: _Segment, parent: _Segment | None, change_at: float, baseline: float, metric: str) -> list[ReconciliationRow]:
         a = seg.since(change_at)
         rows = [
-            {"source": "backend", "count": int(a[H_B]), "value": round(a[H_BV], 2), "note": "source of truth"},
-            {"source": "platform", "count": int(a[H_P]), "value": round(a[H_PV], 2),
-             "note": f"{_share(a[H_P], a[H_B]):.0%} of backend (baseline {baseline:.0%})" if metric == "count_ratio" and math.isfinite(baseline)
-             else f"{_share(a[H_P], a[H_B]):.0%} of backend conversions, {_share(a[H_PV], a[H_BV]):.0%} of value"},
+            ReconciliationRow("backend", int(a[H_B]), round(a[H_BV], 2), "source of truth"),
+            ReconciliationRow("platform", int(a[H_P]), round(a[H_PV], 2),
+                              f"{_share(a[H_P], a[H_B]):.0%} of backend (baseline {baseline:.0%})" if metric == "count_ratio" and math.isfinite(baseline)
+                              else f"{_share(a[H_P], a[H_B]):.0%} of backend conversions, {_share(a[H_PV], a[H_BV]):.0%} of value"),
         ]
         if metric == "count_ratio" and math.isfinite(baseline):
             expected = baseline * a[H_B]
-            rows.append({"source": "expected at baseline", "count": int(round(expected)), "value": None,
-                         "note": f"{int(round(expected - a[H_P])):+d} vs platform" if expected else ""})
+            rows.append(ReconciliationRow("expected at baseline", int(round(expected)), None,
+                                          f"{int(round(expected - a[H_P])):+d} vs platform" if expected else ""))
         if a[H_DUP]:
-            rows.append({"source": "duplicate triggers", "count": int(a[H_DUP]), "value": None, "note": "same event_id, same channel"})
+            rows.append(ReconciliationRow("duplicate triggers", int(a[H_DUP]), None, "same event_id, same channel"))
         if a[H_BROKEN]:
-            rows.append({"source": "broken dedupe", "count": int(a[H_BROKEN]), "value": None, "note": "one order, two event_ids"})
+            rows.append(ReconciliationRow("broken dedupe", int(a[H_BROKEN]), None, "one order, two event_ids"))
         if a[H_MISS_VALUE]:
-            rows.append({"source": "missing value", "count": int(a[H_MISS_VALUE]), "value": None, "note": "platform events without value"})
+            rows.append(ReconciliationRow("missing value", int(a[H_MISS_VALUE]), None, "platform events without value"))
         return rows
 
     # ---- metrics --------------------------------------------------------------------------

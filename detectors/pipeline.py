@@ -21,7 +21,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from detectors.alert import Alert
 from detectors.events import InvalidEvent, parse_backend_fast, parse_change, parse_platform_fast
+from detectors.feedback import parse_feedback
 from detectors.monitor import GroupMonitor, MonitorConfig
 from detectors.windows import (
     ClosedWindow,
@@ -303,7 +305,7 @@ class IngestStage:
 @dataclass
 class AssembleResult:
     windows: list[ClosedWindow] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     #: partials partitions touched (their monitors have new gauges)
     touched: list[int] = field(default_factory=list)
     #: (partials partition, error) of internal messages that could not be read
@@ -340,8 +342,11 @@ class AssembleStage:
         return asm
 
     def process_partials(self, messages: Iterable[tuple[int, bytes]], changes: Sequence[Mapping[str, Any]],
-                         outbox: Outbox) -> AssembleResult:
-        """Merge a batch of partials (partials partition, value); close and publish what is ready."""
+                         outbox: Outbox, feedback: Sequence[Mapping[str, Any]] = ()) -> AssembleResult:
+        """Merge a batch of partials (partials partition, value); close and publish what is ready.
+
+        `feedback`: people's ack / expected / false (detectors.feedback), like `changes` an input
+        both drivers give."""
         result = AssembleResult()
         touched: dict[int, WindowAssembler] = {}
         for k, value in messages:
@@ -364,8 +369,8 @@ class AssembleStage:
                     outbox.send(topics.windows, w.segment_key.encode(), orjson.dumps(w.to_dict()))
                 result.windows.extend(windows)
                 if mon is not None:
-                    for alert in mon.on_windows(windows, changes):
-                        outbox.send(topics.alerts, alert["alert_id"].encode(), orjson.dumps(alert))
+                    for alert in mon.on_windows(windows, changes, feedback):
+                        outbox.send(topics.alerts, alert.alert_id.encode(), alert.to_json())
                         result.alerts.append(alert)
             changes_out: dict[str, JSON | None] = {}
             if mon is not None:
@@ -396,8 +401,10 @@ class Backtest:
         self.assemble = AssembleStage(config, 1)
         self.outbox = Outbox()
         self.changes: list[dict[str, Any]] = []
+        #: people's feedback (`gapwatch backtest --feedback FILE`), as the worker's table holds it
+        self.feedback: list[dict[str, Any]] = []
         self.windows: list[ClosedWindow] = []
-        self.alerts: list[dict[str, Any]] = []
+        self.alerts: list[Alert] = []
         self.invalid: Counter[tuple[str, str]] = Counter()
         self.consumed = 0
         self.clock = 0.0
@@ -413,6 +420,15 @@ class Backtest:
             self.changes.append(parse_change(raw)._asdict())
         except InvalidEvent as exc:
             self.invalid[("changes", exc.reason)] += 1
+
+    def add_feedback(self, raw: bytes | dict[str, Any]) -> None:
+        """One ack / expected / false; the newest per alert_id wins (a compacted topic)."""
+        try:
+            fb = parse_feedback(raw)
+        except InvalidEvent as exc:
+            self.invalid[("feedback", exc.reason)] += 1
+            return
+        self.feedback = [f for f in self.feedback if f["alert_id"] != fb["alert_id"]] + [fb]
 
     def feed(self, kind: str, values: Sequence[bytes]) -> None:
         """One chunk of one input, at the next offsets."""
@@ -453,7 +469,7 @@ class Backtest:
                     if isinstance(e, Send) and e.topic == partials and e.value is not None]
             if not msgs:
                 return
-            result = self.assemble.process_partials(msgs, self.changes, self.outbox)
+            result = self.assemble.process_partials(msgs, self.changes, self.outbox, self.feedback)
             self.windows.extend(result.windows)
             self.alerts.extend(result.alerts)
 

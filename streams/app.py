@@ -20,6 +20,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from detectors.events import InvalidEvent, parse_change
+from detectors.feedback import ACTIONS, parse_feedback
 from detectors.pipeline import (
     ASSEMBLE_TABLE,
     BACKEND,
@@ -146,10 +147,16 @@ class GapwatchWorker:
         self.changes_table = app.GlobalTable(
             "changes", key_type=bytes, value_type=bytes, partitions=self.changes_partitions,
         )
+        # people's ack / expected / false, keyed by alert_id: every worker holds all of it
+        self.feedback_topic = app.topic(
+            s.feedback_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        )
+        self.feedback_table = app.GlobalTable("feedback", key_type=bytes, value_type=bytes, partitions=1)
 
         app.agent(self.source_topic, name="gapwatch.ingest")(self._ingest_agent)
         app.agent(self.partials_topic, name="gapwatch.assemble")(self._assemble_agent)
         app.agent(self.changes_topic, name="gapwatch.changes")(self._changes_agent)
+        app.agent(self.feedback_topic, name="gapwatch.feedback")(self._feedback_agent)
         app.timer(s.tick_seconds, name="gapwatch.tick")(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)
         worker = self
@@ -169,6 +176,7 @@ class GapwatchWorker:
         app.page("/healthz")(health_view)
         app.page("/readyz")(ready_view)
         app.page("/changes")(self._changes_view_class())
+        app.page("/alerts/{alert_id}/{action}")(self._feedback_view_class())
         return app  # type: ignore[no-any-return]
 
     def _credentials(self) -> Any:
@@ -334,7 +342,8 @@ class GapwatchWorker:
 
     def process_partials(self, messages: list[Any]) -> None:
         result = self.assemble.process_partials(
-            ((m.partition, m.value) for m in messages), self.recent_changes(), self._outbox)
+            ((m.partition, m.value) for m in messages), self.recent_changes(), self._outbox,
+            self.recent_feedback())
         self._take_effects()
         for k, error in result.malformed:
             log.error("ignoring a malformed internal partial on %s/%s: %s", self.settings.partials_topic, k, error)
@@ -350,10 +359,9 @@ class GapwatchWorker:
         for level, n in levels.items():
             mt.windows_closed.labels(level=level).inc(n)
         for alert in result.alerts:
-            seg = alert["segment"]
             mt.alerts.labels(
-                platform=mt.platform_cap(seg["platform"]), verdict=alert["verdict"],
-                direction=alert["direction"], status=alert["status"],
+                platform=mt.platform_cap(alert.segment.platform), verdict=alert.verdict,
+                direction=alert.direction, status=alert.status,
             ).inc()
         for k in result.touched:
             mon = self.assemble.monitors.get(k)
@@ -424,6 +432,56 @@ class GapwatchWorker:
         return ChangesView
 
 
+    # ---- people's feedback on alerts (detectors.feedback, docs/oncall.md) -----------------
+    async def _feedback_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            m = event.message
+            try:
+                fb = parse_feedback(m.value)
+            except InvalidEvent as exc:
+                self.metrics.invalid.labels(topic=m.topic, reason=exc.reason).inc()
+                continue
+            key = fb["alert_id"].encode()
+            old = self.feedback_table.get(key)
+            if old and orjson.loads(old)["action"] == fb["action"]:
+                continue  # said before (a retry, a second click): idempotent
+            self.feedback_table[key] = orjson.dumps(fb)
+            self.metrics.alert_feedback.labels(action=fb["action"]).inc()
+            # bounded like the changes: words older than the lookback (event time) are dropped
+            cutoff = fb["at"] - self.settings.change_lookback_days * 86400
+            for k, v in list(self.feedback_table.items()):
+                if v and orjson.loads(v)["at"] < cutoff:
+                    del self.feedback_table[k]
+
+    def recent_feedback(self) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for v in list(self.feedback_table.values()) if v]
+
+    def _feedback_view_class(self) -> Any:
+        worker = self
+
+        class FeedbackView(faust.web.View):
+            async def post(self, request: Any, alert_id: str, action: str) -> Any:
+                token = worker.settings.api_token
+                if token and request.headers.get("Authorization", "") != f"Bearer {token}":
+                    return self.json({"error": "missing or wrong bearer token"}, status=401)
+                if action not in ACTIONS:
+                    return self.json({"error": "invalid_field", "detail": f"action must be one of {', '.join(ACTIONS)}"}, status=404)
+                try:
+                    body = await request.read()
+                    doc = orjson.loads(body) if body.strip() else {}
+                    if not isinstance(doc, dict):
+                        raise InvalidEvent("not_an_object", "the body must be a JSON object")
+                    fb = parse_feedback({"at": time.time(), **doc, "alert_id": alert_id, "action": action})
+                except orjson.JSONDecodeError:
+                    return self.json({"error": "malformed_json", "detail": "the body is not JSON"}, status=400)
+                except InvalidEvent as exc:
+                    return self.json({"error": exc.reason, "detail": exc.detail}, status=400)
+                await worker.feedback_topic.send(key=alert_id.encode(), value=orjson.dumps(fb))
+                return self.json({"accepted": fb}, status=202)
+
+        return FeedbackView
+
+
 async def prepare_topics(settings: Settings) -> tuple[int, int]:
     """Create missing topics; return the partition counts of the event topics (they must match)
     and of the changes topic (the changes table's changelog must match it)."""
@@ -452,7 +510,25 @@ async def prepare_topics(settings: Settings) -> tuple[int, int]:
             "they must be co-partitioned (same partition count, both keyed by order_id)"
         )
     await ensure_topics(s.broker, {s.partials_topic: nb}, **kafka_security_options(s))
+    await ensure_feedback_topic(s)
     return nb, max(1, counts.get(s.changes_topic, 1))
+
+
+async def ensure_feedback_topic(s: Settings) -> None:
+    """The feedback topic: one partition, compacted (key alert_id: the newest word wins)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.broker, **kafka_security_options(s))
+    await admin.start()
+    try:
+        if s.feedback_topic not in set(await admin.list_topics()):
+            try:
+                await admin.create_topics([NewTopic(s.feedback_topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+            except Exception:  # created meanwhile, or the broker refuses the config: plain topic
+                if s.feedback_topic not in set(await admin.list_topics()):
+                    await admin.create_topics([NewTopic(s.feedback_topic, 1, 1)])
+    finally:
+        await admin.close()
 
 
 #: seconds between full (oldest-generation) garbage collections of the worker process

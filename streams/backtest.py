@@ -12,11 +12,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from detectors.pipeline import Backtest, PipelineConfig
+from detectors.render import alert_line
 
 __all__ = ["run_backtest", "read_lines", "register", "run"]
 
@@ -31,11 +31,14 @@ def read_lines(path: Path) -> Iterator[bytes]:
 
 
 def run_backtest(backend: Path, platform: Path, changes: Path | None, config: PipelineConfig,
-                 quiet: bool = False) -> Backtest:
+                 quiet: bool = False, feedback: Path | None = None) -> Backtest:
     bt = Backtest(config)
     if changes is not None:
         for line in read_lines(changes):
             bt.add_change(line)
+    if feedback is not None:
+        for line in read_lines(feedback):
+            bt.add_feedback(line)
     started = time.monotonic()
     last = [started]
 
@@ -61,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--backend", type=Path, required=True, help="backend events JSONL")
     p.add_argument("--platform", type=Path, required=True, help="platform events JSONL")
     p.add_argument("--changes", type=Path, help="change events JSONL")
+    p.add_argument("--feedback", type=Path,
+                   help="ack / expected / false JSONL ({alert_id, action, at, note}), as `gapwatch alert` publishes it")
     p.add_argument("--window-seconds", type=int, default=300, help="window size (default 300)")
     p.add_argument("--allowed-lateness-seconds", type=float, default=120.0, help="allowed lateness (default 120)")
     p.add_argument("--false-alarms-per-30-days", type=float, default=1.0, help="calibration (default 1)")
@@ -71,16 +76,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in (args.backend, args.platform, args.changes):
+    for path in (args.backend, args.platform, args.changes, args.feedback):
         if path is not None and not path.is_file():
             print(f"gapwatch backtest: {path} does not exist", file=sys.stderr)
             return 2
     config = PipelineConfig(window_s=args.window_seconds, allowed_lateness_s=args.allowed_lateness_seconds,
                             false_alarms_per_30_days=args.false_alarms_per_30_days)
-    pipe = run_backtest(args.backend, args.platform, args.changes, config, args.quiet)
+    pipe = run_backtest(args.backend, args.platform, args.changes, config, args.quiet, args.feedback)
     with args.out.open("wb") as fh:
         for alert in pipe.alerts:
-            fh.write(orjson.dumps(alert) + b"\n")
+            fh.write(alert.to_json() + b"\n")
     if args.windows_out:
         with args.windows_out.open("wb") as fh:
             for w in pipe.windows:
@@ -91,16 +96,5 @@ def run(args: argparse.Namespace) -> int:
     for (topic, reason), n in sorted(pipe.invalid.items()):
         print(f"  invalid {topic}: {reason} x{n}")
     for a in pipe.alerts:
-        print("  " + summarise_alert(a))
+        print("  " + alert_line(a))
     return 0
-
-
-def summarise_alert(a: dict[str, Any]) -> str:
-    seg = a["segment"]
-    where = "/".join(v for v in (seg["platform"], seg["event_name"], seg["browser"], seg["region"]) if v != "*")
-    cause = a["likely_causes"][0]["cause"] if a.get("likely_causes") else "-"
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(a["change_at"])) if a.get("change_at") else "?"
-    base, cur = a.get("baseline"), a.get("current")
-    ratio = f"{base:.3f} -> {cur:.3f}" if isinstance(base, float | int) and isinstance(cur, float | int) else ""
-    return (f"[{a['status']}] {a['verdict']}: {where} {a['metric']} {a['direction']} {ratio} "
-            f"since {when} UTC, cause {cause}")

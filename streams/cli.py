@@ -17,6 +17,7 @@ VERB_MODULES = (
     "streams.cli_worker",
     "streams.simulate",
     "streams.cli_change",
+    "streams.cli_alert",
     "streams.backtest",
     "streams.cli_detect",
     "streams.reconcile",

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from detectors.alert import Alert, AlertFormatError
+from detectors.render import alert_text, reconciliation_table
 from detectors.windows import ClosedWindow
 from streams.broker import BrokerError, EmbeddedBroker, free_port
 
@@ -61,45 +63,14 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> No
     raise RuntimeError(f"the worker was not ready after {timeout_s:.0f} s")
 
 
-def describe_alert(a: dict[str, Any]) -> str:
-    seg = a["segment"]
-    where = " / ".join(f"{k}={v}" for k, v in seg.items() if v != "*")
-    t = time.strftime("%a %d %b %H:%M", time.gmtime(a["change_at"])) if a.get("change_at") else "?"
-    lines = []
-    if a["status"] == "resolved":
-        lines.append(f"RESOLVED  {where}  {a['metric']} back to {a.get('current')}  (alert {a['alert_id']})")
-        return "\n".join(lines)
-    head = {"tracking_gap": "TRACKING GAP", "business_change": "BUSINESS CHANGE", "inconclusive": "INCONCLUSIVE"}[a["verdict"]]
-    base, cur = a.get("baseline"), a.get("current")
-    if isinstance(base, int | float) and isinstance(cur, int | float) and base:
-        move = f"{a['metric']} {base:.3f} -> {cur:.3f} ({cur / base - 1:+.0%})"
-    else:
-        move = a["metric"]
-    lines.append(f"{head}  {where}: {a['direction']}, {move}, since {t} UTC")
-    for c in a.get("likely_causes", [])[:3]:
-        lines.append(f"    cause    {c['cause']:<20} {c['score']:.2f}  {c['evidence']}")
-    for ch in a.get("nearby_changes", [])[:3]:
-        minutes = ch["distance_s"] / 60
-        when = f"{abs(minutes):.0f} min {'before' if minutes <= 0 else 'after'}" if abs(minutes) < 180 else f"{abs(minutes) / 60:.1f} h {'before' if minutes <= 0 else 'after'}"
-        lines.append(f"    change   {ch['kind']:<14} {ch.get('service') or '-':<16} {when:<16} {ch.get('summary', '')[:60]}")
-    loc = a.get("localisation", {})
-    moved = ", ".join(f"{m['segment'].split('|', 2)[2]} {m['change']:+.0%}" for m in loc.get("moved", [])[:4])
-    held = ", ".join(m["segment"].split("|", 2)[2] for m in loc.get("steady", [])[:5])
-    if moved:
-        lines.append(f"    moved    {moved}")
-    if held:
-        lines.append(f"    held     {held}")
-    return "\n".join(lines)
-
-
-async def _play(args: argparse.Namespace, bootstrap: str, metrics_url: str) -> tuple[list[dict[str, Any]], list[ClosedWindow], dict[str, Any]]:
+async def _play(args: argparse.Namespace, bootstrap: str, metrics_url: str) -> tuple[list[Alert], list[ClosedWindow], dict[str, Any]]:
     from streams import kafka
     from streams.config import Settings
     from streams.simulate import generate, produce
 
     sim = generate(args.scenario, seed=args.seed, days=args.days)
     speedup = args.days * 86400 / max(5.0, args.seconds)
-    alerts: list[dict[str, Any]] = []
+    alerts: list[Alert] = []
     windows: list[ClosedWindow] = []
     consumer = kafka.consumer(Settings(broker=bootstrap), "gap-alerts", "gapwatch-windows",
                               auto_offset_reset="earliest", group_id=None)
@@ -112,16 +83,20 @@ async def _play(args: argparse.Namespace, bootstrap: str, metrics_url: str) -> t
             batch = await consumer.getmany(timeout_ms=300)
             for tp, records in batch.items():
                 for rec in records:
-                    doc = orjson.loads(rec.value)
                     if tp.topic == "gapwatch-windows":
-                        windows.append(ClosedWindow.from_dict(doc))
+                        windows.append(ClosedWindow.from_dict(orjson.loads(rec.value)))
                         continue
-                    key = (doc["alert_id"], doc["status"])
+                    try:
+                        alert = Alert.from_json(rec.value)
+                    except AlertFormatError as exc:
+                        print(f"  (skipped an unreadable alert: {exc.detail})", flush=True)
+                        continue
+                    key = (alert.alert_id, alert.status)
                     if key in seen:
                         continue
                     seen.add(key)
-                    alerts.append(doc)
-                    print("\n" + describe_alert(doc) + "\n", flush=True)
+                    alerts.append(alert)
+                    print("\n" + alert_text(alert) + "\n", flush=True)
 
     watcher = asyncio.create_task(watch())
     last = [0.0]
@@ -144,7 +119,7 @@ async def _play(args: argparse.Namespace, bootstrap: str, metrics_url: str) -> t
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.reconcile import format_table, reconciliation_rows
+    from streams.reconcile import reconciliation_rows
 
     started = time.monotonic()
     print(f"gapwatch demo: scenario {args.scenario}, {args.days:g} simulated days in ~{args.seconds:.0f} s "
@@ -173,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         alerts, windows, truth = asyncio.run(_play(args, broker.bootstrap, metrics_url))
         change_at = truth.get("change_at")
         print("\nReconciliation, purchases" + (" since the injected change" if change_at else "") + ":")
-        print(format_table(reconciliation_rows(windows, "purchase", start=change_at)))
-        firing = [a for a in alerts if a["status"] == "firing"]
+        print(reconciliation_table(reconciliation_rows(windows, "purchase", start=change_at)))
+        firing = [a for a in alerts if a.status == "firing"]
         print(f"\n{len(firing)} alert(s) in {time.monotonic() - started:.0f} s. "
               f"Injected: {truth.get('description', args.scenario)}")
         print(f"Logs: {workdir}")

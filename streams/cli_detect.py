@@ -18,17 +18,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Offline change points (PELT) of FILE, one number a line ('nan' or an empty line "
             "for a missing point). Prints a JSON list of 0-based indices, each the first "
-            "point of a new segment."
+            "point of a new segment. Default model: straight-line segments (breaks in level "
+            "and trend) in autocorrelated noise, isolated spikes ignored; fewer than "
+            "2 x min-size points or a constant series give []. See docs/detect.md."
         ),
     )
     parser.add_argument("file", metavar="FILE", help="input file ('-' for stdin)")
     parser.add_argument(
-        "--model", choices=MODELS, default="normal",
-        help="normal: mean and variance (default); mean: mean only; poisson: counts",
+        "--model", choices=MODELS, default="linear",
+        help=(
+            "linear: straight-line segments, long-run noise scale, outliers ignored, "
+            "heavy tails clipped (default); "
+            "normal: mean and variance; mean: mean only; poisson: counts"
+        ),
     )
     parser.add_argument(
         "--penalty", type=float, default=None,
-        help="penalty per change point (default: MBIC-style (params + 2) * log n)",
+        help=(
+            "penalty per change point, in units of the model's -2 log-likelihood "
+            "(default: (params + 2) * log n with params 1 for linear and mean, 2 for normal, "
+            "1 for poisson; linear segments pay log n more for a slope)"
+        ),
     )
     parser.add_argument("--min-size", type=int, default=5, help="minimum segment length")
     parser.set_defaults(func=run)

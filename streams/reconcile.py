@@ -14,21 +14,22 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import orjson
 
+from detectors.alert import ReconciliationRow
 from detectors.events import InvalidEvent, parse_time
+from detectors.render import reconciliation_table
 from detectors.windows import ClosedWindow
 from streams import kafka
 from streams.config import Settings, load_settings
 from streams.kafka import add_kafka_arguments
 
-__all__ = ["reconciliation_rows", "format_table", "register", "run"]
+__all__ = ["reconciliation_rows", "register", "run"]
 
 
 def reconciliation_rows(windows: Iterable[ClosedWindow], event_name: str = "purchase",
-                        start: float | None = None, end: float | None = None) -> list[dict[str, Any]]:
+                        start: float | None = None, end: float | None = None) -> list[ReconciliationRow]:
     """Sum platform-level windows per platform against the backend for one event name."""
     seen: set[tuple[str, int]] = set()
     backend_count = 0
@@ -56,10 +57,7 @@ def reconciliation_rows(windows: Iterable[ClosedWindow], event_name: str = "purc
         row["pair"] += w.platform_pair_deduped
         row["missing_value"] += w.platform_missing_value
         row["backend"] += w.backend_count
-    rows: list[dict[str, Any]] = [{
-        "source": f"Backend {event_name}", "count": backend_count, "value": round(backend_value, 2),
-        "note": "source of truth",
-    }]
+    rows = [ReconciliationRow(f"Backend {event_name}", backend_count, round(backend_value, 2), "source of truth")]
     for platform, r in sorted(platforms.items(), key=lambda kv: -kv[1]["count"]):
         base = r["backend"] or backend_count
         notes = [f"{r['count'] / base:.0%} of backend" if base else "no backend in range"]
@@ -71,21 +69,8 @@ def reconciliation_rows(windows: Iterable[ClosedWindow], event_name: str = "purc
             notes.append(f"{int(r['broken'])} orders under 2 event ids")
         if r["missing_value"]:
             notes.append(f"{int(r['missing_value'])} without value")
-        rows.append({"source": f"{platform} {event_name}", "count": int(r["count"]),
-                     "value": round(r["value"], 2), "note": "; ".join(notes)})
+        rows.append(ReconciliationRow(f"{platform} {event_name}", int(r["count"]), round(r["value"], 2), "; ".join(notes)))
     return rows
-
-
-def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
-    head = ("Source", "Count", "Value", "Notes")
-    body = [(r["source"], f"{int(r['count']):,}", "" if r.get("value") is None else f"{r['value']:,.0f}", r.get("note", "")) for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = [title] if title else []
-    lines.append("  ".join(h.ljust(widths[i]) if i != 1 and i != 2 else h.rjust(widths[i]) for i, h in enumerate(head)))
-    lines.append("  ".join("-" * w for w in widths))
-    for b in body:
-        lines.append("  ".join(c.ljust(widths[i]) if i != 1 and i != 2 else c.rjust(widths[i]) for i, c in enumerate(b)))
-    return "\n".join(lines)
 
 
 async def windows_from_topic(settings: Settings, timeout_s: float = 10.0) -> list[ClosedWindow]:
@@ -154,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rows = reconciliation_rows(windows, args.event_name, start, end)
     if args.json:
-        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps([r.to_dict() for r in rows], option=orjson.OPT_INDENT_2).decode())
     else:
-        print(format_table(rows))
+        print(reconciliation_table(rows))
     return 0

@@ -117,9 +117,11 @@ def _scrape(url: str) -> float:
 
 
 def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: int, workers: int = 1,
-               py_spy: str | None = None) -> tuple[float, float]:
-    """The real worker as `workers` subprocesses of one group; rate from the first to the n-th
-    consumed event (summed over the processes). Returns (events/s, RSS of all processes in MB)."""
+               py_spy: str | None = None, root: Path = ROOT) -> tuple[float, float, float]:
+    """The real worker (of the checkout at `root`) as `workers` subprocesses of one group; rate
+    from the first to the n-th consumed event (summed over the processes). Returns (events/s, RSS
+    of all processes in MB, worker CPU per event in us: user + system from /proc over that span,
+    far less sensitive than the rate to what else the machine is doing)."""
     app_id = f"bench-{int(time.time())}"
     procs, urls, logs = [], [], []
     for i in range(workers):
@@ -130,7 +132,7 @@ def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: 
             [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap, "--metrics-port", str(port),
              "--app-id", app_id, "--partitions", str(partitions), "--window-seconds", str(window_s),
              "--data-dir", os.path.join(workdir, f"faust{i}")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT, cwd=root,
         ))
         urls.append(f"http://127.0.0.1:{port}/metrics")
     spy = None
@@ -143,7 +145,7 @@ def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: 
             got = sum(max(c, 0.0) for c in counts)
             now = time.perf_counter()
             if got > 0 and first_t is None:
-                first_t, first_n = now, got
+                first_t, first_n, first_cpu = now, got, sum(_cpu_s(p.pid) for p in procs)
                 if py_spy and workers == 1:
                     spy = subprocess.Popen([_py_spy_bin(), "record", "-r", "100", "-f", "raw", "-o", py_spy,
                                             "--pid", str(procs[0].pid)], stdout=subprocess.DEVNULL,
@@ -151,7 +153,8 @@ def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: 
             if got >= n:
                 rate = (got - first_n) / (now - first_t) if first_t and now > first_t else float("nan")
                 rss = sum(_rss_mb(p.pid) for p in procs)
-                return rate, rss
+                cpu_us = (sum(_cpu_s(p.pid) for p in procs) - first_cpu) / max(got - first_n, 1) * 1e6
+                return rate, rss, cpu_us
             for p in procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"worker exited {p.returncode}; see {workdir}/worker*.log")
@@ -178,6 +181,12 @@ def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: 
             log.close()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _py_spy_bin() -> str:
     local = Path(sys.executable).parent / "py-spy"
     return str(local) if local.exists() else "py-spy"
@@ -201,6 +210,9 @@ def main() -> int:
     ap.add_argument("--orders-per-day", type=float, default=4000.0, help="sparse mode: shop size")
     ap.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes (one group) to run")
     ap.add_argument("--py-spy", help="record the (single) worker with py-spy into this raw file")
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="also run the worker of another checkout (e.g. a `git worktree` of an older "
+                    "commit) on the same data and broker, right after ours")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=1, help="repeat the bare loop / worker pair")
     ap.add_argument("--window-seconds", type=int, nargs="+", default=[300, 3600],
@@ -221,18 +233,25 @@ def main() -> int:
             for window_s in args.window_seconds:
                 for workers in args.workers:
                     bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
-                    worker, rss = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s,
-                                             workers, args.py_spy)
-                    rows.append((r + 1, window_s, workers, bare, worker, worker / bare, rss))
-                    print(f"round {r + 1}, window {window_s} s, {workers} worker(s): bare {bare:,.0f}/s, "
-                          f"worker {worker:,.0f}/s, ratio {worker / bare:.2f}", file=sys.stderr)
+                    runs = [("this checkout", ROOT)]
+                    if args.baseline_root is not None:
+                        runs.append((f"baseline {args.baseline_root}", args.baseline_root.resolve()))
+                    for which, root in runs:
+                        worker, rss, cpu = run_worker(broker.bootstrap, args.events, args.partitions, workdir,
+                                                      window_s, workers, args.py_spy if root == ROOT else None, root)
+                        rows.append((r + 1, window_s, which, workers, bare, worker, worker / bare, cpu, rss))
+                        print(f"round {r + 1}, window {window_s} s, {which}, {workers} worker(s): bare {bare:,.0f}/s, "
+                              f"worker {worker:,.0f}/s, ratio {worker / bare:.2f}, {cpu:.1f} us CPU/event",
+                              file=sys.stderr)
     what = (f"{args.mode}: " + (f"{args.days:g} days x {args.orders_per_day:,.0f} orders/day, " if args.mode == "sparse" else "")
             + f"{args.events:,} events, {args.partitions} partitions, embedded Tansu broker")
     print(f"\n{what}\n")
-    print("| round | worker window (s) | worker processes | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) | ratio | worker RSS (MB) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for r, window_s, workers, bare, worker, ratio, rss in rows:
-        print(f"| {r} | {window_s} | {workers} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {rss:,.0f} |")
+    print("| round | worker window (s) | worker | worker processes | bare aiokafka getmany + orjson (events/s) "
+          "| gapwatch worker (events/s) | ratio | worker CPU (us/event) | worker RSS (MB) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r, window_s, which, workers, bare, worker, ratio, cpu, rss in rows:
+        print(f"| {r} | {window_s} | {which} | {workers} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {cpu:.1f} "
+              f"| {rss:,.0f} |")
     return 0
 
 

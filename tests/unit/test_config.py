@@ -69,3 +69,41 @@ def test_secrets_come_from_env_or_file_and_never_show(tmp_path: Path) -> None:
 def test_short_group_timeouts_only_on_a_loopback_broker() -> None:
     assert Settings(broker="127.0.0.1:1234").effective_session_timeout == 6.0
     assert Settings(broker="kafka-1:9092,kafka-2:9092").effective_session_timeout == 30.0
+
+
+KAFKA_VERBS = (
+    ["worker"],
+    ["simulate", "--scenario", "safari_drop"],
+    ["change", "publish"],
+    ["reconcile"],
+    ["slack"],
+)
+
+
+@pytest.mark.parametrize("verb", KAFKA_VERBS, ids=lambda v: " ".join(v))
+def test_every_kafka_verb_takes_the_shared_connection_settings(verb: list[str], tmp_path: Path) -> None:
+    from streams import kafka
+    from streams.cli import build_parser
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    flags = ["--broker", "kafka-1:9093", "--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism",
+             "SCRAM-SHA-512", "--sasl-username", "gapwatch", "--sasl-password-file", str(secret)]
+    s = load_settings(build_parser().parse_args([*verb, *flags]), env={})
+    assert kafka.client_options(s) == {
+        "bootstrap_servers": "kafka-1:9093", "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "gapwatch", "sasl_plain_password": "s3cret",
+    }
+    # ... and the same from the environment alone, as a deployment sets them once for all verbs
+    env = {"GAPWATCH_BROKER": "kafka-2:9093", "GAPWATCH_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "GAPWATCH_SASL_USERNAME": "u", "GAPWATCH_SASL_PASSWORD": "p"}
+    s = load_settings(build_parser().parse_args(verb), env=env)
+    assert kafka.client_options(s)["bootstrap_servers"] == "kafka-2:9093"
+    assert kafka.client_options(s)["sasl_plain_password"] == "p"
+    assert s.given >= {"broker", "security_protocol"}
+
+
+def test_an_empty_flag_is_unset() -> None:
+    s = load_settings(parse(["--broker", ""]), env={"GAPWATCH_BROKER": "env:2"})
+    assert s.broker == "env:2"
+    assert "broker" not in load_settings(parse(["--broker", ""]), env={}).given

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from detectors.alert import Alert
 from detectors.pipeline import (
     ASSEMBLE_TABLE,
     INGEST_TABLE,
@@ -42,7 +43,7 @@ class Group:
         self.outbox = Outbox()
         self.sent: list[Send] = []
         self.windows: dict[tuple[str, int], dict[str, Any]] = {}
-        self.alerts: list[dict[str, Any]] = []
+        self.alerts: list[Alert] = []
         self.clock = 0.0
         self.offsets = {(t, p): 0 for t in (TOPICS.backend, TOPICS.platform) for p in range(n)}
         self.drained: set[str] = set()
@@ -142,8 +143,8 @@ def test_stages_over_n_partitions_give_the_backtest_windows_and_alerts(sim: Any,
     expected = {k: w for k, w in by_key(offline).items() if w["window_end"] <= through}
     assert len(expected) > 1000
     assert group.windows == expected  # every window, every field
-    assert [a["alert_id"] for a in group.alerts] == [a["alert_id"] for a in offline.alerts
-                                                     if a["detected_at"] <= through]
+    assert [a.alert_id for a in group.alerts] == [a.alert_id for a in offline.alerts
+                                                 if a.detected_at <= through]
     assert group.alerts, "the injected safari drop is found"
     # a window reaches gapwatch-windows once per segment, keyed by its segment
     published = [s for s in group.sent if s.topic == TOPICS.windows]

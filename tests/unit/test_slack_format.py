@@ -1,22 +1,33 @@
-"""format_alert: Block Kit structure, Slack limits, mrkdwn escaping, Grafana links, tolerance."""
+"""format_alert: Block Kit structure, Slack limits, mrkdwn escaping, Grafana links; the forwarder
+parks what is not an alert."""
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from detectors.alert import Alert, AlertFormatError
 from streams import slack
-from streams.slack import format_alert, grafana_url
+from streams.slack import grafana_url
 
 GRAFANA = (
     "https://grafana.example/d/gaps?var-platform={platform}&var-event={event_name}"
     "&var-browser={browser}&var-region={region}&from={from_ms}&to={to_ms}"
 )
+
+
+def format_alert(doc: dict[str, Any], template: str | None = None) -> dict[str, Any]:
+    """The forwarder's path: the JSON document read as an `Alert`, then formatted."""
+    return slack.format_alert(Alert.from_dict(doc), template)
+
+
+def child(key: str, baseline: float, current: float) -> dict[str, Any]:
+    return {"segment": key, "baseline": baseline, "current": current,
+            "change": round(current / baseline - 1, 3), "events": 40}
 
 
 def full_alert() -> dict[str, Any]:
@@ -33,7 +44,7 @@ def full_alert() -> dict[str, Any]:
         "verdict": "tracking_gap",
         "likely_causes": [
             {"cause": "consent_banner_change", "score": 0.42, "evidence": "denied share 8% -> 31%"},
-            {"cause": "pixel_broken", "score": 0.81, "evidence": {"pixel_share": 0.12, "capi_share": 0.97}},
+            {"cause": "pixel_broken", "score": 0.81, "evidence": "pixel_share: 0.12; capi_share: 0.97"},
             {"cause": "capi_outage", "score": 0.2, "evidence": "capi steady"},
             {"cause": "duplicate_trigger", "score": 0.01, "evidence": "none"},
         ],
@@ -46,12 +57,9 @@ def full_alert() -> dict[str, Any]:
             {"change_id": "c2", "kind": "tag_publish", "summary": "GTM v41", "at": 1767226200, "score": 0.3},
         ],
         "localisation": {
-            "moved": [
-                {"segment": {"platform": "meta", "event_name": "purchase", "browser": "safari", "region": "eu"},
-                 "baseline": 0.97, "current": 0.41},
-                "meta|purchase|safari|na",
-            ],
-            "steady": ["meta|purchase|chrome|*", "meta|purchase|firefox|*"],
+            "moved": [child("meta|purchase|safari|eu", 0.97, 0.41), child("meta|purchase|safari|na", 0.95, 0.62)],
+            "steady": [child("meta|purchase|chrome|*", 0.97, 0.96), child("meta|purchase|firefox|*", 0.9, 0.93)],
+            "alarming": ["meta|purchase|safari|*"],
         },
         "reconciliation": [
             {"source": "backend", "count": 120, "value": 11850.0, "note": ""},
@@ -121,8 +129,8 @@ def test_firing_alert_structure() -> None:
     assert "`checkout-web`" in texts and "18 min before" in texts and "(by alice)" in texts
     assert "10 min after" in texts  # the tag publish came after the change point
     # localisation
-    assert "*Moved:* Safari · EU (0.97 → 0.41), Safari · NA" in texts
-    assert "*Held:* Chrome, Firefox" in texts
+    assert "*Moved:* Safari · EU (0.97 → 0.41), Safari · NA (0.95 → 0.62)" in texts
+    assert "*Held:* Chrome (0.97 → 0.96), Firefox (0.90 → 0.93)" in texts
     # reconciliation in a code block
     table = next(t for t in all_texts(payload) if t.startswith("*Reconciliation*"))
     assert "```\nsource" in table and "11,850.00" in table and "pixel 41 / capi 82" in table
@@ -173,9 +181,10 @@ def test_grafana_link_substitution() -> None:
 
 
 def test_grafana_link_encodes_values_and_keeps_other_braces() -> None:
-    alert = {"segment": {"platform": "my platform&x", "event_name": "lead", "browser": "*", "region": "eu"}}
-    url = grafana_url("https://g.example/d?p={platform}&r={region}&x={unknown}&f={from_ms}&t={to_ms}", alert)
-    assert url == "https://g.example/d?p=my%20platform%26x&r=eu&x={unknown}&f=now-6h&t=now"
+    doc = full_alert() | {"segment": {"platform": "my platform&x", "event_name": "lead", "browser": "*", "region": "eu"},
+                          "change_at": 7200, "detected_at": 9000}
+    url = grafana_url("https://g.example/d?p={platform}&r={region}&x={unknown}&f={from_ms}&t={to_ms}", Alert.from_dict(doc))
+    assert url == "https://g.example/d?p=my%20platform%26x&r=eu&x={unknown}&f=-14400000&t=12600000"
 
 
 def test_bad_grafana_template_gives_no_button() -> None:
@@ -187,8 +196,8 @@ def test_user_strings_are_escaped() -> None:
     alert = full_alert()
     alert["likely_causes"] = [{"cause": "x<y", "score": 1, "evidence": "<!channel> & <https://evil|click>"}]
     alert["nearby_changes"] = [
-        {"kind": "deploy", "summary": "a <b> & c", "service": "svc>1", "author": "<@U123>",
-         "url": "https://ok.example/x|y>z"}
+        {"change_id": "c<1>", "kind": "deploy", "summary": "a <b> & c", "service": "svc>1", "author": "<@U123>",
+         "url": "https://ok.example/x|y>z", "at": 1767224520, "score": 0.5}
     ]
     alert["reconciliation"] = [{"source": "meta<", "count": 1, "value": 2, "note": "a & b"}]
     alert["alert_id"] = "id<&>"
@@ -208,10 +217,12 @@ def test_limits_hold_for_huge_alerts() -> None:
     alert["segment"]["platform"] = "p" * 500
     alert["likely_causes"] = [{"cause": "c" * 1000, "score": i, "evidence": "&" * 5000} for i in range(50)]
     alert["nearby_changes"] = [
-        {"kind": "deploy", "summary": "<" * 4000, "service": "s" * 500, "url": "https://x.example/" + "a" * 2900}
+        {"change_id": "c", "kind": "deploy", "summary": "<" * 4000, "service": "s" * 500,
+         "url": "https://x.example/" + "a" * 2900, "at": 1767224520, "score": 0.5}
         for _ in range(50)
     ]
-    alert["localisation"] = {"moved": [f"meta|purchase|b{i}|r{i}" * 20 for i in range(500)], "steady": ["x" * 9000]}
+    alert["localisation"] = {"moved": [child(f"meta|purchase|{'b' * 200}{i}|r{i}", 1.0, 0.5) for i in range(500)],
+                             "steady": [child("meta|purchase|*|" + "x" * 9000, 1.0, 1.0)]}
     alert["reconciliation"] = [{"source": "s" * 300, "count": i, "value": i * 1.5, "note": "&" * 400} for i in range(500)]
     alert["alert_id"] = "id" * 3000
     payload = format_alert(alert, GRAFANA + "&pad=" + "x" * 2990)
@@ -222,37 +233,91 @@ def test_limits_hold_for_huge_alerts() -> None:
     assert not blocks_of(payload, "actions")
 
 
+def minimal_alert() -> dict[str, Any]:
+    return {"alert_id": "x", "status": "firing", "metric": "count_ratio", "direction": "drop",
+            "segment": {"platform": "meta", "event_name": "lead", "browser": "*", "region": "eu"},
+            "change_at": 1767225600, "detected_at": 1767229200, "verdict": "inconclusive"}
+
+
 @pytest.mark.parametrize(
-    "alert",
+    "doc",
     [
-        {},
-        {"alert_id": "x"},
-        {"alert_id": "x", "status": "resolved", "segment": None, "baseline": None, "current": "n/a"},
-        {"alert_id": "x", "segment": "meta|lead|*|eu", "baseline": 0, "current": 0.5},
-        {"alert_id": "x", "likely_causes": "oops", "nearby_changes": [None, 3, {"kind": None}],
-         "localisation": {"moved": [None, 1, {"weird": True}], "steady": "x"}, "reconciliation": [{}, 1]},
-        {"alert_id": "x", "change_at": "2026-01-01T00:00:00Z", "detected_at": float("nan"),
-         "likely_causes": [{"cause": "c", "evidence": {"nested": {"a": [1, 2]}}}]},
-        {"alert_id": "x", "change_at": 1e30, "nearby_changes": [{"kind": "deploy", "distance_s": -120}]},
+        minimal_alert(),
+        minimal_alert() | {"baseline": None, "current": None, "status": "resolved"},
+        minimal_alert() | {"baseline": 0, "current": 0.5, "metric": ""},
+        minimal_alert() | {"change_at": 1e30, "detected_at": -1e30, "baseline_interval": [None, None]},
+        minimal_alert() | {"likely_causes": [{"cause": "", "score": 0.1}], "reconciliation": [{"source": "", "count": 0}],
+                           "nearby_changes": [{"change_id": "", "kind": "", "at": 0, "score": 0}]},
     ],
 )
-def test_missing_or_odd_fields_do_not_crash(alert: dict[str, Any]) -> None:
-    before = copy.deepcopy(alert)
-    payload = format_alert(alert, GRAFANA)
+def test_sparse_alerts_format_within_limits(doc: dict[str, Any]) -> None:
+    payload = format_alert(doc, GRAFANA)
     assert payload["blocks"][0]["type"] == "header"
     assert payload["text"]
     assert_within_limits(payload)
     json.dumps(payload)  # serialisable
-    assert alert == before  # the input is not mutated
 
 
-def test_segment_key_and_iso_strings() -> None:
-    payload = format_alert({"alert_id": "x", "segment": "meta|lead|*|eu", "baseline": 1, "current": 0.5,
-                            "change_at": "2026-01-01T00:00:00Z",
-                            "nearby_changes": [{"kind": "deploy", "distance_s": -120}]})
-    assert payload["blocks"][0]["text"]["text"].endswith("meta lead, EU — 50% drop")
-    texts = "\n".join(all_texts(payload))
-    assert "2026-01-01T00:00:00Z" in texts and "2 min after" in texts
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {},
+        {"alert_id": "x"},
+        minimal_alert() | {"segment": "meta|lead|*|eu"},  # a key string is not a segment object
+        minimal_alert() | {"change_at": "2026-01-01T00:00:00Z"},  # times are epoch seconds
+        minimal_alert() | {"status": "open"},
+        minimal_alert() | {"verdict": None},
+        minimal_alert() | {"current": "n/a"},
+        minimal_alert() | {"likely_causes": "oops"},
+        minimal_alert() | {"nearby_changes": [None, 3, {"kind": None}]},
+        minimal_alert() | {"localisation": {"moved": [None, 1, {"weird": True}], "steady": "x"}},
+        minimal_alert() | {"reconciliation": [{}, 1]},
+        minimal_alert() | {"likely_causes": [{"cause": "c", "score": 1, "evidence": {"nested": {"a": [1, 2]}}}]},
+    ],
+)
+def test_odd_shapes_are_not_alerts(doc: dict[str, Any]) -> None:
+    with pytest.raises(AlertFormatError) as err:
+        Alert.from_dict(doc)
+    assert err.value.reason == "invalid_alert"
+
+
+def test_distance_is_measured_from_the_change_point() -> None:
+    doc = minimal_alert() | {"nearby_changes": [
+        {"change_id": "d1", "kind": "deploy", "at": 1767225600 + 120, "score": 0.4},
+        {"change_id": "d2", "kind": "deploy", "at": 1767225600 - 3 * 3600, "distance_s": -10800.0, "score": 0.3},
+    ]}
+    texts = "\n".join(all_texts(format_alert(doc)))
+    assert "2 min after" in texts and "3.0 h before" in texts
+    assert "2026-01-01T00:00:00Z" in texts
+
+
+class _Record:
+    def __init__(self, value: bytes | None, offset: int) -> None:
+        self.value, self.key, self.offset = value, b"k", offset
+        self.topic, self.partition = "gap-alerts", 0
+
+
+async def test_forwarder_parks_what_is_not_an_alert(caplog: pytest.LogCaptureFixture) -> None:
+    forwarder = slack.SlackForwarder("127.0.0.1:1", "https://hooks.example/services/T/B/secret",
+                                     registry=CollectorRegistry())
+    parked: list[tuple[int, str]] = []
+    committed: list[int] = []
+
+    async def to_dlq(tp: Any, record: Any, reason: str) -> bool:
+        parked.append((record.offset, reason))
+        return True
+
+    async def commit(tp: Any, offset: int) -> None:
+        committed.append(offset)
+
+    forwarder._send_to_dlq = to_dlq  # type: ignore[method-assign]
+    forwarder._commit = commit  # type: ignore[method-assign]
+    tp = argparse.Namespace(topic="gap-alerts", partition=0)
+    for offset, value in enumerate([b"{not json", None, json.dumps({"alert_id": "x", "status": "firing"}).encode()]):
+        await forwarder._handle(tp, _Record(value, offset))
+    assert parked == [(0, "invalid_alert_json"), (1, "invalid_alert_json"), (2, "invalid_alert")]
+    assert committed == [0, 1, 2]
+    assert "segment: expected an object" in caplog.text
 
 
 def test_metrics_registry_is_injectable() -> None:

@@ -221,17 +221,6 @@ def test_any_prefix_of_the_writes_restores_the_state_of_a_whole_batch(ratio: flo
         assert [p for p in full if p["closed_through"] > since] == rest, cut
 
 
-def test_restore_of_a_meta_with_windows_writes_them_as_a_full_snapshot_first() -> None:
-    a = PartitionWindows(0, CFG)
-    _drive(a, _stream(40))
-    old_meta = {"offsets": a.offsets, "max_ts": a.max_ts, "closed_through": a.closed_through, "seq": a.seq,
-                "windows": {str(k): v for k, v in a.windows.items()}}
-    b = PartitionWindows.restore(0, CFG, orjson.loads(orjson.dumps({"0:m": old_meta})))
-    assert b.windows == a.windows
-    changes = list(b.take_changes().items())
-    assert changes[0][0] == "0:w" and changes[0][1]["windows"] == orjson.loads(orjson.dumps(old_meta["windows"]))
-
-
 def test_dedupe_memory_expires_but_survives_restore() -> None:
     cfg = WindowConfig(window_s=60, allowed_lateness_s=0, dedupe_horizon_s=600)
     pw = PartitionWindows(0, cfg)

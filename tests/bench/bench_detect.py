@@ -1,0 +1,460 @@
+"""Benchmark: `gapwatch detect` (defaults) on real and synthetic series with known answers.
+
+Not a test: prints tables. Per series, F1 (margin 5) and covering with the conventions of the
+Turing change-point benchmark (``detectors.changepoint_scores``), for four detectors in the
+same run:
+
+* ours: ``detectors.gaussian.change_points(x)`` with every default (no per-series setting),
+* PELT: ruptures ``Pelt(model="l2")`` (change in mean), MBIC-style penalty
+  ``3 log n * sigma^2`` with sigma from the MAD of first differences, min_size 5,
+  the usual published default of a plain PELT,
+* zero: no change point at all,
+* previous: the default of ``gapwatch detect`` as the first round left it (commit
+  ``PREVIOUS_COMMIT``, read with git), for reference.
+
+Then the runtime of ours for 1,000 and 100,000 points.
+
+Real series are the time series that ship inside statsmodels (``statsmodels.datasets``; no
+download). Their annotations below were written from documented events (sources named next
+to each) before our detector was run on any of them; where two datings of the events are
+documented, each is one "annotator" (recall is averaged over annotators, as in the
+benchmark). Missing values stay in the series as nan (co2 has 59).
+
+A second, held-out set of real series (``heldout_cases``: more statsmodels series, river's
+airline passengers) was annotated and committed (e596c05) before any detector ran on it; it
+is scored and reported apart and nothing is tuned on it (BENCHMARKS.md lists every look).
+
+Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ruptures as rpt
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from detectors.changepoint_scores import covering, f1_score  # noqa: E402
+from detectors.gaussian import change_points  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    values: np.ndarray
+    annotations: tuple[tuple[int, ...], ...]
+    why: str
+
+
+def _quarter(year: int, quarter: int) -> int:
+    """Index in statsmodels' macrodata (1959Q1 = 0)."""
+    return (year - 1959) * 4 + quarter - 1
+
+
+def _month(year: int, month: int) -> int:
+    """Index in statsmodels' elnino once flattened (January 1950 = 0)."""
+    return (year - 1950) * 12 + month - 1
+
+
+# NBER business-cycle peaks (quarterly chronology, nber.org/research/business-cycle-dating);
+# a change is marked at the first quarter after the peak (the first quarter of the decline).
+NBER_PEAKS = [(1960, 2), (1969, 4), (1973, 4), (1980, 1), (1981, 3), (1990, 3), (2001, 1), (2007, 4)]
+# Recessions in which real GDP fell 2 % or more from peak to trough (BEA): 1973-75, 1980,
+# 1981-82, 2007-09. The others (1960-61, 1969-70, 1990-91, 2001) were milder.
+SEVERE_PEAKS = [(1973, 4), (1980, 1), (1981, 3), (2007, 4)]
+# Quarter of the unemployment rate's cycle maximum (BLS CPS monthly maxima: May 1961, 1971
+# (about 6 % from mid-year), May 1975, Nov-Dec 1982, June 1992, June 2003). The July 1980
+# maximum is left out: two quarters after the 1980 peak, it is no segment of its own.
+UNEMPLOYMENT_MAXIMA = [(1961, 2), (1971, 3), (1975, 2), (1982, 4), (1992, 2), (2003, 2)]
+
+
+def _after(quarters: list[tuple[int, int]]) -> tuple[int, ...]:
+    return tuple(sorted(_quarter(y, q) + 1 for y, q in quarters))
+
+
+def real_cases() -> list[Case]:
+    from statsmodels import datasets as sm
+
+    cases: list[Case] = []
+    nile = sm.nile.load_pandas().data["volume"].to_numpy(float)
+    cases.append(Case(
+        "nile", nile, ((28,),),
+        "annual Nile flow at Aswan 1871-1970: the Aswan Low Dam (built 1898-1902) lowers the "
+        "level from 1899 (Cobb 1978; Balke 1993)",
+    ))
+    sun = sm.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(float)
+    cases.append(Case(
+        "sunspots", sun, ((15, 90, 130), (15, 96, 120)),
+        "yearly sunspot number 1700-2008: end of the Maunder Minimum (1715) and the Dalton "
+        "Minimum, dated 1790-1830 or 1796-1820 (two datings = two annotators)",
+    ))
+    co2 = sm.co2.load_pandas().data["co2"].to_numpy(float)
+    cases.append(Case(
+        "co2", co2, ((),),
+        "weekly Mauna Loa CO2 1958-2001 (59 missing): steady growth and a yearly cycle, no "
+        "documented abrupt change",
+    ))
+    el = sm.elnino.load_pandas().data.drop(columns="YEAR").to_numpy(float).ravel()
+    strong = (_month(1982, 10), _month(1983, 8), _month(1997, 4), _month(1998, 7))
+    cases.append(Case(
+        "elnino", el, (strong, tuple(sorted((_month(1972, 3), _month(1973, 2), *strong)))),
+        "monthly Nino 1+2 sea surface temperature 1950-2010: the two extraordinary El Nino "
+        "events 1982-83 (warm Oct 1982 - Jul 1983) and 1997-98 (Apr 1997 - Jun 1998), start "
+        "and end (NOAA CPC); second annotator adds the strong 1972-73 event (Mar 1972 - Jan 1973)",
+    ))
+    macro = sm.macrodata.load_pandas().data
+    cases.append(Case(
+        "gdp", macro["realgdp"].to_numpy(float), (_after(SEVERE_PEAKS), _after(NBER_PEAKS)),
+        "US real GDP 1959Q1-2009Q3: first quarter after the NBER peak of the severe "
+        "recessions (GDP down >= 2 %), second annotator every NBER recession",
+    ))
+    severe_max = [(1975, 2), (1982, 4)]
+    cases.append(Case(
+        "unemployment", macro["unemp"].to_numpy(float),
+        (_after(SEVERE_PEAKS + severe_max), _after(NBER_PEAKS + UNEMPLOYMENT_MAXIMA)),
+        "US unemployment rate: rises start after each NBER peak and turn after the rate's cycle "
+        "maximum; first annotator the severe recessions, second every recession",
+    ))
+    great_inflation = (_quarter(1966, 1), _quarter(1983, 1))
+    oil = (_quarter(1973, 4), _quarter(1975, 2), _quarter(1979, 1), _quarter(1980, 3))
+    cases.append(Case(
+        "inflation", macro["infl"].to_numpy(float),
+        (great_inflation, tuple(sorted(great_inflation + oil))),
+        "US CPI inflation (annualised, quarterly): the Great Inflation 1966-1982 (start; end "
+        "of the Volcker disinflation); second annotator adds the two oil shocks (OPEC embargo "
+        "Oct 1973 to 1975Q2, Iranian revolution 1979Q1 to 1980Q3). The 2008Q4 deflation "
+        "quarter is one point, not a segment",
+    ))
+    cases.append(Case(
+        "us_population", macro["pop"].to_numpy(float), ((), (_quarter(1965, 1),)),
+        "US population: smooth growth, no documented break; second annotator marks the end "
+        "of the baby boom (births fall from 1965)",
+    ))
+    fert = sm.fertility.load_pandas().data.set_index("Country Name")
+    years = [str(y) for y in range(1960, 2014)]
+
+    def tfr(country: str) -> np.ndarray:
+        return fert.loc[country, years].to_numpy(float)
+
+    cases.append(Case(
+        "fertility_china", tfr("China"), ((1971 - 1960, 1980 - 1960),),
+        "China TFR (World Bank): 'later, longer, fewer' campaign from 1971 starts the fall; "
+        "one-child policy 1980 as the fall levels off",
+    ))
+    cases.append(Case(
+        "fertility_iran", tfr("Iran, Islamic Rep."), ((1986 - 1960, 2000 - 1960),),
+        "Iran TFR: the fall begins in the mid-1980s (family planning programme 1989) and "
+        "reaches replacement level around 2000 (Abbasi-Shavazi & McDonald)",
+    ))
+    cases.append(Case(
+        "fertility_russia", tfr("Russian Federation"),
+        ((1988 - 1960, 1999 - 1960, 2007 - 1960),),
+        "Russia TFR: fall from the 1987 high through the 1990s crisis, minimum 1999, "
+        "maternity-capital programme 2007",
+    ))
+    cases.append(Case(
+        "fertility_japan", tfr("Japan"), ((1974 - 1960, 2006 - 1960),),
+        "Japan TFR: sustained fall after the 1973 oil shock; minimum 2005 (1.26) then a rise. "
+        "The 1966 'hinoeuma' year is a one-year dip (an outlier, not a change)",
+    ))
+    return cases
+
+
+
+def _month95(year: int, month: int) -> int:
+    """Index in statsmodels' elec_equip (January 1995 = 0)."""
+    return (year - 1995) * 12 + month - 1
+
+
+def heldout_cases() -> list[Case]:
+    """Held-out real series: annotated from documented events, committed before any detector
+    ran on them, and never used to choose or tune a rule (report them apart; do not tune).
+
+    The macro series (statsmodels' macrodata) follow the development set's rules unchanged
+    (NBER peaks; the Great Inflation); the other annotations name their sources.
+    """
+    from river import datasets as river_data
+    from statsmodels import datasets as sm
+    from statsmodels.datasets.elec_equip import data as elec_equip
+
+    cases: list[Case] = []
+    air = np.array([y for _, y in river_data.AirlinePassengers()], dtype=float)
+    cases.append(Case(
+        "airline", air, ((),),
+        "monthly international airline passengers 1949-1960 (Box & Jenkins; river): steady "
+        "growth with a growing yearly cycle, no documented break",
+    ))
+    ee = elec_equip.load().data.iloc[:, 0].to_numpy(float)
+    great_recession = (_month95(2008, 10), _month95(2009, 5))
+    cepr = (_month95(2008, 4), _month95(2009, 7), _month95(2011, 10), _month95(2013, 4))
+    cases.append(Case(
+        "elec_equip", ee, (great_recession, cepr),
+        "euro-area turnover index, manufacture of electrical equipment, monthly 1995-2016, not "
+        "seasonally adjusted (Eurostat): the collapse after Lehman (Oct 2008) and the trough of "
+        "euro-area industrial production (spring 2009); second annotator the CEPR euro-area "
+        "recessions, month after each peak (2008Q1, 2011Q3) and trough (2009Q2, 2013Q1)",
+    ))
+    macro = sm.macrodata.load_pandas().data
+    for column, what in (("realinv", "real private investment"), ("realcons", "real consumption")):
+        cases.append(Case(
+            column, macro[column].to_numpy(float), (_after(SEVERE_PEAKS), _after(NBER_PEAKS)),
+            f"US {what} 1959Q1-2009Q3: the gdp rule (first quarter after the NBER peak of the "
+            "severe recessions; second annotator every NBER recession)",
+        ))
+    great_inflation = (_quarter(1966, 1), _quarter(1983, 1))
+    oil = (_quarter(1973, 4), _quarter(1975, 2), _quarter(1979, 1), _quarter(1980, 3))
+    cases.append(Case(
+        "cpi", macro["cpi"].to_numpy(float), (great_inflation, tuple(sorted(great_inflation + oil))),
+        "US consumer price index (level): the inflation rule, as breaks in the level's trend "
+        "(Great Inflation 1966-1982; second annotator adds the two oil shocks)",
+    ))
+    fed = (_quarter(1979, 4), _quarter(1982, 3), _quarter(2001, 1), _quarter(2007, 4))
+    cases.append(Case(
+        "tbilrate", macro["tbilrate"].to_numpy(float),
+        (fed, tuple(sorted(fed + (_quarter(2004, 3),)))),
+        "US 3-month Treasury bill rate: Federal Reserve turns (FOMC history): Volcker's "
+        "reserve targeting from Oct 1979, its end and the easing of summer 1982, the easing "
+        "from Jan 2001, the easing from Sep 2007 to zero; second annotator adds the "
+        "tightening from Jun 2004",
+    ))
+    fert = sm.fertility.load_pandas().data.set_index("Country Name")
+    years = [str(y) for y in range(1960, 2014)]
+
+    def tfr(country: str) -> np.ndarray:
+        return fert.loc[country, years].to_numpy(float)
+
+    cases.append(Case(
+        "fertility_us", tfr("United States"), ((16, 48), (16, 30, 48)),
+        "US TFR (World Bank): the baby bust ends at the 1976 minimum (NCHS), the rise after it "
+        "ends by 1990 (second annotator), the fall with the 2008 recession",
+    ))
+    cases.append(Case(
+        "fertility_korea", tfr("Korea, Rep."), ((23, 37, 45), (27, 37, 45)),
+        "South Korea TFR: the family-planning fall reaches replacement in 1983 (second "
+        "annotator: ends 1987, Lee 2009), the Asian financial crisis 1997 starts a second "
+        "fall, minimum 2005 (1.08)",
+    ))
+    cases.append(Case(
+        "fertility_spain", tfr("Spain"), ((16, 38, 48),),
+        "Spain TFR: the post-Franco fall from 1976, minimum 1998 (1.16), the rise ends with "
+        "the 2008 crisis (INE)",
+    ))
+    cases.append(Case(
+        "fertility_poland", tfr("Poland"), ((30, 43), (23, 30, 43)),
+        "Poland TFR: the fall after the end of communism (1990), minimum 2003 (1.22); second "
+        "annotator adds the end of the early-1980s echo boom (1983)",
+    ))
+    cases.append(Case(
+        "fertility_germany", tfr("Germany"), ((6, 15), (6, 15, 31, 35)),
+        "Germany TFR: the 'Pillenknick' fall from the 1966 high to 1975 (about 1.45), flat "
+        "after; second annotator adds the East German collapse after reunification (1991) and "
+        "its end (1995)",
+    ))
+    return cases
+
+def _ar1(rng: np.random.Generator, n: int, phi: float, sd: float) -> np.ndarray:
+    e = rng.normal(0.0, sd * math.sqrt(1.0 - phi * phi), n)
+    out = np.empty(n)
+    prev = rng.normal(0.0, sd)
+    for i in range(n):
+        prev = phi * prev + e[i]
+        out[i] = prev
+    return out
+
+
+def synthetic_cases(seed: int = 12) -> list[Case]:
+    """Piecewise-linear signals + AR(1) noise (marginal sd 1) + isolated outliers.
+
+    The two ``syn_seasonal`` series add a monthly cycle (period 12, amplitude 3).
+
+    Each spec: length, AR coefficient, [(start, level, slope)] segments; outliers are 1 % of
+    the points, +-8 sd, never within 10 points of a change.
+    """
+    rng = np.random.default_rng(seed)
+    specs: list[tuple[str, int, float, list[tuple[int, float, float]]]] = [
+        ("syn_flat_ar0.6", 400, 0.6, [(0, 0.0, 0.0)]),
+        ("syn_trend_ar0.8", 500, 0.8, [(0, 0.0, 0.02)]),
+        ("syn_steps_white", 300, 0.0, [(0, 0.0, 0.0), (100, 3.0, 0.0), (200, 0.5, 0.0)]),
+        ("syn_steps_ar0.5", 600, 0.5, [(0, 0.0, 0.0), (150, 4.0, 0.0), (420, 1.0, 0.0)]),
+        ("syn_kinks_ar0.3", 500, 0.3, [(0, 0.0, 0.05), (200, 10.0, -0.05), (350, 2.5, 0.0)]),
+        ("syn_mixed_ar0.7", 800, 0.7,
+         [(0, 0.0, 0.01), (250, 8.0, 0.01), (500, 10.5, -0.04), (650, 4.5, 0.0)]),
+        ("syn_short_white", 60, 0.0, [(0, 0.0, 0.0), (30, 4.0, 0.0)]),
+        ("syn_long_ar0.5", 3000, 0.5,
+         [(0, 0.0, 0.0), (700, 3.0, 0.0), (1500, 3.0, 0.004), (2300, 0.0, 0.0)]),
+        ("syn_seasonal_none_ar0.3", 360, 0.3, [(0, 0.0, 0.01)]),
+        ("syn_seasonal_steps_ar0.3", 360, 0.3, [(0, 0.0, 0.0), (150, 3.0, 0.0), (250, 0.0, 0.0)]),
+    ]
+    cases = []
+    for name, n, phi, segments in specs:
+        t = np.arange(n, dtype=float)
+        signal = np.empty(n)
+        bounds = [s for s, _, _ in segments] + [n]
+        for (start, level, slope), end in zip(segments, bounds[1:], strict=True):
+            signal[start:end] = level + slope * (t[start:end] - start)
+        x = signal + _ar1(rng, n, phi, 1.0)
+        if name.startswith("syn_seasonal"):
+            x += 3.0 * np.sin(2 * np.pi * t / 12.0)  # monthly cycle, amplitude 3 sd
+        allowed = [i for i in range(n) if all(abs(i - b) > 10 for b in bounds[1:-1])]
+        spikes = rng.choice(allowed, size=max(1, n // 100), replace=False)
+        x[spikes] += rng.choice([-8.0, 8.0], size=spikes.size)
+        changes = tuple(bounds[1:-1])
+        cases.append(Case(name, x, (changes,), f"n={n}, AR(1) {phi}, changes {list(changes)}"))
+    return cases
+
+
+def plain_pelt(x: np.ndarray) -> list[int]:
+    """ruptures PELT, change in mean (l2), MBIC-style penalty 3 log n sigma^2; nan dropped."""
+    keep = np.flatnonzero(~np.isnan(x))
+    y = x[keep]
+    if y.size < 10:
+        return []
+    sigma = 1.4826 * float(np.median(np.abs(np.diff(y) - np.median(np.diff(y))))) / math.sqrt(2)
+    if sigma <= 0:
+        sigma = float(np.std(y)) or 1.0
+    bkps = rpt.Pelt(model="l2", min_size=5, jump=1).fit(y).predict(pen=3 * math.log(y.size) * sigma**2)
+    return [int(keep[b]) for b in bkps[:-1]]
+
+
+# the first round's default (straight lines, AR(1) long-run variance, kink relocation), read
+# from git as it landed on main, so its figures come from the same run
+PREVIOUS_COMMIT = "a079c5b"
+
+
+def _previous_default() -> Callable[[np.ndarray], list[int]] | None:
+    """``trend_change_points`` of PREVIOUS_COMMIT as a detector (None without git)."""
+    import importlib.util
+    import subprocess
+    import types
+
+    package = types.ModuleType("detect_round1")
+    package.__path__ = []
+    sys.modules["detect_round1"] = package
+    for name in ("pelt", "seasonal_cycle", "trend_segments"):
+        try:
+            source = subprocess.run(
+                ["git", "show", f"{PREVIOUS_COMMIT}:detectors/{name}.py"],
+                cwd=ROOT, capture_output=True, text=True, check=True,
+            ).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        source = source.replace("from detectors.", "from detect_round1.")
+        spec = importlib.util.spec_from_loader(f"detect_round1.{name}", loader=None)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        exec(compile(source, f"{PREVIOUS_COMMIT}:detectors/{name}.py", "exec"), module.__dict__)
+    trend = sys.modules["detect_round1.trend_segments"].trend_change_points
+
+    def detect(x: np.ndarray) -> list[int]:
+        keep = np.flatnonzero(~np.isnan(x))
+        y = x[keep]
+        if y.size < 10 or float(np.ptp(y)) == 0.0:
+            return []
+        return [int(keep[c]) for c in trend(keep.astype(float), y)]
+
+    return detect
+
+
+DETECTORS: dict[str, Callable[[np.ndarray], list[int]]] = {
+    "ours": lambda x: change_points(x),
+    "pelt": plain_pelt,
+    "zero": lambda x: [],
+}
+_previous = _previous_default()
+if _previous is not None:
+    DETECTORS["previous"] = _previous
+
+
+def score(cases: list[Case], title: str) -> dict[str, tuple[float, float]]:
+    print(f"\n### {title}\n")
+    header = " | ".join(f"{d} F1 | {d} cover" for d in DETECTORS)
+    print(f"| series | n | annotations | {header} | ours found |")
+    print("|---" * (3 + 2 * len(DETECTORS) + 1) + "|")
+    sums = {d: [0.0, 0.0] for d in DETECTORS}
+    per_case_f1: list[float] = []
+    zero_f1: dict[str, float] = {}
+    for case in cases:
+        cells = []
+        found_ours: list[int] = []
+        for name, detect in DETECTORS.items():
+            found = detect(case.values)
+            if name == "ours":
+                found_ours = found
+            f1 = f1_score(case.annotations, found)
+            cov = covering(case.annotations, found, case.values.size)
+            sums[name][0] += f1
+            sums[name][1] += cov
+            if name == "ours":
+                per_case_f1.append(f1)
+            if name == "zero":
+                zero_f1[case.name] = f1
+            cells.append(f"{f1:.3f} | {cov:.3f}")
+        notes = " / ".join(str(list(a)) for a in case.annotations)
+        print(f"| {case.name} | {case.values.size} | {notes} | {' | '.join(cells)} | {found_ours} |")
+    k = len(cases)
+    means = {d: (s[0] / k, s[1] / k) for d, s in sums.items()}
+    cells = [f"**{f:.3f}** | **{c:.3f}**" for f, c in means.values()]
+    print(f"| **average** | | | {' | '.join(cells)} | |")
+    below = [c.name for c, f in zip(cases, per_case_f1, strict=True) if f < zero_f1[c.name] - 1e-9]
+    print(f"\nours below the zero baseline (F1): {below or 'none'}")
+    return means
+
+
+def timing() -> None:
+    print("\n### Runtime of ours (defaults)\n")
+    print("| n | series | seconds (best of 3) | change points |")
+    print("|---:|---|---:|---:|")
+    rng = np.random.default_rng(7)
+    for n in (1_000, 100_000):
+        for kind in ("AR(0.5) noise, 4 changes", "AR(0.5) noise, no change"):
+            t = np.arange(n)
+            signal = np.zeros(n)
+            if "4 changes" in kind:
+                for k, level in enumerate([3.0, -1.0, 2.0, 0.0], start=1):
+                    signal[k * n // 5:] = level
+            x = signal + _ar1(rng, n, 0.5, 1.0) + 0.0 * t
+            best = math.inf
+            found: list[int] = []
+            for _ in range(3):
+                start = time.perf_counter()
+                found = change_points(x)
+                best = min(best, time.perf_counter() - start)
+            print(f"| {n:,} | {kind} | {best:.3f} | {len(found)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument(
+        "--dev-only", action="store_true", help="skip the held-out set (while developing)"
+    )
+    parser.add_argument("--why", action="store_true", help="print each real annotation's source")
+    args = parser.parse_args()
+    real = real_cases()
+    if args.why:
+        for case in real:
+            print(f"- {case.name}: {case.why}")
+    score(real, "Development set: real series (statsmodels.datasets), annotated from documented events")
+    heldout = [] if args.dev_only else heldout_cases()
+    if args.why:
+        for case in heldout:
+            print(f"- {case.name} (held out): {case.why}")
+    if heldout:
+        score(heldout, "Held-out set: real series annotated before any detector ran on them (not tuned on)")
+    score(synthetic_cases(), "Synthetic: piecewise linear + AR(1) noise + 1 % outliers")
+    if not args.no_timing:
+        timing()
+
+
+if __name__ == "__main__":
+    main()
