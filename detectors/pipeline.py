@@ -197,26 +197,33 @@ class IngestStage:
         kind = self.input_of(topic)
         st = self.state(p)
         parse = parse_backend_fast if kind == BACKEND else parse_platform_fast
-        add: Callable[[int, Any], bool] = st.add_backend if kind == BACKEND else st.add_platform
+        add: Callable[[int, Any, Any], bool] = st.add_backend if kind == BACKEND else st.add_platform
         applied_through = st.offsets[kind]
         tally = BatchTally(consumed=len(offsets))
         dlq = self.config.topics.dlq
+        parsed: list[tuple[int, Any, Any, Any]] = []  # (offset, event or None, key, value)
         for offset, key, value in zip(offsets, keys, values, strict=True):
             if offset <= applied_through:
                 tally.redelivered += 1  # seen before a restart: already in the counts
                 continue
             try:
-                ev = parse(value)
+                parsed.append((offset, parse(value), None, None))
             except InvalidEvent as exc:
-                st.skip(kind, offset)
-                tally.invalid[exc.reason] += 1
-                outbox.send(dlq, key, value, None, [
-                    ("gapwatch-reason", exc.reason.encode()),
-                    ("gapwatch-detail", exc.detail.encode()),
-                    ("gapwatch-source", f"{topic}/{p}/{offset}".encode()),
-                ])
+                parsed.append((offset, None, key, (value, exc)))
+        # the dedupe memory looks the whole chunk's ids up at once
+        dedupe_keys = iter(st.prefetch(kind, [ev for _, ev, _, _ in parsed if ev is not None]))
+        for offset, ev, key, bad in parsed:
+            if ev is not None:
+                add(offset, ev, next(dedupe_keys))
                 continue
-            add(offset, ev)
+            value, error = bad
+            st.skip(kind, offset)
+            tally.invalid[error.reason] += 1
+            outbox.send(dlq, key, value, None, [
+                ("gapwatch-reason", error.reason.encode()),
+                ("gapwatch-detail", error.detail.encode()),
+                ("gapwatch-source", f"{topic}/{p}/{offset}".encode()),
+            ])
         tally.late, tally.leaves, tally.duplicates = st.take_tallies()
         self.last_input_at.setdefault(p, {})[kind] = now
         outbox.persist(INGEST_TABLE, p, st.take_changes())

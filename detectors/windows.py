@@ -21,9 +21,13 @@ partition has closed a window, builds the closed window of every segment.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import numpy as np
+import xxhash
 
 from detectors.events import BackendEvent, PlatformEvent
 
@@ -92,6 +96,154 @@ class Partial(NamedTuple):
     platform: dict[int, dict[str, list[Any]]]
 
 
+#: dedupe keys are 64-bit xxh3 hashes (stable across processes, unlike `hash()`): two different
+#: ids share one with probability 2^-64, so with M ids remembered a new id is mistaken for a
+#: remembered one with probability M / 2^64 (5e-13 for M = 10 million: one wrong verdict in
+#: ~2e12 events). tests/unit/test_dedupe_memory.py checks that rate with narrower hashes.
+HASH_BITS = 64
+_SEED_EVENT, _SEED_ORDER, _SEED_BACKEND = 1, 2, 3
+_xxh = xxhash.xxh3_64_intdigest
+_platform_seeds: dict[str, tuple[int, int]] = {}
+
+
+def _platform_seed(platform: str) -> tuple[int, int]:
+    """Seeds of a platform's event and order keys (derived from its name: stable)."""
+    raw = platform.encode()
+    seeds = (_xxh(raw, _SEED_EVENT), _xxh(raw, _SEED_ORDER))
+    if len(_platform_seeds) < 4096:
+        _platform_seeds[platform] = seeds
+    return seeds
+
+
+class HashStore:
+    """A compact map from 64-bit key hashes to (aux, bucket), forgetting buckets before a cutoff.
+
+    New entries go to a small dict (`young`); now and then they are merged into sorted numpy
+    arrays (`keys` uint64, `aux` uint64, `buckets` uint32 in windows since the epoch): 20 bytes
+    an entry instead of the ~300 of a dict of tuples of strings. Lookups in the arrays are made
+    for a whole batch at once (`prefetch`: one `searchsorted`), which copies the hits into
+    `young`; a single `get` also works (tests, rare paths). An entry whose bucket is before
+    `cutoff` is gone, whether or not a merge has dropped it yet, so what is remembered depends
+    on the data and the cutoff alone, never on when merges happened (restores agree).
+
+    >>> st = HashStore(window_s=60)
+    >>> st.put(12345, 7, 600); st.get(12345), st.get(999)
+    ((7, 600), None)
+    >>> st.compact(); st.get(12345), len(st.young), len(st.keys)
+    ((7, 600), 0, 1)
+    >>> st.cutoff = 660.0; st.get(12345)
+    """
+
+    #: merge `young` into the arrays once it holds this many entries, or an eighth of the arrays
+    #: (an entry there costs ~300 bytes, one in the arrays 20; a merge is linear in the arrays)
+    min_merge = 50_000
+
+    def __init__(self, window_s: int) -> None:
+        self.window_s = window_s
+        self.young: dict[int, tuple[int, int]] = {}  # key -> (aux, bucket)
+        # what `put` added since the last merge, as flat lists (an update appends again: the
+        # merge keeps the last value of a key); entries `prefetch` copied are not in them
+        self.new: list[int] = []  # key, aux, bucket, key, aux, bucket, ... (a list: appends are cheap)
+        self.wide: dict[int, tuple[int, int]] = {}  # entries whose aux needs > 64 bits: dict only
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.aux = np.zeros(0, dtype=np.uint64)
+        self.buckets = np.zeros(0, dtype=np.uint32)
+        self.cutoff = NEG_INF
+        #: set by the owner once every key it will look up has been prefetched: a miss in
+        #: `young` is then a miss (no per-key search of the arrays)
+        self.complete = False
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.keys)
+
+    def get(self, key: int) -> tuple[int, int] | None:
+        hit = self.young.get(key)
+        if hit is None and not self.complete and len(self.keys):
+            i = int(np.searchsorted(self.keys, np.uint64(key)))  # a Python int would compare as float
+            if i < len(self.keys) and int(self.keys[i]) == key:
+                hit = (int(self.aux[i]), int(self.buckets[i]) * self.window_s)
+        if hit is not None and hit[1] < self.cutoff:
+            return None
+        return hit
+
+    def put(self, key: int, aux: int, bucket: int) -> None:
+        self.young[key] = (aux, bucket)
+        if aux >> 64:  # a channel mask past 64 channels: kept in the dict, never merged
+            self.wide[key] = (aux, bucket)
+        else:
+            self.new += (key, aux, bucket)
+
+    def should_compact(self) -> bool:
+        return len(self.young) >= max(self.min_merge, len(self.keys) >> 3)
+
+    def prefetch(self, keys: list[int]) -> None:
+        """Copy the array entries of `keys` into `young` (then `young.get` answers for them)."""
+        if not len(self.keys) or not keys:
+            return
+        want = np.fromiter(keys, dtype=np.uint64, count=len(keys))
+        idx = np.searchsorted(self.keys, want)
+        idx[idx >= len(self.keys)] = 0
+        found = np.flatnonzero(self.keys[idx] == want)
+        if not len(found):
+            return
+        young = self.young
+        w = self.window_s
+        at = idx[found]
+        for key, aux, bucket in zip(want[found].tolist(), self.aux[at].tolist(), self.buckets[at].tolist(), strict=True):
+            if key not in young:
+                young[key] = (aux, bucket * w)
+
+    def compact(self) -> None:
+        """Merge `young` into the arrays, dropping entries before the cutoff (newest value wins)."""
+        young, self.young = self.young, {}
+        new, self.new = self.new, []
+        if self.wide:
+            self.wide = {k: v for k, v in self.wide.items() if v[1] >= self.cutoff and young.get(k) == v}
+            self.young.update(self.wide)
+        keys, aux, buckets = self.keys, self.aux, self.buckets
+        if new:
+            flat = np.frombuffer(array("Q", new), dtype=np.uint64).reshape(-1, 3)
+            # the new entries sorted, the last value of a key kept (an update appends again)
+            order = np.argsort(flat[:, 0], kind="stable")
+            flat = flat[order]
+            last = np.ones(len(flat), dtype=bool)
+            last[:-1] = flat[1:, 0] != flat[:-1, 0]
+            flat = flat[last]
+            new_keys, new_aux = flat[:, 0], flat[:, 1]
+            new_buckets = (flat[:, 2] // np.uint64(self.window_s)).astype(np.uint32)
+            # keys already in the arrays take the new value in place; the others are inserted
+            # (a merge: linear in the arrays, the sort only over the new entries)
+            pos = np.searchsorted(keys, new_keys)
+            inside = pos < len(keys)
+            hit = np.zeros(len(new_keys), dtype=bool)
+            hit[inside] = keys[pos[inside]] == new_keys[inside]
+            if hit.any():
+                aux, buckets = aux.copy(), buckets.copy()
+                aux[pos[hit]] = new_aux[hit]
+                buckets[pos[hit]] = new_buckets[hit]
+            fresh = ~hit
+            keys = np.insert(keys, pos[fresh], new_keys[fresh])
+            aux = np.insert(aux, pos[fresh], new_aux[fresh])
+            buckets = np.insert(buckets, pos[fresh], new_buckets[fresh])
+        if self.cutoff > NEG_INF and len(buckets):
+            first_kept = int(max(0.0, math.ceil(self.cutoff / self.window_s)))
+            if int(buckets.min()) < first_kept:
+                keep = buckets >= first_kept
+                keys, aux, buckets = keys[keep], aux[keep], buckets[keep]
+        self.keys, self.aux, self.buckets = keys, aux, buckets
+
+    def items(self) -> dict[int, tuple[int, int]]:
+        """Every entry remembered (after the cutoff), as a dict: for tests and comparisons."""
+        out = {k: (a, b * self.window_s) for k, a, b in zip(self.keys.tolist(), self.aux.tolist(),
+                                                            self.buckets.tolist(), strict=True)}
+        out.update(self.young)
+        return {k: v for k, v in out.items() if v[1] >= self.cutoff}
+
+    def nbytes(self) -> int:
+        """Bytes held: the arrays, and the dict's entries at ~200 bytes each (key, tuple, ints)."""
+        return int(self.keys.nbytes + self.aux.nbytes + self.buckets.nbytes) + 200 * len(self.young)
+
+
 class PartitionWindows:
     """Idempotent window counts of one source partition (both event topics share the index).
 
@@ -122,14 +274,18 @@ class PartitionWindows:
         self._dirty: set[int] = set()  # windows touched since the last take_changes
         # window_start -> {"b": {leaf: counters}, "p": {leaf: counters}, "c": {leaf: {channel: n}}}
         self.windows: dict[int, dict[str, dict[str, Any]]] = {}
-        # dedupe memory: key -> [value, bucket]; buckets expire by event time
-        # Tuples of strings and ints, not lists: the cyclic garbage collector stops tracking
-        # such a tuple after its first pass, so a day of dedupe memory (millions of entries)
-        # is not re-scanned by every full collection (measured: ~40 % of the worker's time).
-        self.seen_events: dict[tuple[str, str], tuple[tuple[str, ...], int]] = {}  # (platform, event_id) -> (channels, bucket)
-        self.order_events: dict[tuple[str, str], tuple[str, int]] = {}  # (platform, order_id) -> (event_id, bucket)
-        self.backend_orders: dict[str, int] = {}  # order_id -> bucket
-        self.conversions: dict[int, list[tuple[str, str]]] = {}  # bucket -> (leaf, order_id) with an order id
+        # Dedupe memory, by 64-bit hashes of the ids (see HashStore; buckets are the events'
+        # own windows, forgotten `dedupe_horizon_s` of event time before the closed windows):
+        # hash(platform, event_id) -> (bit mask of the channels it came on, bucket)
+        self._seen = HashStore(config.window_s)
+        # hash(platform, order_id) -> (hash(platform, event_id) of its first event, bucket)
+        self._orders = HashStore(config.window_s)
+        # hash(order_id) of a backend order -> (0, bucket)
+        self._backend = HashStore(config.window_s)
+        #: channel names in the order they were first seen here: bit i of a mask is channels[i]
+        self.channels: list[str] = []
+        self._channel_bit: dict[str, int] = {}
+        self.conversions: dict[int, list[tuple[str, int]]] = {}  # bucket -> (leaf, hash(order_id)) with an order id
         self.deltas: dict[int, int] = {}  # delta seq -> newest bucket it holds (for expiry)
         self._deleted_keys: list[str] = []
         self._delta: dict[str, list[tuple[Any, ...]]] = {"s": [], "o": [], "b": [], "c": []}
@@ -142,6 +298,67 @@ class PartitionWindows:
         self.duplicate_events: dict[tuple[str, str], int] = {}  # (platform, event_name) -> triggers
         self._size = config.window_s
         self._lateness = config.allowed_lateness_s
+
+    # ---- dedupe memory --------------------------------------------------------------------
+    #: keys are masked to this many bits (tests narrow it to measure the false-positive rate)
+    hash_mask = (1 << HASH_BITS) - 1
+
+    @property
+    def seen_events(self) -> dict[int, tuple[int, int]]:
+        """hash(platform, event_id) -> (channel mask, bucket): every event id remembered."""
+        return self._seen.items()
+
+    @property
+    def order_events(self) -> dict[int, tuple[int, int]]:
+        """hash(platform, order_id) -> (hash of its first event id, bucket)."""
+        return self._orders.items()
+
+    @property
+    def backend_orders(self) -> dict[int, tuple[int, int]]:
+        """hash(order_id) -> (0, bucket): backend orders remembered."""
+        return self._backend.items()
+
+    def remembers_event(self, platform: str, event_id: str) -> bool:
+        return self._seen.get(self.platform_keys_of(platform, event_id, None)[0]) is not None
+
+    def platform_keys_of(self, platform: str, event_id: str, order_id: str | None) -> tuple[int, int, int]:
+        """(event key, order key, backend order key) of a platform event (0: no order id).
+
+        The platform is the seed of the event and order keys (hashes of platform and id)."""
+        mask = self.hash_mask
+        seeds = _platform_seeds.get(platform) or _platform_seed(platform)
+        ekey = _xxh(event_id.encode(), seeds[0]) & mask
+        if order_id is None:
+            return ekey, 0, 0
+        # (platform, order) pairs as the order's own hash xor the platform's seed: two pairs
+        # share a key with probability 2^-64, like any two hashes
+        bkey = _xxh(order_id.encode(), _SEED_BACKEND) & mask
+        return ekey, (bkey ^ seeds[1]) & mask, bkey
+
+    def backend_key(self, order_id: str) -> int:
+        return _xxh(order_id.encode(), _SEED_BACKEND) & self.hash_mask
+
+    def prefetch(self, kind: str, events: list[Any]) -> list[Any]:
+        """Keys of a batch's events, looked up in the dedupe arrays at once (one `searchsorted`
+        per store instead of one per event); pass each to `add_backend` / `add_platform`."""
+        if kind == "b":
+            bkeys = [None if ev.order_id is None else self.backend_key(ev.order_id) for ev in events]
+            self._backend.prefetch([k for k in bkeys if k is not None])
+            self._backend.complete = True
+            return bkeys
+        keys = [self.platform_keys_of(ev.platform, ev.event_id, ev.order_id) for ev in events]
+        self._seen.prefetch([k[0] for k in keys])
+        self._orders.prefetch([k[1] for k in keys if k[1]])
+        self._seen.complete = self._orders.complete = True
+        return keys
+
+    def _channel(self, channel: str) -> int:
+        bit = self._channel_bit.get(channel)
+        if bit is None:
+            bit = self._channel_bit[channel] = 1 << len(self.channels)
+            self.channels.append(channel)
+            self._meta_dirty = True
+        return bit
 
     # ---- hot path -------------------------------------------------------------------------
     def already_applied(self, topic: str, offset: int) -> bool:
@@ -184,7 +401,7 @@ class PartitionWindows:
             window = self.windows[start] = {"b": {}, "p": {}, "c": {}}
         return window, late
 
-    def add_backend(self, offset: int, ev: BackendEvent) -> bool:
+    def add_backend(self, offset: int, ev: BackendEvent, key: int | None = None) -> bool:
         if offset <= self.offsets["b"]:
             return False
         self.offsets["b"] = offset
@@ -204,13 +421,16 @@ class PartitionWindows:
             counters[B_VALUE] += ev.value
         if ev.consent_denied:
             counters[B_DENIED] += 1
-        if ev.order_id is not None and ev.order_id not in self.backend_orders:
-            bucket = int(ev.ts // self.config.window_s) * self.config.window_s
-            self.backend_orders[ev.order_id] = bucket
-            self._delta["b"].append((ev.order_id, bucket))
+        if ev.order_id is not None:
+            if key is None:
+                key = self.backend_key(ev.order_id)
+            if self._backend.get(key) is None:
+                bucket = int(ev.ts // self._size) * self._size
+                self._backend.put(key, 0, bucket)
+                self._delta["b"].append((key, bucket))
         return True
 
-    def add_platform(self, offset: int, ev: PlatformEvent) -> bool:
+    def add_platform(self, offset: int, ev: PlatformEvent, keys: tuple[int, int, int] | None = None) -> bool:
         if offset <= self.offsets["p"]:
             return False
         self.offsets["p"] = offset
@@ -231,12 +451,20 @@ class PartitionWindows:
         if late:
             counters[P_LATE] += 1
             return True
-        bucket = int(ev.ts // self.config.window_s) * self.config.window_s
-        key = (ev.platform, ev.event_id)
-        seen = self.seen_events.get(key)
+        bucket = int(ev.ts // self._size) * self._size
+        if keys is None:
+            keys = self.platform_keys_of(ev.platform, ev.event_id, ev.order_id)
+        key = keys[0]
+        store = self._seen
+        seen = store.young.get(key)
+        if seen is None and not store.complete:
+            seen = store.get(key)
+        elif seen is not None and seen[1] < store.cutoff:
+            seen = None  # forgotten
         is_new = seen is None
+        bit = self._channel_bit.get(ev.channel) or self._channel(ev.channel)
         if seen is not None:
-            if ev.channel in seen[0]:
+            if seen[0] & bit:
                 # same event id again on the same channel: a duplicate trigger, and the
                 # platform counts it, so it inflates the count
                 counters[P_DUP] += 1
@@ -245,15 +473,14 @@ class PartitionWindows:
                 self.duplicate_events[dkey] = self.duplicate_events.get(dkey, 0) + 1
             else:
                 # the other channel of a pixel + server pair: the platform's dedupe working
-                seen_on = seen[0] + (ev.channel,)
-                self.seen_events[key] = (seen_on, seen[1])
-                self._delta["s"].append((ev.platform, ev.event_id, seen_on, seen[1]))
+                seen_on = seen[0] | bit
+                self._seen.put(key, seen_on, seen[1])
+                self._delta["s"].append((key, seen_on, seen[1]))
                 counters[P_PAIR] += 1
                 return True
         else:
-            seen_on = (ev.channel,)
-            self.seen_events[key] = (seen_on, bucket)
-            self._delta["s"].append((ev.platform, ev.event_id, seen_on, bucket))
+            self._seen.put(key, bit, bucket)
+            self._delta["s"].append((key, bit, bucket))
         counters[P_COUNT] += 1
         value = ev.value
         if value is None:
@@ -270,14 +497,14 @@ class PartitionWindows:
         if order_id is not None and is_new:
             # matched against the backend when the window closes (see close): by then every
             # backend order up to the window's end has been read, whatever the interleaving
-            self.conversions.setdefault(bucket, []).append((leaf, order_id))
-            self._delta["c"].append((leaf, order_id, bucket))
-            okey = (ev.platform, order_id)
-            first = self.order_events.get(okey)
+            okey, bkey = keys[1], keys[2]
+            self.conversions.setdefault(bucket, []).append((leaf, bkey))
+            self._delta["c"].append((leaf, bkey, bucket))
+            first = self._orders.get(okey)
             if first is None:
-                self.order_events[okey] = (ev.event_id, bucket)
-                self._delta["o"].append((ev.platform, order_id, ev.event_id, bucket))
-            elif first[0] != ev.event_id:
+                self._orders.put(okey, key, bucket)
+                self._delta["o"].append((okey, key, bucket))
+            elif first[0] != key:
                 # one order under two event ids: the platform counts it twice
                 counters[P_BROKEN] += 1
         return True
@@ -320,10 +547,15 @@ class PartitionWindows:
             if start + size > through:
                 break
             window = self.windows.pop(start)
-            backend_orders = self.backend_orders
-            for leaf, order_id in self.conversions.pop(start, ()):
-                if backend_orders.get(order_id, start + 1) <= start and leaf in window["p"]:
-                    window["p"][leaf][P_MATCHED] += 1
+            conversions = self.conversions.pop(start, ())
+            if conversions:
+                orders = self._backend
+                orders.prefetch([k for _, k in conversions])
+                young, cutoff = orders.young, orders.cutoff
+                for leaf, key in conversions:
+                    hit = young.get(key)
+                    if hit is not None and cutoff <= hit[1] <= start and leaf in window["p"]:
+                        window["p"][leaf][P_MATCHED] += 1
             if window["b"]:
                 backend[start] = window["b"]
             if window["p"]:
@@ -334,16 +566,15 @@ class PartitionWindows:
         return Partial(self.partition, through, backend, platform)
 
     def _expire(self, cutoff: float) -> None:
-        """Forget dedupe memory older than the horizon (bounded memory)."""
+        """Forget dedupe memory older than the horizon (bounded memory).
+
+        Entries before the cutoff are gone at once (lookups ignore them); merges drop them
+        from the arrays, and the deltas holding only such entries are deleted.
+        """
+        for store in (self._seen, self._orders, self._backend):
+            store.cutoff = cutoff
         if not self.deltas or min(self.deltas.values()) >= cutoff:
             return
-        for store in (self.seen_events, self.order_events):
-            stale = [k for k, v in store.items() if v[1] < cutoff]
-            for k in stale:
-                del store[k]
-        stale_orders = [order for order, b in self.backend_orders.items() if b < cutoff]
-        for order in stale_orders:
-            del self.backend_orders[order]
         for seq, newest in list(self.deltas.items()):
             if newest < cutoff:
                 del self.deltas[seq]
@@ -368,13 +599,17 @@ class PartitionWindows:
         windows = self.windows
         dirty = [start for start in self._dirty if start in windows]
         self._dirty = set()
+        for store in (self._seen, self._orders, self._backend):
+            store.complete = False  # the batch's prefetch covered its events only
+            if store.should_compact():
+                store.compact()
         has_dedupe = bool(delta["s"] or delta["o"] or delta["b"] or delta["c"])
         if has_dedupe or dirty:
             self.seq += 1
             self._meta_dirty = True
         if has_dedupe:
             newest = max(
-                [r[3] for r in delta["s"]] + [r[3] for r in delta["o"]] + [r[1] for r in delta["b"]]
+                [r[2] for r in delta["s"]] + [r[2] for r in delta["o"]] + [r[1] for r in delta["b"]]
                 + [r[2] for r in delta["c"]]
             )
             self.deltas[self.seq] = newest
@@ -394,6 +629,7 @@ class PartitionWindows:
                 "max_ts": {k: (None if v == NEG_INF else v) for k, v in self.max_ts.items()},
                 "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
                 "seq": self.seq,
+                "channels": self.channels,
             }
             self._meta_dirty = False
             if self._window_deltas and (
@@ -412,6 +648,19 @@ class PartitionWindows:
                 self._delta_leaves = 0
         return out
 
+    def _upgrade_delta(self, delta: JSON) -> JSON:
+        """A dedupe delta written before the hashed memory (ids as strings): in today's form."""
+        seen = []
+        for platform, event_id, channels, bucket in delta["s"]:
+            mask = 0
+            for channel in channels:
+                mask |= self._channel_bit.get(channel) or self._channel(channel)
+            seen.append((self.platform_keys_of(platform, event_id, None)[0], mask, bucket))
+        orders = [(self.platform_keys_of(platform, event_id, order_id)[1],
+                   self.platform_keys_of(platform, event_id, None)[0], bucket)
+                  for platform, order_id, event_id, bucket in delta["o"]]
+        return {"s": seen, "o": orders, "b": delta["b"], "c": delta.get("c", [])}
+
     @classmethod
     def restore(cls, partition: int, config: WindowConfig, items: Mapping[str, JSON]) -> PartitionWindows:
         """Rebuild from the items of this partition (as written by `take_changes`)."""
@@ -429,6 +678,9 @@ class PartitionWindows:
                 self.max_ts = {k: (NEG_INF if v is None else v) for k, v in value["max_ts"].items()}
                 self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
                 self.seq = value["seq"]
+                for channel in value.get("channels", ()):
+                    self._channel_bit[channel] = 1 << len(self.channels)
+                    self.channels.append(channel)
             elif kind == "d":
                 deltas.append((int(rest), value))
             elif kind == "w" and full is None:
@@ -460,20 +712,31 @@ class PartitionWindows:
                 self._deleted_keys.append(f"{prefix}d:{seq}")
                 continue
             newest = NEG_INF
-            for platform, event_id, channels, bucket in delta["s"]:
-                self.seen_events[(platform, event_id)] = (tuple(channels), bucket)
+            orders, backend = self._orders.young, self._backend.young
+            if delta["s"] and len(delta["s"][0]) == 4 or delta["o"] and len(delta["o"][0]) == 4:
+                delta = self._upgrade_delta(delta)
+            for hkey, channels, bucket in delta["s"]:
+                self._seen.put(hkey, channels, bucket)
                 newest = max(newest, bucket)
-            for platform, order_id, event_id, bucket in delta["o"]:
-                self.order_events.setdefault((platform, order_id), (event_id, bucket))
+            for hkey, first, bucket in delta["o"]:
+                if hkey not in orders:
+                    self._orders.put(hkey, first, bucket)
                 newest = max(newest, bucket)
-            for order_id, bucket in delta["b"]:
-                self.backend_orders.setdefault(order_id, bucket)
+            for order, bucket in delta["b"]:
+                hkey = self.backend_key(order) if isinstance(order, str) else order
+                if hkey not in backend:
+                    self._backend.put(hkey, 0, bucket)
                 newest = max(newest, bucket)
-            for leaf, order_id, bucket in delta.get("c", ()):
+            for leaf, order, bucket in delta.get("c", ()):
+                hkey = self.backend_key(order) if isinstance(order, str) else order
                 if bucket + config.window_s > self.closed_through:  # its window is still open
-                    self.conversions.setdefault(bucket, []).append((leaf, order_id))
+                    self.conversions.setdefault(bucket, []).append((leaf, hkey))
                 newest = max(newest, bucket)
             self.deltas[seq] = int(newest) if newest != NEG_INF else 0
+        cutoff = self.closed_through - config.dedupe_horizon_s
+        for store in (self._seen, self._orders, self._backend):
+            store.cutoff = cutoff
+            store.compact()
         return self
 
 

@@ -2,11 +2,18 @@
 
 Not a test: a script that prints a table. It starts the embedded broker, produces N events once
 (backend and platform, realistic JSON from the simulator, keyed by order id), then reads them
-(1) with a bare aiokafka consumer that only decodes JSON, (2) with a Faust agent doing nothing
-per event (batched), (3) with the real `gapwatch worker` (validation, dedupe, window counts,
-changelog writes, metrics), each in a fresh consumer group, one after the other.
+(1) with a bare aiokafka consumer that only decodes JSON, (2) with the real `gapwatch worker`
+(validation, dedupe, window counts, changelog writes, partials, segment windows, detection,
+metrics), each in a fresh consumer group, one after the other, in the same run.
+
+Two kinds of traffic (`--mode`):
+* dense: about one day of a busy shop (N events): few windows per event;
+* sparse: a replay of `--days` days of an `--orders-per-day` shop (default 20 x 4,000, ~390k
+  events): ~70 events per 300 s window, so the cost per closed window dominates.
 
     python tests/bench/bench_throughput.py --events 1000000 --partitions 4
+    python tests/bench/bench_throughput.py --mode sparse --partitions 4 --window-seconds 300
+    python tests/bench/bench_throughput.py --mode sparse --workers 1 2    # scaling: 1 vs 2 processes
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -31,14 +39,15 @@ from streams.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E40
 from streams.simulate import generate, message_key  # noqa: E402
 
 
-async def produce(bootstrap: str, n: int, partitions: int) -> tuple[int, int]:
+async def produce(bootstrap: str, n: int, partitions: int, sim: Any = None) -> tuple[int, int]:
     """Produce n events (backend + platform mix, as the simulator makes them)."""
     from aiokafka import AIOKafkaProducer
 
     await ensure_topics(bootstrap, {"backend-events": partitions, "platform-events": partitions})
-    # about a day of event time for n events: a busy shop's real density (a replay of months
-    # of sparse data emits many more windows per event; windows cost per segment, not per event)
-    sim = generate("steady", seed=11, days=1.0, orders_per_day=max(3000.0, n / 4.2))
+    if sim is None:
+        # about a day of event time for n events: a busy shop's real density (a replay of
+        # months of sparse data emits many more windows per event: see --mode sparse)
+        sim = generate("steady", seed=11, days=1.0, orders_per_day=max(3000.0, n / 4.2))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1)
     await producer.start()
     sent = {"backend-events": 0, "platform-events": 0}
@@ -107,54 +116,80 @@ def _scrape(url: str) -> float:
     return sum(float(v) for v in re.findall(r'^gapwatch_events_consumed_total\{[^}]*\} (\S+)$', text, re.M))
 
 
-def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: int,
-               root: Path = ROOT) -> tuple[float, float, float]:
-    """The real worker (of the checkout at `root`) as a subprocess; rate from the first to the
-    n-th consumed event; also the worker's CPU time per event over that span (user + system,
-    from /proc: far less sensitive than the rate to what else the machine is doing)."""
-    port = free_port()
-    log = open(os.path.join(workdir, "worker.log"), "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap, "--metrics-port", str(port),
-         "--app-id", f"bench-{int(time.time())}", "--partitions", str(partitions), "--window-seconds", str(window_s),
-         "--data-dir", os.path.join(workdir, "faust")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
+def run_worker(bootstrap: str, n: int, partitions: int, workdir: str, window_s: int, workers: int = 1,
+               py_spy: str | None = None, root: Path = ROOT) -> tuple[float, float, float]:
+    """The real worker (of the checkout at `root`) as `workers` subprocesses of one group; rate
+    from the first to the n-th consumed event (summed over the processes). Returns (events/s, RSS
+    of all processes in MB, worker CPU per event in us: user + system from /proc over that span,
+    far less sensitive than the rate to what else the machine is doing)."""
+    app_id = f"bench-{int(time.time())}"
+    procs, urls, logs = [], [], []
+    for i in range(workers):
+        port = free_port()
+        log = open(os.path.join(workdir, f"worker{i}.log"), "wb")  # noqa: SIM115
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap, "--metrics-port", str(port),
+             "--app-id", app_id, "--partitions", str(partitions), "--window-seconds", str(window_s),
+             "--data-dir", os.path.join(workdir, f"faust{i}")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=root,
+        ))
+        urls.append(f"http://127.0.0.1:{port}/metrics")
+    spy = None
     try:
         first_t = None
         first_n = 0.0
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            got = _scrape(url)
+            counts = [_scrape(url) for url in urls]
+            got = sum(max(c, 0.0) for c in counts)
             now = time.perf_counter()
             if got > 0 and first_t is None:
-                first_t, first_n, first_cpu = now, got, _cpu_s(proc.pid)
+                first_t, first_n, first_cpu = now, got, sum(_cpu_s(p.pid) for p in procs)
+                if py_spy and workers == 1:
+                    spy = subprocess.Popen([_py_spy_bin(), "record", "-r", "100", "-f", "raw", "-o", py_spy,
+                                            "--pid", str(procs[0].pid)], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL)
             if got >= n:
                 rate = (got - first_n) / (now - first_t) if first_t and now > first_t else float("nan")
-                rss = _rss_mb(proc.pid)
-                cpu_us = (_cpu_s(proc.pid) - first_cpu) / max(got - first_n, 1) * 1e6
+                rss = sum(_rss_mb(p.pid) for p in procs)
+                cpu_us = (sum(_cpu_s(p.pid) for p in procs) - first_cpu) / max(got - first_n, 1) * 1e6
                 return rate, rss, cpu_us
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited {proc.returncode}; see {workdir}/worker.log")
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"worker exited {p.returncode}; see {workdir}/worker*.log")
             # every scrape renders all series in the worker's event loop (~5 ms): poll quickly
             # only until the first event; the rate uses the counts scraped, so the slower poll
             # only widens the measured span a little
             time.sleep(0.1 if first_t is None else 0.5)
-        raise RuntimeError("worker did not finish in 15 minutes")
+        raise RuntimeError("worker did not finish in 30 minutes")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        if spy is not None:
+            spy.send_signal(2)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
 
 
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _py_spy_bin() -> str:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else "py-spy"
 
 
 def _rss_mb(pid: int) -> float:
@@ -169,38 +204,54 @@ def _rss_mb(pid: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--mode", choices=("dense", "sparse"), default="dense")
+    ap.add_argument("--events", type=int, default=1_000_000, help="dense mode: events to produce")
+    ap.add_argument("--days", type=float, default=20.0, help="sparse mode: days of history")
+    ap.add_argument("--orders-per-day", type=float, default=4000.0, help="sparse mode: shop size")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes (one group) to run")
+    ap.add_argument("--py-spy", help="record the (single) worker with py-spy into this raw file")
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="also run the worker of another checkout (e.g. a `git worktree` of an older "
+                    "commit) on the same data and broker, right after ours")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=1, help="repeat the bare loop / worker pair")
     ap.add_argument("--window-seconds", type=int, nargs="+", default=[300, 3600],
                     help="worker window sizes to run (per-window work is spread over fewer events at small sizes)")
-    ap.add_argument("--baseline-root", type=Path, default=None,
-                    help="also run the worker of another checkout (e.g. a `git worktree` of an older "
-                    "commit) on the same data and broker, right after ours")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="gapwatch-bench-")
     with EmbeddedBroker(log_path=os.path.join(workdir, "broker.log")) as broker:
         t0 = time.perf_counter()
-        nb, np_ = asyncio.run(produce(broker.bootstrap, args.events, args.partitions))
+        sim = None
+        if args.mode == "sparse":
+            sim = generate("steady", seed=11, days=args.days, orders_per_day=args.orders_per_day)
+            args.events = len(sim.backend) + len(sim.platform)
+        nb, np_ = asyncio.run(produce(broker.bootstrap, args.events, args.partitions, sim))
         print(f"produced {nb + np_:,} events ({nb:,} backend, {np_:,} platform) over {args.partitions} partitions "
               f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         rows = []
         for r in range(args.rounds):
             for window_s in args.window_seconds:
-                bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
-                worker, rss, cpu = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s)
-                rows.append((r + 1, window_s, "this checkout", bare, worker, worker / bare, cpu, rss))
-                if args.baseline_root is not None:
-                    worker, rss, cpu = run_worker(broker.bootstrap, args.events, args.partitions, workdir, window_s,
-                                                  root=args.baseline_root.resolve())
-                    rows.append((r + 1, window_s, f"baseline {args.baseline_root}", bare, worker, worker / bare,
-                                 cpu, rss))
-    print(f"\n{args.events:,} events, {args.partitions} partitions, embedded Tansu broker, 1 worker process\n")
-    print("| round | worker window (s) | worker | bare aiokafka getmany + orjson (events/s) | gapwatch worker (events/s) "
-          "| ratio | worker CPU (us/event) | worker RSS (MB) |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|")
-    for r, window_s, which, bare, worker, ratio, cpu, rss in rows:
-        print(f"| {r} | {window_s} | {which} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {cpu:.1f} | {rss:,.0f} |")
+                for workers in args.workers:
+                    bare = asyncio.run(bare_loop(broker.bootstrap, args.events))
+                    runs = [("this checkout", ROOT)]
+                    if args.baseline_root is not None:
+                        runs.append((f"baseline {args.baseline_root}", args.baseline_root.resolve()))
+                    for which, root in runs:
+                        worker, rss, cpu = run_worker(broker.bootstrap, args.events, args.partitions, workdir,
+                                                      window_s, workers, args.py_spy if root == ROOT else None, root)
+                        rows.append((r + 1, window_s, which, workers, bare, worker, worker / bare, cpu, rss))
+                        print(f"round {r + 1}, window {window_s} s, {which}, {workers} worker(s): bare {bare:,.0f}/s, "
+                              f"worker {worker:,.0f}/s, ratio {worker / bare:.2f}, {cpu:.1f} us CPU/event",
+                              file=sys.stderr)
+    what = (f"{args.mode}: " + (f"{args.days:g} days x {args.orders_per_day:,.0f} orders/day, " if args.mode == "sparse" else "")
+            + f"{args.events:,} events, {args.partitions} partitions, embedded Tansu broker")
+    print(f"\n{what}\n")
+    print("| round | worker window (s) | worker | worker processes | bare aiokafka getmany + orjson (events/s) "
+          "| gapwatch worker (events/s) | ratio | worker CPU (us/event) | worker RSS (MB) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r, window_s, which, workers, bare, worker, ratio, cpu, rss in rows:
+        print(f"| {r} | {window_s} | {which} | {workers} | {bare:,.0f} | {worker:,.0f} | {ratio:.2f} | {cpu:.1f} "
+              f"| {rss:,.0f} |")
     return 0
 
 
