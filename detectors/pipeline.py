@@ -347,10 +347,14 @@ class IngestStage:
                 "kind": "platform", "source_partition": partial.partition, "window_start": start,
                 "group": group, "leaves": leaves,
             }), group_partition(group, n))
-        # one message per window: a backfill closes thousands of windows in one tick
-        for start, leaves in sorted(partial.backend.items()):
+        # one message per window (a backfill closes thousands of windows in one tick): the
+        # backend counts and the groups with data, which every partition needs
+        groups: dict[int, set[str]] = {}
+        for start, group, _ in split_platform_by_group(partial.platform):
+            groups.setdefault(start, set()).add(group)
+        for start in sorted(set(partial.backend) | set(groups)):
             backend = dumps({"kind": "backend", "source_partition": partial.partition, "window_start": start,
-                             "leaves": leaves})
+                             "leaves": partial.backend.get(start, {}), "groups": sorted(groups.get(start, ()))})
             for k in range(n):
                 outbox.send(topic, b"backend", backend, k)
         closed = dumps({"kind": "closed", "source_partition": partial.partition,
@@ -415,7 +419,8 @@ class AssembleStage:
                 if kind == "platform":
                     asm.add_platform(int(doc["source_partition"]), int(doc["window_start"]), doc["group"], doc["leaves"])
                 elif kind == "backend":
-                    asm.add_backend(int(doc["source_partition"]), int(doc["window_start"]), doc["leaves"])
+                    asm.add_backend(int(doc["source_partition"]), int(doc["window_start"]), doc["leaves"],
+                                    doc.get("groups", ()))
                 else:
                     asm.add_marker(int(doc["source_partition"]), float(doc["closed_through"]),
                                    {int(w): v for w, v in doc.get("backend", {}).items()})

@@ -821,11 +821,14 @@ class WindowAssembler:
     def add_platform(self, partition: int, window_start: int, group: str, leaves: Mapping[str, list[Any]]) -> bool:
         return self._add(partition, window_start, group, leaves)
 
-    def add_backend(self, partition: int, window_start: int, leaves: Mapping[str, list[Any]]) -> bool:
-        """The backend counts of one window closed by `partition` (every group needs them)."""
-        return self._add(partition, window_start, BACKEND_PART, leaves)
+    def add_backend(self, partition: int, window_start: int, leaves: Mapping[str, list[Any]],
+                    groups: Iterable[str] = ()) -> bool:
+        """The backend counts of one window closed by `partition` (every group needs them) and
+        the groups with platform data in it there (every partition learns every group)."""
+        return self._add(partition, window_start, BACKEND_PART, leaves, groups)
 
-    def _add(self, partition: int, window_start: int, part: str, leaves: Mapping[str, list[Any]]) -> bool:
+    def _add(self, partition: int, window_start: int, part: str, leaves: Mapping[str, list[Any]],
+             groups: Iterable[str] = ()) -> bool:
         if window_start + self.window_s <= self.markers.get(partition, NEG_INF):
             return False  # re-sent after the partition had already closed it
         if window_start + self.window_s <= self.closed_through:
@@ -836,6 +839,8 @@ class WindowAssembler:
             return False
         seen.append(partition)
         _merge(window["b"] if part == BACKEND_PART else window["p"], leaves)
+        if groups:
+            window.setdefault("g", set()).update(groups)
         self._dirty.add((window_start, part))
         return True
 
@@ -911,11 +916,15 @@ class WindowAssembler:
         # closed before it, at most `group_ttl_s` ago. Windows close in order and each is
         # complete when it closes, so this depends on the data alone, never on how many
         # windows one call happens to close (a group first seen later is not in earlier ones).
-        with_data = {group_of(leaf) for leaf in window["p"]}
+        # Every partition learns every group (the backend partials name them), not only the
+        # ones it owns: the backend series of an event name is built by its owner whenever a
+        # group of that name is live anywhere, so with any number of partitions as with one.
+        with_data = {group_of(leaf) for leaf in window["p"]} | window.get("g", set())
         cutoff = start - self.group_ttl_s
         for g in with_data:
             self.groups[g] = start
-        groups = {g for g, last in self.groups.items() if last >= cutoff}
+        live = {g for g, last in self.groups.items() if last >= cutoff}
+        groups = live
         if self.owns_group is not None:
             groups = {g for g in groups if self.owns_group(g)}
         by_event_name: dict[str, list[str]] = {}
@@ -955,7 +964,7 @@ class WindowAssembler:
             platform, event_name = g.split("|", 1)
             seg(platform, event_name, "platform", "*", "*")
         # The backend series itself, once per event name (by its owner): business reality.
-        backend_names = {leaf.split("|", 1)[0] for leaf in window["b"]} | set(by_event_name)
+        backend_names = {leaf.split("|", 1)[0] for leaf in window["b"]} | {g.split("|", 1)[1] for g in live}
         for event_name in backend_names:
             if self.owns_group is not None and not self.owns_group(f"*|{event_name}"):
                 continue
@@ -998,7 +1007,10 @@ class WindowAssembler:
                         for leaf, c in window["p"].items():
                             groups.setdefault(group_of(leaf), {})[leaf] = c
                     leaves = groups.get(part, {})
-                out[f"{prefix}o:{start}:{part}"] = {"seen": window["seen"][part], "leaves": leaves}
+                item = {"seen": window["seen"][part], "leaves": leaves}
+                if part == BACKEND_PART and window.get("g"):
+                    item["groups"] = sorted(window["g"])
+                out[f"{prefix}o:{start}:{part}"] = item
                 stored.add(part)
         if self._meta_dirty:
             self._meta_dirty = False
@@ -1038,6 +1050,8 @@ class WindowAssembler:
             window = self._window(start)
             window["seen"][part] = list(item["seen"])
             (window["b"] if part == BACKEND_PART else window["p"]).update(item["leaves"])
+            if item.get("groups"):
+                window["g"] = set(item["groups"])
             self._stored.setdefault(start, set()).add(part)
 
 

@@ -137,7 +137,7 @@ def by_key(bt: Backtest) -> dict[tuple[str, int], dict[str, Any]]:
     return {(w.segment_key, w.window_start): w.to_dict() for w in bt.windows}
 
 
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n", [1, 3, 4])
 def test_stages_over_n_partitions_give_the_backtest_windows_and_alerts(sim: Any, offline: Backtest, n: int) -> None:
     group = Group(n)
     play(group, sim.backend, sim.platform)
