@@ -88,6 +88,7 @@ class GapwatchWorker:
         #: source partitions this worker paused for back-pressure (IngestStage.paused_inputs)
         self._backpressure: set[Any] = set()
         self._folded_logged: set[str] = set()
+        self._stale_dropped = 0
         self._ratio_gauges: dict[tuple[str, ...], Any] = {}
         self.app = self._make_app()
 
@@ -254,6 +255,17 @@ class GapwatchWorker:
         raise exc
 
     async def _on_revoked(self, app: Any, revoked: Any = None, **_: Any) -> None:
+        """Before another worker may take our partitions: every effect made while we owned
+        them is on the brokers (the new owner's recovery reads the changelogs to their end),
+        and nothing is written for them afterwards.
+
+        Faust has flushed its producer by now, but not our queue: an agent may have been
+        half-way through `_flush` (it does not wait for agents: stream_wait_empty=False).
+        A state write that reached a changelog after the new owner had recovered it would
+        overwrite that owner's newer items for whoever recovers the partition next.
+        """
+        await self._flush()
+        await self.app.producer.flush()
         # Drop the in-memory views; they are rebuilt from the recovered tables on next use.
         self.ingest.forget()
         self.assemble.forget()
@@ -264,9 +276,23 @@ class GapwatchWorker:
         # One event per (partition, fetched chunk): see streams/fastfaust.py. Leaving the loop
         # body acks the chunk, so offsets commit only after its counts are in the changelog.
         async for event in stream.events():
+            if self._stale(event.message):
+                continue
             batch = event.value
             self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values)
             await self._flush()
+
+    def _stale(self, message: Any) -> bool:
+        """A message fetched before the last rebalance: its partition may belong to another
+        worker now, which reads it again from the committed offset. Never act on it (Faust
+        skips such messages when it hands them out, but `take_events` may hold them across a
+        rebalance)."""
+        if message.generation_id == self.app.consumer_generation_id:
+            return False
+        self._stale_dropped += 1
+        log.info("dropped a message of %s/%s fetched before the last rebalance (%d so far)",
+                 message.topic, message.partition, self._stale_dropped)
+        return True
 
     def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any]) -> None:
         tally = self.ingest.process_batch(topic, p, offsets, keys, values, time.monotonic(), self._outbox)
@@ -386,7 +412,9 @@ class GapwatchWorker:
     # ---- stage B --------------------------------------------------------------------------
     async def _assemble_agent(self, stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.2):
-            self.process_partials([e.message for e in events])
+            messages = [e.message for e in events if not self._stale(e.message)]
+            if messages:
+                self.process_partials(messages)
             await self._flush()
 
     def process_partials(self, messages: list[Any]) -> None:
