@@ -264,8 +264,11 @@ class GapwatchWorker:
         A state write that reached a changelog after the new owner had recovered it would
         overwrite that owner's newer items for whoever recovers the partition next.
         """
-        await self._flush()
-        await self.app.producer.flush()
+        try:
+            await self._flush()
+            await self.app.producer.flush()
+        except Exception:  # stopping: the producer may be gone; uncommitted work is redone
+            log.exception("could not deliver the queued effects before giving partitions away")
         # Drop the in-memory views; they are rebuilt from the recovered tables on next use.
         self.ingest.forget()
         self.assemble.forget()
