@@ -49,6 +49,10 @@ def history() -> Simulation:
 
 @pytest.fixture(scope="module")
 def reference(history: Simulation) -> tuple[dict[tuple[str, int], dict[str, Any]], list[dict[str, Any]], float]:
+    return _reference(history)
+
+
+def _reference(history: Simulation) -> tuple[dict[tuple[str, int], dict[str, Any]], list[dict[str, Any]], float]:
     """`Backtest` over the same events (and the same flush pair at the end)."""
     names = unique_names("ref")
     flush_ts = history.truth["end"] + 6 * 3600
@@ -96,11 +100,26 @@ def _load(broker: EmbeddedBroker, names: dict[str, str], history: Simulation, or
 @pytest.mark.parametrize("order", ["backend_first", "platform_first", "interleaved"])
 def test_a_backfill_loaded_before_the_workers_start_equals_the_backtest(
         broker: EmbeddedBroker, pool: WorkerPool, history: Simulation, reference: Any, order: str, workers: int) -> None:
+    _backfill_equals(broker, pool, history, reference, order, workers, WORKER_ARGS)
+
+
+def test_a_backfill_larger_than_a_fetch_pauses_the_input_ahead_live(broker: EmbeddedBroker, pool: WorkerPool) -> None:
+    """Ten days of a mid-size shop (the issue's backfill: 45k events), small chunks: the
+    backend input is paused per partition while the platform input catches up, and resumed."""
+    history = generate("safari_drop", seed=2, days=10, orders_per_day=1500)
+    procs = _backfill_equals(broker, pool, history, _reference(history), "backend_first", 1,
+                             (*WORKER_ARGS, "--batch-size", "500", "--log-level", "info"))
+    log = procs[0].log_path.read_text(errors="replace")
+    assert "back-pressure: paused" in log and "back-pressure: resumed" in log, procs[0].log_tail()
+
+
+def _backfill_equals(broker: EmbeddedBroker, pool: WorkerPool, history: Simulation, reference: Any, order: str,
+                     workers: int, args: tuple[str, ...]) -> list[Any]:
     want_windows, want_alerts, flush_ts = reference
     names = unique_names(f"backfill-{order}-{workers}")
     run(create_topics(broker.bootstrap, names))
     _load(broker, names, history, order, flush_ts)
-    procs = [pool.start(names, f"w{i}", window_s=WINDOW_S, lateness_s=LATENESS_S, extra=WORKER_ARGS)
+    procs = [pool.start(names, f"w{i}", window_s=WINDOW_S, lateness_s=LATENESS_S, extra=args)
              for i in range(workers)]
     want = set(want_windows)
 
@@ -126,3 +145,4 @@ def test_a_backfill_loaded_before_the_workers_start_equals_the_backtest(
     last = flush_ts - LATENESS_S - 2 * WINDOW_S
     live_alerts = {_alert_summary(a) for a in (orjson.loads(r.value) for r in alerts) if a["detected_at"] <= last}
     assert want_alerts and live_alerts == {_alert_summary(a) for a in want_alerts}  # a re-send is the same alert
+    return procs
