@@ -22,10 +22,20 @@ from typing import Any, NamedTuple
 import orjson
 
 from detectors.alert import Alert
-from detectors.events import InvalidEvent, parse_backend_fast, parse_change, parse_platform_fast
+from detectors.events import (
+    BROWSERS,
+    REGIONS,
+    InvalidEvent,
+    parse_backend_fast,
+    parse_change,
+    parse_platform_fast,
+)
 from detectors.feedback import parse_feedback
 from detectors.monitor import GroupMonitor, MonitorConfig
 from detectors.windows import (
+    MAX_BACKEND_LEAF_BYTES,
+    MAX_LEAF_BYTES,
+    MAX_RECORD_BYTES,
     ClosedWindow,
     Partial,
     PartitionWindows,
@@ -57,6 +67,11 @@ BACKEND, PLATFORM = "b", "p"
 INGEST_TABLE, ASSEMBLE_TABLE = "ingest", "assemble"
 
 
+#: measured: a segment's detector state is ~1.4 kB as JSON (9 days of 5-minute windows);
+#: twice that as the bound of one group's stored detectors
+MAX_SEGMENT_STATE_BYTES = 3 * 1024
+
+
 def group_partition(group: str, n: int) -> int:
     """Partition of the partials topic that owns a `platform|event_name` group (stable)."""
     return zlib.crc32(group.encode()) % n
@@ -83,15 +98,42 @@ class PipelineConfig:
     idle_partition_s: float = 10.0
     #: ... once the other input is this far ahead in event time; windows then close without it
     idle_input_event_s: float = 3600.0
+    #: an input this far ahead of the other in event time is paused (per partition) until the
+    #: other catches up, so open windows stay bounded by it, not by a backlog
+    max_input_skew_s: float = 3 * 3600.0
     false_alarms_per_30_days: float = 1.0
     change_lookback_s: float = 30 * 86_400.0
     detect: bool = True
+    #: distinct platform / event names kept apart in state; more fold into `other`
+    max_platforms: int = 20
+    max_event_names: int = 20
+    #: the largest message the producer may send (its max_request_size): state items and
+    #: partials are cut into pieces well below it
+    max_message_bytes: int = 1024 * 1024
     topics: Topics = field(default_factory=Topics)
 
     @property
     def window_config(self) -> WindowConfig:
         return WindowConfig(window_s=self.window_s, allowed_lateness_s=self.allowed_lateness_s,
-                            dedupe_horizon_s=self.dedupe_horizon_s)
+                            dedupe_horizon_s=self.dedupe_horizon_s, max_platforms=self.max_platforms,
+                            max_event_names=self.max_event_names,
+                            max_records_per_item=max(16, self.max_message_bytes // (2 * MAX_RECORD_BYTES)),
+                            max_leaves_per_item=max(16, self.max_message_bytes // (2 * MAX_LEAF_BYTES)))
+
+    def check_message_bounds(self) -> None:
+        """Raise ValueError, saying which setting to change, when a message whose size the
+        pipeline bounds (a window's backend counts: event names x browsers x regions leaves)
+        could still exceed `max_message_bytes`."""
+        backend_leaves = (self.max_event_names + 1) * len(BROWSERS) * len(REGIONS)
+        worst = backend_leaves * MAX_BACKEND_LEAF_BYTES + 1024
+        # the detectors of one group, stored as one item: one per segment of its hierarchy
+        segments = 1 + len(BROWSERS) + len(REGIONS) + len(BROWSERS) * len(REGIONS)
+        worst = max(worst, segments * MAX_SEGMENT_STATE_BYTES)
+        if worst > self.max_message_bytes:
+            raise ValueError(
+                f"max_message_bytes={self.max_message_bytes} is too small for max_event_names="
+                f"{self.max_event_names}: one window's backend counts may take {worst} bytes; raise "
+                "max_message_bytes (and the brokers' message.max.bytes) or lower max_event_names")
 
     @property
     def monitor_config(self) -> MonitorConfig:
@@ -159,6 +201,10 @@ class BatchTally:
     leaves: dict[str, int] = field(default_factory=dict)
     #: duplicate triggers per (platform, event_name)
     duplicates: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: events whose platform / event name was beyond its cap, counted as `other`, per field
+    folded: dict[str, int] = field(default_factory=dict)
+    #: per field, the first name folded in this batch (for one log line)
+    first_folded: dict[str, str] = field(default_factory=dict)
 
 
 class IngestStage:
@@ -225,6 +271,7 @@ class IngestStage:
                 ("gapwatch-source", f"{topic}/{p}/{offset}".encode()),
             ])
         tally.late, tally.leaves, tally.duplicates = st.take_tallies()
+        tally.folded, tally.first_folded = st.names.take_folded()
         self.last_input_at.setdefault(p, {})[kind] = now
         outbox.persist(INGEST_TABLE, p, st.take_changes())
         return tally
@@ -251,6 +298,24 @@ class IngestStage:
             elif done is None and st.offsets[kind] < 0 and quiet >= 3 * cfg.idle_partition_s:
                 idle.add(kind)  # never had a message (no high-water mark to compare with)
         return idle
+
+    def paused_inputs(self, p: int, caught_up: Callable[[str, int, int], bool | None]) -> set[str]:
+        """The inputs of partition `p` to stop reading for now (back-pressure).
+
+        An input more than `max_input_skew_s` ahead of the other in event time would only add
+        open windows (and memory) until the other catches up: a backfill produced one topic
+        first, a paused producer. It waits while the other still has something to read; an
+        input with nothing left is idle, not behind (see `idle_inputs`), so it never holds
+        the other back. Open windows stay within the skew plus the lateness, whatever the
+        backlog.
+        """
+        st = self.state(p)
+        limit = self.config.max_input_skew_s
+        paused = set()
+        for kind, other in ((BACKEND, PLATFORM), (PLATFORM, BACKEND)):
+            if st.max_ts[kind] - st.max_ts[other] > limit and caught_up(other, p, st.offsets[other]) is False:
+                paused.add(kind)
+        return paused
 
     def tick(self, assigned: Iterable[int], now: float, caught_up: Callable[[str, int, int], bool | None],
              outbox: Outbox) -> int:
@@ -291,10 +356,18 @@ class IngestStage:
                 "kind": "platform", "source_partition": partial.partition, "window_start": start,
                 "group": group, "leaves": leaves,
             }), group_partition(group, n))
-        closed = dumps({
-            "kind": "closed", "source_partition": partial.partition, "closed_through": partial.closed_through,
-            "backend": {str(k): v for k, v in partial.backend.items()},
-        })
+        # one message per window (a backfill closes thousands of windows in one tick): the
+        # backend counts and the groups with data, which every partition needs
+        groups: dict[int, set[str]] = {}
+        for start, group, _ in split_platform_by_group(partial.platform):
+            groups.setdefault(start, set()).add(group)
+        for start in sorted(set(partial.backend) | set(groups)):
+            backend = dumps({"kind": "backend", "source_partition": partial.partition, "window_start": start,
+                             "leaves": partial.backend.get(start, {}), "groups": sorted(groups.get(start, ()))})
+            for k in range(n):
+                outbox.send(topic, b"backend", backend, k)
+        closed = dumps({"kind": "closed", "source_partition": partial.partition,
+                        "closed_through": partial.closed_through})
         for k in range(n):
             outbox.send(topic, b"closed", closed, k)
 
@@ -354,11 +427,15 @@ class AssembleStage:
             touched[k] = asm
             try:
                 doc = orjson.loads(value)
-                if doc["kind"] == "platform":
+                kind = doc["kind"]
+                if kind == "platform":
                     asm.add_platform(int(doc["source_partition"]), int(doc["window_start"]), doc["group"], doc["leaves"])
+                elif kind == "backend":
+                    asm.add_backend(int(doc["source_partition"]), int(doc["window_start"]), doc["leaves"],
+                                    doc.get("groups", ()))
                 else:
                     asm.add_marker(int(doc["source_partition"]), float(doc["closed_through"]),
-                                   {int(w): v for w, v in doc["backend"].items()})
+                                   {int(w): v for w, v in doc.get("backend", {}).items()})
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 result.malformed.append((k, repr(exc)))
         topics = self.config.topics
@@ -390,7 +467,8 @@ class Backtest:
     """Both stages over in-memory inputs: one source partition, one partials partition.
 
     Each input is read in its own (arrival) order, a chunk of each in turn, like two consumers
-    progressing side by side; a tick follows every round. The clock is logical: one round is
+    progressing side by side, except the one `IngestStage.paused_inputs` holds back (far
+    ahead of the other in event time); a tick follows every round. The clock is logical: one round is
     `idle_partition_s` of wall time, so an input that has run out is idle (caught up and quiet)
     from the next round on, exactly as the worker would see a drained topic.
     """
@@ -477,8 +555,9 @@ class Backtest:
             progress: Callable[[Backtest], None] | None = None) -> None:
         inputs: dict[str, Iterator[bytes]] = {BACKEND: iter(backend), PLATFORM: iter(platform)}
         while len(self._exhausted) < 2:
+            paused = self.ingest.paused_inputs(0, self._caught_up)  # the worker's back-pressure
             for kind, it in inputs.items():
-                if kind in self._exhausted:
+                if kind in self._exhausted or kind in paused:
                     continue
                 values = [v for _, v in zip(range(chunk), it, strict=False)]
                 if len(values) < chunk:

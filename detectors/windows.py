@@ -8,14 +8,17 @@ counters per window, remembers event ids for dedupe, and the last applied offset
 topic, so a redelivered message (offset <= last applied) is recognised and skipped. Its
 state is a set of items (key -> JSON value) of which only the changed ones are written after
 each batch, in this order: `{p}:d:{seq}` (append-only dedupe memory added by batch `seq`),
-`{p}:v:{seq}` (the windows batch `seq` touched, whole), `{p}:m` (offsets, watermarks and the
-newest `seq`) and, now and then, `{p}:w` (every open window, as of a `seq`) followed by
-deletions of the window deltas it covers. A restore takes `{p}:w` and applies the deltas up
-to the `seq` named by `{p}:m`: whatever prefix of the writes survives a crash, the windows
-are those of the batch that `{p}:m` names, so counts and offsets agree.
+`{p}:v:{seq}` (the windows batch `seq` touched, whole), `{p}:m` (offsets, watermarks, admitted
+names and the newest `seq`) and, now and then, a full snapshot of every open window (pieces
+`{p}:w:{id}:{i}`, then the header `{p}:w`) followed by deletions of what it covers. No item
+grows with the backlog: deltas and snapshots are cut into pieces of bounded size. A restore
+takes the snapshot and applies the deltas up to the `seq` named by `{p}:m`: whatever prefix of
+the writes survives a crash, the windows are those of the batch that `{p}:m` names, so counts
+and offsets agree.
 
 Stage B, `WindowAssembler`: merges the partials of all source partitions and, once every
-partition has closed a window, builds the closed window of every segment.
+partition has closed a window, builds the closed window of every segment. Its state: a small
+meta plus one item per (open window, group), deleted when the window closes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from detectors.events import BackendEvent, PlatformEvent
 __all__ = [
     "WindowConfig",
     "PartitionWindows",
+    "NameCaps",
     "Partial",
     "WindowAssembler",
     "ClosedWindow",
@@ -56,6 +60,16 @@ PLATFORM_FIELDS = (
 (P_COUNT, P_VALUE, P_DUP, P_PAIR, P_BROKEN, P_MISS_VALUE, P_MISS_CURRENCY, P_MISS_CLICK,
  P_DENIED, P_MATCHED, P_LATE, P_EVENTS) = range(12)
 N_PLATFORM = len(PLATFORM_FIELDS)
+#: worst-case JSON bytes of one dedupe record (ids up to 256 characters, names up to 40), of
+#: one platform leaf (name parts, 12 counters, up to MAX_CHANNELS channels of up to 20
+#: characters) and of one backend leaf: item pieces are sized from them
+MAX_RECORD_BYTES = 640
+MAX_LEAF_BYTES = 1024
+MAX_BACKEND_LEAF_BYTES = 160
+#: distinct channels counted apart per leaf and window; more count as `other`
+MAX_CHANNELS = 16
+#: the name every platform or event name beyond its cap is counted under
+OTHER = "other"
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,13 @@ class WindowConfig:
     window_s: int = 300
     allowed_lateness_s: float = 120.0
     dedupe_horizon_s: float = 86_400.0
+    #: distinct platform names and event names a partition keeps apart; newer ones count as
+    #: `other` (a producer bug must not grow state, partials and segments without bound)
+    max_platforms: int = 20
+    max_event_names: int = 20
+    #: bounds on one stored item: records of a dedupe delta, leaves of a window piece
+    max_records_per_item: int = 1000
+    max_leaves_per_item: int = 500
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -244,6 +265,68 @@ class HashStore:
         return int(self.keys.nbytes + self.aux.nbytes + self.buckets.nbytes) + 200 * len(self.young)
 
 
+class NameCaps:
+    """Platform and event names a partition counts apart, at most the configured number of
+    each (first seen, in the partition's own input order, first admitted); the rest fold into
+    `other`. Backend and platform names are admitted separately, each in its own input's
+    order, so the choice never depends on how the reads of the two inputs interleave.
+
+    >>> caps = NameCaps(max_platforms=1, max_event_names=5)
+    >>> caps.platform("meta"), caps.platform("tiktok"), caps.platform("meta"), caps.folded
+    ('meta', 'other', 'meta', {'platform': 1})
+    """
+
+    def __init__(self, max_platforms: int = 20, max_event_names: int = 20) -> None:
+        self.max_platforms = max_platforms
+        self.max_event_names = max_event_names
+        self.platforms: dict[str, None] = {OTHER: None}
+        self.platform_event_names: dict[str, None] = {OTHER: None}
+        self.backend_event_names: dict[str, None] = {OTHER: None}
+        self.changed = False
+        #: tallies since the last `take_folded` (not state): folded events per field, and the
+        #: first name folded of each field
+        self.folded: dict[str, int] = {}
+        self.first_folded: dict[str, str] = {}
+
+    def _admit(self, known: dict[str, None], name: str, limit: int, field: str) -> str:
+        if name in known:
+            return name
+        if len(known) <= limit:  # `other` is always there and not counted
+            known[name] = None
+            self.changed = True
+            return name
+        self.folded[field] = self.folded.get(field, 0) + 1
+        self.first_folded.setdefault(field, name)
+        return OTHER
+
+    def platform(self, name: str) -> str:
+        return self._admit(self.platforms, name, self.max_platforms, "platform")
+
+    def platform_event_name(self, name: str) -> str:
+        return self._admit(self.platform_event_names, name, self.max_event_names, "event_name")
+
+    def backend_event_name(self, name: str) -> str:
+        return self._admit(self.backend_event_names, name, self.max_event_names, "event_name")
+
+    def take_folded(self) -> tuple[dict[str, int], dict[str, str]]:
+        out = (self.folded, self.first_folded)
+        self.folded, self.first_folded = {}, {}
+        return out
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"platforms": list(self.platforms), "platform_event_names": list(self.platform_event_names),
+                "backend_event_names": list(self.backend_event_names)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, list[str]] | None, config: WindowConfig) -> NameCaps:
+        caps = cls(config.max_platforms, config.max_event_names)
+        if d:
+            caps.platforms.update(dict.fromkeys(d["platforms"]))
+            caps.platform_event_names.update(dict.fromkeys(d["platform_event_names"]))
+            caps.backend_event_names.update(dict.fromkeys(d["backend_event_names"]))
+        return caps
+
+
 class PartitionWindows:
     """Idempotent window counts of one source partition (both event topics share the index).
 
@@ -288,6 +371,10 @@ class PartitionWindows:
         self.conversions: dict[int, list[tuple[str, int]]] = {}  # bucket -> (leaf, hash(order_id)) with an order id
         self.deltas: dict[int, int] = {}  # delta seq -> newest bucket it holds (for expiry)
         self._deleted_keys: list[str] = []
+        self._pieces: dict[str, int] = {}  # "d:{seq}" / "v:{seq}" -> pieces stored, when more than one
+        self._snapshot_id = 0  # names the pieces `{p}:w:{id}:{i}` of the newest full snapshot
+        self._snapshot_pieces = 0
+        self.names = NameCaps(config.max_platforms, config.max_event_names)
         self._delta: dict[str, list[tuple[Any, ...]]] = {"s": [], "o": [], "b": [], "c": []}
         self._meta_dirty = False
         self.last_late = False
@@ -407,7 +494,11 @@ class PartitionWindows:
         self.offsets["b"] = offset
         self._meta_dirty = True
         window, late = self._window_for("b", ev.ts)
-        leaf = f"{ev.event_name}|{ev.browser}|{ev.region}"
+        event_name = ev.event_name
+        if event_name not in self.names.backend_event_names:
+            event_name = self.names.backend_event_name(event_name)
+            self._meta_dirty = True
+        leaf = f"{event_name}|{ev.browser}|{ev.region}"
         leaf_events = self.leaf_events
         leaf_events[leaf] = leaf_events.get(leaf, 0) + 1
         counters = window["b"].get(leaf)
@@ -437,6 +528,10 @@ class PartitionWindows:
         self._meta_dirty = True
         self.last_duplicate = False
         window, late = self._window_for("p", ev.ts)
+        names = self.names
+        if ev.platform not in names.platforms or ev.event_name not in names.platform_event_names:
+            ev = ev._replace(platform=names.platform(ev.platform), event_name=names.platform_event_name(ev.event_name))
+            self._meta_dirty = True
         leaf = f"{ev.platform}|{ev.event_name}|{ev.browser}|{ev.region}"
         leaf_events = self.leaf_events
         leaf_events[leaf] = leaf_events.get(leaf, 0) + 1
@@ -446,7 +541,10 @@ class PartitionWindows:
             counters[P_VALUE] = 0.0
             window["c"][leaf] = {}
         channels = window["c"][leaf]
-        channels[ev.channel] = channels.get(ev.channel, 0) + 1
+        channel = ev.channel
+        if channel not in channels and len(channels) >= MAX_CHANNELS:
+            channel = OTHER
+        channels[channel] = channels.get(channel, 0) + 1
         counters[P_EVENTS] += 1
         if late:
             counters[P_LATE] += 1
@@ -578,7 +676,7 @@ class PartitionWindows:
         for seq, newest in list(self.deltas.items()):
             if newest < cutoff:
                 del self.deltas[seq]
-                self._deleted_keys.append(f"{self.partition}:d:{seq}")
+                self._delete_item("d", seq)
 
     # ---- persistence ----------------------------------------------------------------------
     #: a full snapshot of the windows is written once the window deltas since the last one
@@ -588,8 +686,40 @@ class PartitionWindows:
     #: ... or once this many window deltas are stored
     max_window_deltas = 256
 
+    def _delete_item(self, kind: str, seq: int) -> None:
+        """Queue the deletion of `{p}:{kind}:{seq}` and of its further pieces."""
+        key = f"{self.partition}:{kind}:{seq}"
+        self._deleted_keys.append(key)
+        for i in range(1, self._pieces.pop(f"{kind}:{seq}", 1)):
+            self._deleted_keys.append(f"{key}:{i}")
+
+    def _write_pieces(self, out: dict[str, JSON | None], kind: str, seq: int, pieces: list[JSON]) -> None:
+        key = f"{self.partition}:{kind}:{seq}"
+        out[key] = pieces[0]
+        for i, piece in enumerate(pieces[1:], 1):
+            out[f"{key}:{i}"] = piece
+        if len(pieces) > 1:
+            self._pieces[f"{kind}:{seq}"] = len(pieces)
+
+    def _write_snapshot(self, out: dict[str, JSON | None]) -> None:
+        p = self.partition
+        old_id, old_pieces = self._snapshot_id, self._snapshot_pieces
+        self._snapshot_id += 1
+        pieces = _split_windows(self.windows, self.config.max_leaves_per_item)
+        for i, piece in enumerate(pieces):
+            out[f"{p}:w:{self._snapshot_id}:{i}"] = piece
+        out[f"{p}:w"] = {"seq": self.seq, "id": self._snapshot_id, "pieces": len(pieces)}
+        for i in range(old_pieces):
+            out[f"{p}:w:{old_id}:{i}"] = None
+        self._snapshot_pieces = len(pieces)
+
     def take_changes(self) -> dict[str, JSON | None]:
-        """Items changed since the last call (None = delete); write them in order after each batch."""
+        """Items changed since the last call (None = delete); write them in order after each batch.
+
+        No item grows with the backlog: a dedupe delta holds at most `max_records_per_item`
+        records and a window item at most `max_leaves_per_item` leaves; more go to further
+        pieces (`{key}:1`, `{key}:2`, ...), all written before the meta that makes them count.
+        """
         out: dict[str, JSON | None] = {}
         p = self.partition
         for key in self._deleted_keys:
@@ -613,13 +743,15 @@ class PartitionWindows:
                 + [r[2] for r in delta["c"]]
             )
             self.deltas[self.seq] = newest
-            out[f"{p}:d:{self.seq}"] = delta
+            self._write_pieces(out, "d", self.seq, _split_records(delta, self.config.max_records_per_item))
             self._delta = {"s": [], "o": [], "b": [], "c": []}
         if dirty:
             # the touched windows, whole: applied in seq order they give the newest counts
-            out[f"{p}:v:{self.seq}"] = {str(start): windows[start] for start in dirty}
+            touched = {start: windows[start] for start in dirty}
+            pieces = _split_windows(touched, self.config.max_leaves_per_item)
+            self._write_pieces(out, "v", self.seq, pieces)
             self._window_deltas.append(self.seq)
-            self._delta_leaves += sum(len(windows[start]["b"]) + len(windows[start]["p"]) for start in dirty)
+            self._delta_leaves += sum(len(w["b"]) + len(w["p"]) for w in touched.values())
         if self._meta_dirty:
             # The offsets and the seq of the newest batch in one value: whatever prefix of the
             # changelog survives a crash, the windows restored (full snapshot + deltas up to
@@ -630,19 +762,24 @@ class PartitionWindows:
                 "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
                 "seq": self.seq,
                 "channels": self.channels,
+                "names": self.names.to_dict(),
             }
             self._meta_dirty = False
             if self._window_deltas and (
                 self._delta_leaves >= self.full_snapshot_ratio * max(self._full_leaves, 1)
                 or len(self._window_deltas) >= self.max_window_deltas
             ):
-                # after the meta: a full snapshot never runs ahead of the offsets. The deltas
-                # it covers are deleted after it, except this batch's own (written above,
-                # needed if the snapshot is lost), which goes with the next one.
-                out[f"{p}:w"] = {"seq": self.seq, "windows": {str(k): v for k, v in windows.items()}}
+                # After the meta: a full snapshot never runs ahead of the offsets. Its pieces
+                # `{p}:w:{id}:{i}` first, then the header `{p}:w` naming them, then deletions of
+                # the previous snapshot's pieces and of the window deltas it covers, except this
+                # batch's own (written above, needed if the snapshot is lost): it goes with the
+                # next one.
+                self._write_snapshot(out)
                 self.base_seq = self.seq
                 for seq in self._window_deltas[:-1]:
-                    out[f"{p}:v:{seq}"] = None
+                    self._delete_item("v", seq)
+                    out.update((k, None) for k in self._deleted_keys)
+                    self._deleted_keys = []
                 self._window_deltas = self._window_deltas[-1:]
                 self._full_leaves = sum(len(w["b"]) + len(w["p"]) for w in windows.values())
                 self._delta_leaves = 0
@@ -666,8 +803,9 @@ class PartitionWindows:
         """Rebuild from the items of this partition (as written by `take_changes`)."""
         self = cls(partition, config)
         prefix = f"{partition}:"
-        deltas: list[tuple[int, JSON]] = []
-        window_deltas: list[tuple[int, JSON]] = []
+        deltas: dict[int, dict[int, JSON]] = {}
+        window_deltas: dict[int, dict[int, JSON]] = {}
+        snapshot_pieces: dict[int, dict[int, JSON]] = {}
         full: JSON = None
         for key, value in items.items():
             if not key.startswith(prefix) or value is None:
@@ -681,63 +819,143 @@ class PartitionWindows:
                 for channel in value.get("channels", ()):
                     self._channel_bit[channel] = 1 << len(self.channels)
                     self.channels.append(channel)
-            elif kind == "d":
-                deltas.append((int(rest), value))
-            elif kind == "w" and full is None:
-                full = value
-            elif kind == "v":
-                window_deltas.append((int(rest), value))
+                self.names = NameCaps.from_dict(value.get("names"), config)
+            elif kind == "w":
+                if not rest:
+                    full = value
+                else:
+                    snap_id, _, piece = rest.partition(":")
+                    snapshot_pieces.setdefault(int(snap_id), {})[int(piece)] = value
+            elif kind in ("d", "v"):
+                item_seq, _, piece = rest.partition(":")
+                (deltas if kind == "d" else window_deltas).setdefault(int(item_seq), {})[int(piece or 0)] = value
+        for snap, pieces in snapshot_pieces.items():
+            self._snapshot_id = max(self._snapshot_id, snap)
+            if full is None or full.get("id") != snap:
+                # a snapshot cut before its header, or the one before the header's
+                self._deleted_keys.extend(f"{prefix}w:{snap}:{i}" for i in pieces)
         if full is not None and full["seq"] <= self.seq:
             self.base_seq = full["seq"]
-            self.windows = {int(k): v for k, v in full["windows"].items()}
-        for seq, changed in sorted(window_deltas):
+            if "windows" in full:  # one value (written before snapshots came in pieces)
+                self.windows = {int(k): v for k, v in full["windows"].items()}
+            else:
+                self._snapshot_id = max(self._snapshot_id, full["id"])
+                self._snapshot_pieces = full["pieces"]
+                parts = snapshot_pieces.get(full["id"], {})
+                self.windows = _merge_window_pieces(parts[i] for i in range(full["pieces"]))
+        for seq, parts in sorted(window_deltas.items()):
+            if len(parts) > 1:
+                self._pieces[f"v:{seq}"] = max(parts) + 1
             if seq > self.seq:
                 # written by a batch whose meta did not survive: delete it before the next
                 # batch reuses its seq (that batch may touch no window and not overwrite it)
-                self._deleted_keys.append(f"{prefix}v:{seq}")
+                self._delete_item("v", seq)
                 continue
             self._window_deltas.append(seq)
+            changed = _merge_window_pieces(parts[i] for i in sorted(parts))
             if self.base_seq < seq:  # newer than the full snapshot
-                for k, v in changed.items():
-                    self.windows[int(k)] = v
+                self.windows.update(changed)
                 self._delta_leaves += sum(len(v["b"]) + len(v["p"]) for v in changed.values())
         size = config.window_s
         for start in [s for s in self.windows if s + size <= self.closed_through]:
             del self.windows[start]  # closed after the snapshot that holds it
         self._full_leaves = sum(len(w["b"]) + len(w["p"]) for w in self.windows.values())
-        for seq, delta in sorted(deltas):
+        for seq, parts in sorted(deltas.items()):
+            if len(parts) > 1:
+                self._pieces[f"d:{seq}"] = max(parts) + 1
             if seq > self.seq:
                 # written by a batch whose meta did not survive: not applied, and deleted
                 # before its seq is reused (the next batch may add no dedupe memory)
-                self._deleted_keys.append(f"{prefix}d:{seq}")
+                self._delete_item("d", seq)
                 continue
             newest = NEG_INF
             orders, backend = self._orders.young, self._backend.young
-            if delta["s"] and len(delta["s"][0]) == 4 or delta["o"] and len(delta["o"][0]) == 4:
-                delta = self._upgrade_delta(delta)
-            for hkey, channels, bucket in delta["s"]:
-                self._seen.put(hkey, channels, bucket)
-                newest = max(newest, bucket)
-            for hkey, first, bucket in delta["o"]:
-                if hkey not in orders:
-                    self._orders.put(hkey, first, bucket)
-                newest = max(newest, bucket)
-            for order, bucket in delta["b"]:
-                hkey = self.backend_key(order) if isinstance(order, str) else order
-                if hkey not in backend:
-                    self._backend.put(hkey, 0, bucket)
-                newest = max(newest, bucket)
-            for leaf, order, bucket in delta.get("c", ()):
-                hkey = self.backend_key(order) if isinstance(order, str) else order
-                if bucket + config.window_s > self.closed_through:  # its window is still open
-                    self.conversions.setdefault(bucket, []).append((leaf, hkey))
-                newest = max(newest, bucket)
+            for i in sorted(parts):
+                delta = parts[i]
+                if delta["s"] and len(delta["s"][0]) == 4 or delta["o"] and len(delta["o"][0]) == 4:
+                    delta = self._upgrade_delta(delta)
+                for hkey, channels, bucket in delta["s"]:
+                    self._seen.put(hkey, channels, bucket)
+                    newest = max(newest, bucket)
+                for hkey, first, bucket in delta["o"]:
+                    if hkey not in orders:
+                        self._orders.put(hkey, first, bucket)
+                    newest = max(newest, bucket)
+                for order, bucket in delta["b"]:
+                    hkey = self.backend_key(order) if isinstance(order, str) else order
+                    if hkey not in backend:
+                        self._backend.put(hkey, 0, bucket)
+                    newest = max(newest, bucket)
+                for leaf, order, bucket in delta.get("c", ()):
+                    hkey = self.backend_key(order) if isinstance(order, str) else order
+                    if bucket + config.window_s > self.closed_through:  # its window is still open
+                        self.conversions.setdefault(bucket, []).append((leaf, hkey))
+                    newest = max(newest, bucket)
             self.deltas[seq] = int(newest) if newest != NEG_INF else 0
         cutoff = self.closed_through - config.dedupe_horizon_s
         for store in (self._seen, self._orders, self._backend):
             store.cutoff = cutoff
             store.compact()
         return self
+
+
+def _split_records(delta: dict[str, list[tuple[Any, ...]]], limit: int) -> list[JSON]:
+    """A dedupe delta as pieces of at most `limit` records (one piece when it fits)."""
+    if sum(len(v) for v in delta.values()) <= limit:
+        return [delta]
+    pieces: list[dict[str, list[tuple[Any, ...]]]] = []
+    piece: dict[str, list[tuple[Any, ...]]] = {"s": [], "o": [], "b": [], "c": []}
+    n = 0
+    for kind in ("s", "o", "b", "c"):
+        for record in delta[kind]:
+            if n >= limit:
+                pieces.append(piece)
+                piece, n = {"s": [], "o": [], "b": [], "c": []}, 0
+            piece[kind].append(record)
+            n += 1
+    pieces.append(piece)
+    return pieces
+
+
+def _split_windows(windows: Mapping[int, Mapping[str, Any]], limit: int) -> list[JSON]:
+    """Windows as pieces `{start: {"b", "p", "c"}}` of at most `limit` leaves each; a window
+    with more leaves spreads over several pieces (merged again by `_merge_window_pieces`)."""
+    if sum(len(w["b"]) + len(w["p"]) for w in windows.values()) <= limit:
+        return [{str(start): w for start, w in windows.items()}]
+    pieces: list[dict[str, dict[str, Any]]] = []
+    piece: dict[str, dict[str, Any]] = {}
+    n = 0
+    for start in sorted(windows):
+        w = windows[start]
+        key = str(start)
+        target: dict[str, dict[str, Any]] = {"b": {}, "p": {}, "c": {}}
+        piece[key] = target
+        for part in ("b", "p"):
+            for leaf, counters in w[part].items():
+                if n >= limit:
+                    pieces.append(piece)
+                    piece, n = {}, 0
+                    piece[key] = target = {"b": {}, "p": {}, "c": {}}
+                target[part][leaf] = counters
+                if part == "p":
+                    target["c"][leaf] = w["c"][leaf]
+                n += 1
+    pieces.append(piece)
+    return pieces
+
+
+def _merge_window_pieces(pieces: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for piece in pieces:
+        for k, w in piece.items():
+            have = out.get(int(k))
+            if have is None:
+                out[int(k)] = w
+            else:
+                for part in ("b", "p", "c"):
+                    have[part].update(w[part])
+    return out
+
 
 
 # ---- stage B ------------------------------------------------------------------------------
@@ -810,6 +1028,9 @@ class ClosedWindow:
                    **{k: v for k, v in kwargs.items() if k not in ("platform", "event_name", "browser", "region")})
 
 
+#: the part of an open window in stage B that holds the backend counts (groups hold a `|`)
+BACKEND_PART = "*"
+
 LEVELS = ("backend", "platform", "platform_browser", "platform_region", "leaf")
 
 
@@ -840,33 +1061,47 @@ class WindowAssembler:
         self.markers: dict[int, float] = {}
         self.closed_through = NEG_INF
         self.groups: dict[str, int] = {}  # group -> newest closed window start with platform data
-        # window_start -> {"b": leaves, "p": leaves, "seen": [[partition, group], ...]}
+        # window_start -> {"b": leaves, "p": leaves, "seen": {group or "*": [partition, ...]}}
         self.open: dict[int, dict[str, Any]] = {}
-        self._meta_dirty = False  # anything changed since the last snapshot
+        self._meta_dirty = False  # markers, closed_through or groups changed since the last write
+        self._dirty: set[tuple[int, str]] = set()  # (window_start, part) merged into since the last write
+        self._stored: dict[int, set[str]] = {}  # window_start -> parts with a stored item
+        self._closed_stored: list[tuple[int, str]] = []  # stored items of windows closed since
 
     def add_platform(self, partition: int, window_start: int, group: str, leaves: Mapping[str, list[Any]]) -> bool:
+        return self._add(partition, window_start, group, leaves)
+
+    def add_backend(self, partition: int, window_start: int, leaves: Mapping[str, list[Any]],
+                    groups: Iterable[str] = ()) -> bool:
+        """The backend counts of one window closed by `partition` (every group needs them) and
+        the groups with platform data in it there (every partition learns every group)."""
+        return self._add(partition, window_start, BACKEND_PART, leaves, groups)
+
+    def _add(self, partition: int, window_start: int, part: str, leaves: Mapping[str, list[Any]],
+             groups: Iterable[str] = ()) -> bool:
         if window_start + self.window_s <= self.markers.get(partition, NEG_INF):
             return False  # re-sent after the partition had already closed it
         if window_start + self.window_s <= self.closed_through:
             return False
         window = self._window(window_start)
-        tag = [partition, group]
-        if tag in window["seen"]:
+        seen = window["seen"].setdefault(part, [])
+        if partition in seen:
             return False
-        window["seen"].append(tag)
-        _merge(window["p"], leaves)
+        seen.append(partition)
+        _merge(window["b"] if part == BACKEND_PART else window["p"], leaves)
+        if groups:
+            window.setdefault("g", set()).update(groups)
+        self._dirty.add((window_start, part))
         return True
 
-    def add_marker(self, partition: int, closed_through: float, backend: Mapping[int, Mapping[str, list[float]]]) -> bool:
-        """A partition closed windows through `closed_through`; `backend` holds their counts."""
+    def add_marker(self, partition: int, closed_through: float,
+                   backend: Mapping[int, Mapping[str, list[float]]] | None = None) -> bool:
+        """A partition closed windows through `closed_through` (`backend`: their counts, as
+        partials carried them before they came one message per window)."""
         if closed_through <= self.markers.get(partition, NEG_INF):
             return False
-        before = self.markers.get(partition, NEG_INF)
-        for start, leaves in backend.items():
-            start = int(start)
-            if start + self.window_s <= before or start + self.window_s <= self.closed_through:
-                continue
-            _merge(self._window(start)["b"], leaves)
+        for start, leaves in (backend or {}).items():
+            self.add_backend(partition, int(start), leaves)
         self.markers[partition] = closed_through
         self._meta_dirty = True
         return True
@@ -874,8 +1109,7 @@ class WindowAssembler:
     def _window(self, start: int) -> dict[str, Any]:
         window = self.open.get(start)
         if window is None:
-            window = self.open[start] = {"b": {}, "p": {}, "seen": []}
-        self._meta_dirty = True
+            window = self.open[start] = {"b": {}, "p": {}, "seen": {}}
         return window
 
     @property
@@ -900,13 +1134,14 @@ class WindowAssembler:
         first = max(first, int(through - self.max_gap_s) // self.window_s * self.window_s)
         start = first
         while start + self.window_s <= through:
-            self.open.setdefault(start, {"b": {}, "p": {}, "seen": []})
+            self.open.setdefault(start, {"b": {}, "p": {}, "seen": {}})
             start += self.window_s
         for start in sorted(self.open):
             if start + self.window_s > through:
                 break
             window = self.open.pop(start)
             self._meta_dirty = True
+            self._closed_stored.extend((start, part) for part in self._stored.pop(start, ()))
             out.append(self._build(start, window))
         if through > self.closed_through:
             self.closed_through = through
@@ -931,11 +1166,15 @@ class WindowAssembler:
         # closed before it, at most `group_ttl_s` ago. Windows close in order and each is
         # complete when it closes, so this depends on the data alone, never on how many
         # windows one call happens to close (a group first seen later is not in earlier ones).
-        with_data = {group_of(leaf) for leaf in window["p"]}
+        # Every partition learns every group (the backend partials name them), not only the
+        # ones it owns: the backend series of an event name is built by its owner whenever a
+        # group of that name is live anywhere, so with any number of partitions as with one.
+        with_data = {group_of(leaf) for leaf in window["p"]} | window.get("g", set())
         cutoff = start - self.group_ttl_s
         for g in with_data:
             self.groups[g] = start
-        groups = {g for g, last in self.groups.items() if last >= cutoff}
+        live = {g for g, last in self.groups.items() if last >= cutoff}
+        groups = live
         if self.owns_group is not None:
             groups = {g for g in groups if self.owns_group(g)}
         by_event_name: dict[str, list[str]] = {}
@@ -975,7 +1214,7 @@ class WindowAssembler:
             platform, event_name = g.split("|", 1)
             seg(platform, event_name, "platform", "*", "*")
         # The backend series itself, once per event name (by its owner): business reality.
-        backend_names = {leaf.split("|", 1)[0] for leaf in window["b"]} | set(by_event_name)
+        backend_names = {leaf.split("|", 1)[0] for leaf in window["b"]} | {g.split("|", 1)[1] for g in live}
         for event_name in backend_names:
             if self.owns_group is not None and not self.owns_group(f"*|{event_name}"):
                 continue
@@ -987,27 +1226,83 @@ class WindowAssembler:
                     w.backend_consent_denied += int(c[B_DENIED])
         return [segments[k] for k in sorted(segments)]
 
-    # persistence: one value under a caller-chosen prefix, so markers, merged counts and the
-    # partials already seen always agree after a crash
+    # persistence, under a caller-chosen prefix: a small meta `{prefix}a` (markers, closed
+    # through, groups) and one item per (open window, part) `{prefix}o:{start}:{part}` (part:
+    # a group, or `*` for the backend counts) holding its merged leaves and the partitions
+    # merged into them, so counts and "already merged" always agree. Bounded: a part holds
+    # one group's leaves (browser x region) or the backend's (event name x browser x region).
     def take_changes(self, prefix: str) -> dict[str, JSON | None]:
-        if not self._meta_dirty:
-            return {}
-        self._meta_dirty = False
-        return {f"{prefix}a": {
-            "markers": {str(k): v for k, v in self.markers.items()},
-            "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
-            "groups": self.groups,
-            "open": {str(k): v for k, v in self.open.items()},
-        }}
+        """Items changed since the last call (None = delete), in the order to write them.
+
+        Merged parts first (a re-sent partial is recognised by the item itself), then the
+        meta, then the deletions of closed windows' items: a crash between the meta and the
+        deletions leaves items that `restore` drops as closed, never a closed window reopened.
+        """
+        out: dict[str, JSON | None] = {}
+        by_window: dict[int, list[str]] = {}
+        for start, part in self._dirty:
+            if start in self.open:
+                by_window.setdefault(start, []).append(part)
+        self._dirty = set()
+        for start in sorted(by_window):
+            window = self.open[start]
+            groups: dict[str, dict[str, list[Any]]] | None = None
+            stored = self._stored.setdefault(start, set())
+            for part in sorted(by_window[start]):
+                if part == BACKEND_PART:
+                    leaves = window["b"]
+                else:
+                    if groups is None:
+                        groups = {}
+                        for leaf, c in window["p"].items():
+                            groups.setdefault(group_of(leaf), {})[leaf] = c
+                    leaves = groups.get(part, {})
+                item = {"seen": window["seen"][part], "leaves": leaves}
+                if part == BACKEND_PART and window.get("g"):
+                    item["groups"] = sorted(window["g"])
+                out[f"{prefix}o:{start}:{part}"] = item
+                stored.add(part)
+        if self._meta_dirty:
+            self._meta_dirty = False
+            out[f"{prefix}a"] = {
+                "markers": {str(k): v for k, v in self.markers.items()},
+                "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
+                "groups": self.groups,
+            }
+        for start, part in self._closed_stored:
+            out[f"{prefix}o:{start}:{part}"] = None
+        self._closed_stored = []
+        return out
 
     def restore(self, prefix: str, items: Mapping[str, JSON]) -> None:
         value = items.get(f"{prefix}a")
-        if value is None:
-            return
-        self.markers = {int(k): v for k, v in value["markers"].items()}
-        self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
-        self.groups = dict(value["groups"])
-        self.open = {int(k): v for k, v in value["open"].items()}
+        if value is not None:
+            self.markers = {int(k): v for k, v in value["markers"].items()}
+            self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
+            self.groups = dict(value["groups"])
+            for k, window in value.get("open", {}).items():  # one value held every open window
+                seen: dict[str, list[int]] = {}
+                for partition, group in window["seen"]:
+                    seen.setdefault(group, []).append(partition)
+                start = int(k)
+                self.open[start] = {"b": window["b"], "p": window["p"], "seen": seen}
+                self._dirty.update((start, part) for part in seen)
+                self._meta_dirty = True
+        item_prefix = f"{prefix}o:"
+        for key, item in items.items():
+            if item is None or not key.startswith(item_prefix):
+                continue
+            k, _, part = key[len(item_prefix):].partition(":")
+            start = int(k)
+            if start + self.window_s <= self.closed_through:
+                self._closed_stored.append((start, part))  # closed; the crash cut its deletion
+                continue
+            window = self._window(start)
+            window["seen"][part] = list(item["seen"])
+            (window["b"] if part == BACKEND_PART else window["p"]).update(item["leaves"])
+            if item.get("groups"):
+                window["g"] = set(item["groups"])
+            self._stored.setdefault(start, set()).add(part)
 
 
 def _merge(into: dict[str, list[Any]], leaves: Mapping[str, list[Any]]) -> None:

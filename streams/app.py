@@ -50,6 +50,8 @@ def pipeline_config(s: Settings, detect: bool = True) -> PipelineConfig:
         dedupe_horizon_s=s.dedupe_horizon_seconds, idle_partition_s=s.idle_partition_seconds,
         idle_input_event_s=s.idle_input_event_seconds, false_alarms_per_30_days=s.false_alarms_per_30_days,
         change_lookback_s=s.change_lookback_days * 86_400, detect=detect,
+        max_input_skew_s=s.max_input_skew_seconds, max_platforms=s.max_platforms,
+        max_event_names=s.max_event_names, max_message_bytes=s.max_message_bytes,
         topics=Topics(backend=s.backend_topic, platform=s.platform_topic, partials=s.partials_topic,
                       windows=s.windows_topic, alerts=s.alerts_topic, dlq=s.dlq_topic),
     )
@@ -69,8 +71,10 @@ class GapwatchWorker:
         self.changes_partitions = changes_partitions
         self.settings = settings
         self.n = n_partitions
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(max_platforms=settings.max_platforms,
+                                          max_event_names=settings.max_event_names)
         self.config = pipeline_config(settings, detect)
+        self.config.check_message_bounds()
         self.ingest = IngestStage(self.config, n_partitions, lambda p: self._items(self.ingest_table, p))
         self.assemble = AssembleStage(self.config, n_partitions, lambda k: self._items(self.assemble_table, k))
         # Effects waiting to be sent, in the order they were made: state items were already
@@ -82,6 +86,10 @@ class GapwatchWorker:
         self._outbox = Outbox()
         self._flush_lock = asyncio.Lock()
         self.ready = False
+        #: source partitions this worker paused for back-pressure (IngestStage.paused_inputs)
+        self._backpressure: set[Any] = set()
+        self._folded_logged: set[str] = set()
+        self._stale_dropped = 0
         self._ratio_gauges: dict[tuple[str, ...], Any] = {}
         self.app = self._make_app()
 
@@ -122,7 +130,8 @@ class GapwatchWorker:
             consumer_max_fetch_size=8 * 1024 * 1024,
             broker_commit_interval=s.commit_interval_seconds,
             producer_linger=0.005,
-            producer_max_batch_size=1024 * 1024,
+            producer_max_batch_size=min(1024 * 1024, s.max_message_bytes),
+            producer_max_request_size=s.max_message_bytes,
             table_cleanup_interval=3600.0,
         )
         self.source_topic = app.topic(
@@ -227,7 +236,10 @@ class GapwatchWorker:
             changelogs = {"ingest": self.ingest_table.changelog_topic.get_topic_name(),
                           ASSEMBLE_TABLE: self.assemble_table.changelog_topic.get_topic_name()}
             in_flight: list[Any] = []
+            limit = self.settings.max_message_bytes
             for item in pending:
+                if item.value is not None and len(item.value) + len(item.key or b"") + 512 > limit:
+                    await self._too_large(item, limit)
                 if isinstance(item, StateWrite):
                     if in_flight:
                         await asyncio.gather(*in_flight)
@@ -236,19 +248,62 @@ class GapwatchWorker:
                 else:
                     in_flight.append(await send(item.topic, item.key, item.value, item.partition, None, item.headers))
 
+    async def _too_large(self, item: Send | StateWrite, limit: int) -> None:
+        """Stop the worker with a clear message: the pipeline bounds every message it makes, so
+        this is a bug or a limit set below what the settings allow; retrying would loop."""
+        what = (f"state item {item.key.decode(errors='replace')!r} of table {item.table}" if isinstance(item, StateWrite)
+                else f"message to {item.topic}")
+        size = len(item.value or b"") + len(item.key or b"")
+        exc = RuntimeError(
+            f"gapwatch: a {what} is {size} bytes, over max_message_bytes={limit} (the producer's "
+            "max_request_size): raise max_message_bytes (and the brokers' message.max.bytes) or lower "
+            "max_platforms / max_event_names; the worker stops rather than lose it")
+        log.critical("%s", exc)
+        await self.app.crash(exc)
+        raise exc
+
     async def _on_revoked(self, app: Any, revoked: Any = None, **_: Any) -> None:
+        """Before another worker may take our partitions: every effect made while we owned
+        them is on the brokers (the new owner's recovery reads the changelogs to their end),
+        and nothing is written for them afterwards.
+
+        Faust has flushed its producer by now, but not our queue: an agent may have been
+        half-way through `_flush` (it does not wait for agents: stream_wait_empty=False).
+        A state write that reached a changelog after the new owner had recovered it would
+        overwrite that owner's newer items for whoever recovers the partition next.
+        """
+        try:
+            await self._flush()
+            await self.app.producer.flush()
+        except Exception:  # stopping: the producer may be gone; uncommitted work is redone
+            log.exception("could not deliver the queued effects before giving partitions away")
         # Drop the in-memory views; they are rebuilt from the recovered tables on next use.
         self.ingest.forget()
         self.assemble.forget()
+        self._backpressure = set()  # the new assignment starts unpaused (Faust resets its own)
 
     # ---- stage A --------------------------------------------------------------------------
     async def _ingest_agent(self, stream: Any) -> None:
         # One event per (partition, fetched chunk): see streams/fastfaust.py. Leaving the loop
         # body acks the chunk, so offsets commit only after its counts are in the changelog.
         async for event in stream.events():
+            if self._stale(event.message):
+                continue
             batch = event.value
             self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values)
             await self._flush()
+
+    def _stale(self, message: Any) -> bool:
+        """A message fetched before the last rebalance: its partition may belong to another
+        worker now, which reads it again from the committed offset. Never act on it (Faust
+        skips such messages when it hands them out, but `take_events` may hold them across a
+        rebalance)."""
+        if message.generation_id == self.app.consumer_generation_id:
+            return False
+        self._stale_dropped += 1
+        log.info("dropped a message of %s/%s fetched before the last rebalance (%d so far)",
+                 message.topic, message.partition, self._stale_dropped)
+        return True
 
     def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any]) -> None:
         tally = self.ingest.process_batch(topic, p, offsets, keys, values, time.monotonic(), self._outbox)
@@ -264,6 +319,15 @@ class GapwatchWorker:
             mt.late.labels(topic=topic).inc(tally.late)
         for reason, n in tally.invalid.items():
             mt.invalid.labels(topic=topic, reason=reason).inc(n)
+        for name, n in tally.folded.items():
+            mt.folded.labels(field=name).inc(n)
+        for name, first in tally.first_folded.items():
+            if name not in self._folded_logged:
+                self._folded_logged.add(name)
+                cap = self.settings.max_platforms if name == "platform" else self.settings.max_event_names
+                setting = "max_platforms" if name == "platform" else "max_event_names"
+                log.warning("more than %s=%d distinct %s names on %s: %r and every later new one are counted "
+                            "as 'other' (gapwatch_folded_events_total; logged once)", setting, cap, name, topic, first)
         for (platform, event_name), n in tally.duplicates.items():
             mt.duplicates.labels(platform=mt.platform_cap(platform), event_name=mt.event_name_cap(event_name)).inc(n)
         if self.ingest.input_of(topic) == BACKEND:
@@ -292,12 +356,34 @@ class GapwatchWorker:
         self.ingest.tick(assigned, time.monotonic(), self._caught_up, self._outbox)
         self._take_effects()
         await self._flush()
+        await self._apply_backpressure(assigned)
         live = [st.watermark for p, st in self.ingest.partitions.items() if p in assigned and st.watermark > float("-inf")]
         if live:
             low = min(live)
             self.metrics.watermark.set(low)
             self.metrics.watermark_lag.set(max(0.0, time.time() - low))
         self._update_lag(assigned)
+
+    async def _apply_backpressure(self, assigned: set[int]) -> None:
+        """Pause the source partitions whose input runs far ahead of the other (the pipeline
+        decides which: `IngestStage.paused_inputs`); resume them once the other catches up.
+
+        aiokafka's pause (streams/fastfaust.py: nothing fetched is skipped); a rebalance
+        unpauses everything, so the wanted set is applied again every tick (idempotent).
+        """
+        consumer = self.app.consumer
+        want = {faust.types.TP(self._topic_of(kind), p)
+                for p in assigned for kind in self.ingest.paused_inputs(p, self._caught_up)}
+        release = self._backpressure - want
+        if release:
+            await consumer.resume_fetching(release)  # type: ignore[attr-defined]
+            log.info("back-pressure: resumed %s", sorted(f"{tp.topic}/{tp.partition}" for tp in release))
+        if want:
+            if want - self._backpressure:
+                log.info("back-pressure: paused %s (far ahead in event time of the other input)",
+                         sorted(f"{tp.topic}/{tp.partition}" for tp in want - self._backpressure))
+            await consumer.pause_fetching(want)  # type: ignore[attr-defined]
+        self._backpressure = want
 
     def _recovered(self) -> bool:
         """Tables hold their full state: never build a view from a half-recovered table."""
@@ -337,7 +423,9 @@ class GapwatchWorker:
     # ---- stage B --------------------------------------------------------------------------
     async def _assemble_agent(self, stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.2):
-            self.process_partials([e.message for e in events])
+            messages = [e.message for e in events if not self._stale(e.message)]
+            if messages:
+                self.process_partials(messages)
             await self._flush()
 
     def process_partials(self, messages: list[Any]) -> None:

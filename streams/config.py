@@ -49,6 +49,10 @@ class Settings:
     tick_seconds: float = field(default=1.0, metadata={"help": "how often windows are checked for closing"})
     idle_partition_seconds: float = field(default=10.0, metadata={"help": "an input partition with nothing to read for this long (wall clock) may be idle"})
     idle_input_event_seconds: float = field(default=3600.0, metadata={"help": "... and only once the other input is this far ahead in event time; then windows close without it"})
+    max_input_skew_seconds: float = field(default=3 * 3600.0, metadata={"help": "an input partition this far ahead of the other in event time is paused until the other catches up (bounds open windows during backfills)"})
+    max_platforms: int = field(default=20, metadata={"help": "distinct platform names kept apart (state and metric labels); more count as 'other'"})
+    max_event_names: int = field(default=20, metadata={"help": "distinct event names kept apart (state and metric labels); more count as 'other'"})
+    max_message_bytes: int = field(default=1024 * 1024, metadata={"help": "largest message the worker produces (the producer's max_request_size; the brokers' message.max.bytes must allow it)"})
     commit_interval_seconds: float = field(default=1.0, metadata={"help": "how often consumed offsets are committed (a restart re-reads at most this much; counts stay exact)"})
     session_timeout_seconds: float = field(default=0.0, metadata={"help": "Kafka group session timeout (0 = 6 s on a loopback broker, else 30 s)"})
     data_dir: str = field(default="", metadata={"help": "directory for Faust's data (default: a temp dir)"})
@@ -87,6 +91,10 @@ class Settings:
             raise ConfigError("false_alarms_per_30_days must be > 0")
         if self.partitions < 1:
             raise ConfigError("partitions must be >= 1")
+        if self.max_platforms < 1 or self.max_event_names < 1:
+            raise ConfigError("max_platforms and max_event_names must be >= 1")
+        if self.max_message_bytes < 256 * 1024:
+            raise ConfigError("max_message_bytes must be >= 262144 (one group's detector state is stored as one message)")
         if not self.broker or ":" not in self.broker:
             raise ConfigError(f"broker must be HOST:PORT, got {self.broker!r}")
 

@@ -246,6 +246,35 @@ class BatchMessageConsumer(FastDrainConsumer):
         finally:
             await probe.stop()
 
+    async def pause_fetching(self, tps) -> None:
+        """Back-pressure: stop fetching `tps` until `resume_fetching`.
+
+        Uses aiokafka's own pause, not Faust's ``pause_partitions``: Faust's only takes the
+        partition out of the set it passes to ``getmany``, and records of it already fetched
+        in that round are then skipped, never delivered, while the fetch position has moved
+        past them (lost, unless something seeks back). aiokafka drops the buffered records of
+        a paused partition without moving its position, so they are fetched again on resume.
+        """
+        await self._call_aiokafka("pause", tps)
+
+    async def resume_fetching(self, tps) -> None:
+        await self._call_aiokafka("resume", tps)
+
+    async def _call_aiokafka(self, method: str, tps) -> None:
+        from aiokafka.structs import TopicPartition
+
+        thread = self._thread
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+        async def call() -> None:  # in the consumer's thread, where aiokafka runs
+            consumer = thread._ensure_consumer()
+            assigned = consumer.assignment()
+            owned = [tp for tp in parts if tp in assigned]
+            if owned:
+                getattr(consumer, method)(*owned)
+
+        await thread.call_thread(call)
+
     def ack(self, message) -> bool:
         batch = message.value
         if not isinstance(batch, RecordBatch):

@@ -42,6 +42,7 @@ class Metrics:
         self.late = Counter("gapwatch_late_events", "Events later than the allowed lateness (counted as late)", ["topic"], registry=r)
         self.backend = Counter("gapwatch_backend_events", "Valid backend events", ["event_name", "browser", "region"], registry=r)
         self.platform = Counter("gapwatch_platform_events", "Valid platform events (raw, before pixel/server dedupe)", list(SEG), registry=r)
+        self.folded = Counter("gapwatch_folded_events", "Events whose platform or event name was beyond its cap (max_platforms, max_event_names), counted as 'other'", ["field"], registry=r)
         self.duplicates = Counter("gapwatch_platform_duplicates", "Platform events with an event_id already seen on the same channel", ["platform", "event_name"], registry=r)
         self.alert_feedback = Counter("gapwatch_alert_feedback", "What people said about alerts (ack / expected / false): false / firing alerts is the false-alarm rate users see", ["action"], registry=r)
         self.watermark = Gauge("gapwatch_watermark_seconds", "Lowest event-time watermark of this worker's partitions", registry=r)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -47,6 +48,14 @@ class Group:
         self.clock = 0.0
         self.offsets = {(t, p): 0 for t in (TOPICS.backend, TOPICS.platform) for p in range(n)}
         self.drained: set[str] = set()
+        #: (input, partition) -> messages left to read, when the test knows (else `drained` decides)
+        self.left: dict[tuple[str, int], int] = {}
+        self.largest_message = 0
+
+    def caught_up(self, kind: str, p: int, applied: int) -> bool:
+        if (kind, p) in self.left:
+            return self.left[(kind, p)] == 0
+        return kind in self.drained
 
     def _load(self, table: str, p: int) -> dict[str, Any]:
         prefix = f"{p}:".encode()
@@ -55,6 +64,7 @@ class Group:
     def apply(self) -> None:
         partials = []
         for item in self.outbox.take():
+            self.largest_message = max(self.largest_message, len(item.value or b"") + len(item.key or b""))
             if isinstance(item, StateWrite):
                 if item.value is None:
                     self.tables[item.table].pop(item.key, None)
@@ -81,11 +91,7 @@ class Group:
 
     def tick(self) -> None:
         self.clock += self.config.idle_partition_s
-
-        def caught_up(kind: str, p: int, applied: int) -> bool:
-            return kind in self.drained
-
-        self.ingest.tick(range(self.n), self.clock, caught_up, self.outbox)
+        self.ingest.tick(range(self.n), self.clock, self.caught_up, self.outbox)
         self.apply()
 
 
@@ -132,7 +138,7 @@ def by_key(bt: Backtest) -> dict[tuple[str, int], dict[str, Any]]:
     return {(w.segment_key, w.window_start): w.to_dict() for w in bt.windows}
 
 
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n", [1, 3, 4])
 def test_stages_over_n_partitions_give_the_backtest_windows_and_alerts(sim: Any, offline: Backtest, n: int) -> None:
     group = Group(n)
     play(group, sim.backend, sim.platform)
@@ -236,3 +242,127 @@ def test_a_drained_input_close_behind_the_other_is_not_idle() -> None:
     for _ in range(5):
         group.tick()
     assert group.ingest.state(0).closed_through == through  # < idle_input_event_s apart: wait
+
+
+# ---- backfills, back-pressure, bounded messages, bounded cardinality -------------------------
+
+SMALL_MESSAGES = PipelineConfig(window_s=300, allowed_lateness_s=120, idle_partition_s=10, idle_input_event_s=3600,
+                                max_input_skew_s=3 * 3600, max_message_bytes=256 * 1024, max_event_names=5)
+
+
+def backfill(group: Group, backend: list[dict[str, Any]], platform: list[dict[str, Any]], chunk: int = 50) -> int:
+    """Every event is there before the first read (a backfill): each round reads a chunk of
+    each input of each partition unless stage A pauses it, as the worker's consumer would.
+    Returns the most windows any partition held open."""
+    parts = {"b": split(backend, group.n), "p": split(platform, group.n)}
+    topic = {"b": TOPICS.backend, "p": TOPICS.platform}
+    pos = {(k, p): 0 for k in parts for p in range(group.n)}
+    for k in parts:
+        for p in range(group.n):
+            group.left[(k, p)] = len(parts[k][p])
+    most_open = 0
+    while any(group.left.values()):
+        for p in range(group.n):
+            paused = group.ingest.paused_inputs(p, group.caught_up)
+            for k in parts:
+                i = pos[(k, p)]
+                if k in paused or i >= len(parts[k][p]):
+                    continue
+                values = parts[k][p][i:i + chunk]
+                pos[(k, p)] = i + len(values)
+                group.left[(k, p)] -= len(values)
+                group.feed(topic[k], p, values)
+            most_open = max(most_open, len(group.ingest.state(p).windows))
+        group.tick()
+    for _ in range(3):
+        group.tick()
+    return most_open
+
+
+@pytest.fixture(scope="module")
+def weeks() -> Any:
+    return generate("steady", seed=5, days=9, orders_per_day=250)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_backfill_pauses_the_input_ahead_keeps_messages_bounded_and_equals_the_backtest(weeks: Any, n: int) -> None:
+    # The reference: `Backtest` for one partition; for two, the same stages fed chunk for chunk
+    # of each input with no pause at all (a partition judges lateness on its own events, so
+    # one late event may land in another window than in a one-partition run).
+    if n == 1:
+        bt = Backtest(SMALL_MESSAGES)
+        bt.run((orjson.dumps(e) for e in weeks.backend), (orjson.dumps(e) for e in weeks.platform))
+        reference, ref_alerts = by_key(bt), bt.alerts
+    else:
+        loose = Group(n, replace(SMALL_MESSAGES, max_input_skew_s=1e12))
+        play(loose, weeks.backend, weeks.platform, chunk=50)
+        reference, ref_alerts = loose.windows, loose.alerts
+    # platform events outnumber backend events ~2:1: read chunk for chunk, the backend input
+    # runs ahead in event time, days by the end, unless it is paused
+    group = Group(n, SMALL_MESSAGES)
+    most_open = backfill(group, weeks.backend, weeks.platform)
+    cfg = SMALL_MESSAGES
+    # the skew plus what one chunk read past it can open (a chunk is read whole)
+    assert most_open <= (cfg.max_input_skew_s + cfg.allowed_lateness_s) // cfg.window_s + 50 + 3
+    assert group.largest_message <= cfg.max_message_bytes // 2
+    through = min(group.ingest.state(p).closed_through for p in range(n))
+    expected = {k: w for k, w in reference.items() if w["window_end"] <= through}
+    assert len({ws for _, ws in expected}) > 8 * 288
+    assert group.windows == expected
+    assert [a["alert_id"] for a in group.alerts] == [a["alert_id"] for a in ref_alerts if a["detected_at"] <= through]
+
+
+def test_without_back_pressure_the_backfill_holds_days_of_open_windows(weeks: Any) -> None:
+    """The bound above is the pause's doing (a check that the test measures something)."""
+    loose = PipelineConfig(window_s=300, allowed_lateness_s=120, max_input_skew_s=1e12,
+                           max_message_bytes=256 * 1024, max_event_names=5)
+    group = Group(1, loose)
+    assert backfill(group, weeks.backend, weeks.platform) > 2 * 288
+
+
+def test_a_tick_that_closes_thousands_of_windows_sends_one_bounded_partial_per_window() -> None:
+    group = Group(1, SMALL_MESSAGES)
+    # two weeks of backend, one event a minute, then one platform event far ahead: both are
+    # caught up, the platform idle rule closes everything at once
+    backend = [_backend(i, T0 + 60 * i) for i in range(14 * 1440)]
+    group.feed(TOPICS.backend, 0, backend[: len(backend) // 2])
+    group.feed(TOPICS.backend, 0, backend[len(backend) // 2:])
+    group.feed(TOPICS.platform, 0, [_platform(0, T0 + 15 * 86400)])
+    group.drained = {"b", "p"}
+    for _ in range(3):
+        group.tick()
+    assert group.ingest.state(0).closed_through >= T0 + 14 * 86400 - 600
+    assert len({ws for (_, ws) in group.windows}) > 13 * 288
+    assert group.largest_message <= SMALL_MESSAGES.max_message_bytes // 2
+
+
+def test_a_message_limit_too_small_for_the_caps_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="max_message_bytes=262144 is too small for max_event_names=40"):
+        PipelineConfig(max_message_bytes=256 * 1024, max_event_names=40).check_message_bounds()
+    PipelineConfig().check_message_bounds()
+
+
+def test_hostile_cardinality_folds_into_other_and_stays_bounded() -> None:
+    """A producer bug: a fresh platform and event name on every event (60,000 over a day,
+    20,000 platform names x 5,000 event names): state, partials and segments stay bounded."""
+    import time
+
+    cfg = PipelineConfig(window_s=300, allowed_lateness_s=120)
+    platform = [orjson.dumps({"event_id": f"e{i}", "platform": f"pf{i % 20000}", "event_name": f"ev{i % 5000}",
+                              "order_id": f"o{i}", "occurred_at": T0 + i * 1.44}) for i in range(60_000)]
+    backend = [_backend(i, T0 + i * 2.88) for i in range(30_000)]
+    t0 = time.monotonic()
+    bt = Backtest(cfg)
+    bt.run(backend, platform)
+    bt.close_all()
+    elapsed = time.monotonic() - t0
+    st = bt.partition
+    assert len(st.names.platforms) == cfg.max_platforms + 1 and len(st.names.platform_event_names) <= cfg.max_event_names + 1
+    groups = {(w.platform, w.event_name) for w in bt.windows if w.platform != "*"}
+    assert len(groups) <= (cfg.max_platforms + 1) * (cfg.max_event_names + 1)
+    assert len({platform for platform, _ in groups}) <= cfg.max_platforms + 1
+    assert len({w.event_name for w in bt.windows}) <= cfg.max_event_names + 2  # purchase, other
+    parents = [w for w in bt.windows if w.level == "platform"]
+    assert sum(w.platform_count for w in parents) == 60_000  # folded, never lost
+    assert sum(w.platform_count for w in parents if (w.platform, w.event_name) == ("other", "other")) > 59_000
+    assert elapsed < 120, elapsed  # minutes, not the hours of one segment per name

@@ -183,16 +183,21 @@ STATE_ATTRS = ("offsets", "max_ts", "closed_through", "seq", "windows", "seen_ev
                "backend_orders", "deltas")
 
 
-@pytest.mark.parametrize("ratio", [0.5, 4.0])
-def test_any_prefix_of_the_writes_restores_the_state_of_a_whole_batch(ratio: float) -> None:
-    """A crash may cut the changelog writes anywhere: window deltas, full snapshots, deletions.
+#: items split into many small pieces: every cut between two pieces of one item is tried too
+SMALL_ITEMS = WindowConfig(window_s=60, allowed_lateness_s=30, max_records_per_item=7, max_leaves_per_item=2)
+
+
+@pytest.mark.parametrize(("ratio", "cfg"), [(0.5, CFG), (4.0, CFG), (0.5, SMALL_ITEMS), (4.0, SMALL_ITEMS)])
+def test_any_prefix_of_the_writes_restores_the_state_of_a_whole_batch(ratio: float, cfg: WindowConfig) -> None:
+    """A crash may cut the changelog writes anywhere: window deltas, full snapshots, deletions,
+    between the pieces of one item.
 
     Whatever prefix survives, the restored state is exactly the one after the batch that the
     surviving meta names, and driving the rest of the stream from there gives the same output
     as an uninterrupted run (counts and offsets agree).
     """
     events = _stream(300)
-    a = PartitionWindows(3, CFG)
+    a = PartitionWindows(3, cfg)
     a.full_snapshot_ratio = ratio
     writes: list[tuple[str, Any]] = []
     states: dict[int, dict[str, Any]] = {0: copy.deepcopy({k: getattr(a, k) for k in STATE_ATTRS})}
@@ -201,7 +206,20 @@ def test_any_prefix_of_the_writes_restores_the_state_of_a_whole_batch(ratio: flo
         writes.extend((k, orjson.loads(orjson.dumps(v))) for k, v in a.take_changes().items())
         states[a.seq] = copy.deepcopy({k: getattr(a, k) for k in STATE_ATTRS})
     assert any(k == "3:w" for k, _ in writes) and any(k.startswith("3:v:") and v is None for k, v in writes)
-    full = _drive(PartitionWindows(3, CFG), events)
+    if cfg is SMALL_ITEMS:  # every kind of item came in pieces, and pieces were deleted
+        for kind in ("d", "v", "w"):
+            assert any(k.startswith(f"3:{kind}:") and k.count(":") == 3 for k, _ in writes), kind
+        assert any(k.startswith("3:w:") and v is None for k, v in writes)
+    # the items stored in the end: one per piece, none left over from a replaced snapshot
+    final: dict[str, Any] = {}
+    for k, v in writes:
+        if v is None:
+            final.pop(k, None)
+        else:
+            final[k] = v
+    header = final["3:w"]
+    assert sorted(k for k in final if k.startswith("3:w:")) == sorted(f"3:w:{header['id']}:{i}" for i in range(header["pieces"]))
+    full = _drive(PartitionWindows(3, cfg), events)
     for cut in range(len(writes) + 1):
         items: dict[str, Any] = {}
         for k, v in writes[:cut]:
@@ -209,7 +227,7 @@ def test_any_prefix_of_the_writes_restores_the_state_of_a_whole_batch(ratio: flo
                 items.pop(k, None)
             else:
                 items[k] = v
-        b = PartitionWindows.restore(3, CFG, copy.deepcopy(items))
+        b = PartitionWindows.restore(3, cfg, copy.deepcopy(items))
         want = states[b.seq]
         for attr in STATE_ATTRS:
             assert getattr(b, attr) == want[attr], (cut, attr)
@@ -412,3 +430,77 @@ def test_closed_window_counts_survive_json(partition: int) -> None:
     asm.add_marker(0, partial.closed_through, {int(k): v for k, v in doc["b"].items()})
     w = {x.segment_key: x for x in asm.close_ready()[0]}["meta|purchase|*|*"]
     assert (w.backend_count, w.platform_count, w.platform_channels) == (1, 1, {"pixel": 1})
+
+
+def _partial_messages(n: int = 2, events: int = 300) -> list[tuple[Any, ...]]:
+    """The partials of `n` source partitions over a stream, in an order the partials topic
+    could deliver them: (kind, partition, ...) as stage B's `process_partials` reads them."""
+    parts = {p: PartitionWindows(p, CFG) for p in range(n)}
+    msgs: list[tuple[Any, ...]] = []
+    for kind, offset, ev in _stream(events):
+        p = offset % n
+        (parts[p].add_backend if kind == "b" else parts[p].add_platform)(offset, ev)
+        for pw in parts.values():
+            partial = pw.close()
+            if partial is None:
+                continue
+            partial = orjson.loads(orjson.dumps(partial._asdict(), option=orjson.OPT_NON_STR_KEYS))
+            for start, leaves in partial["platform"].items():
+                for s, group, part in split_platform_by_group({int(start): leaves}):
+                    msgs.append(("platform", pw.partition, s, group, part))
+            for start, leaves in partial["backend"].items():
+                msgs.append(("backend", pw.partition, int(start), leaves))
+            msgs.append(("closed", pw.partition, partial["closed_through"]))
+    return msgs
+
+
+def _apply(asm: WindowAssembler, msg: tuple[Any, ...]) -> None:
+    msg = copy.deepcopy(msg)
+    if msg[0] == "platform":
+        asm.add_platform(*msg[1:])
+    elif msg[0] == "backend":
+        asm.add_backend(*msg[1:])
+    else:
+        asm.add_marker(msg[1], msg[2])
+
+
+def test_assembler_any_prefix_of_the_writes_with_redelivery_publishes_the_same_windows() -> None:
+    """Stage B's state is a small meta plus one item per (open window, group): a crash may cut
+    its writes anywhere; the partials after the last commit are redelivered; the windows
+    published in the end are those of an uninterrupted run, a re-published one identical."""
+    msgs = _partial_messages()
+    batch = 23
+    asm = WindowAssembler(2, 60)
+    writes: list[tuple[str, Any]] = []
+    batch_end: list[int] = []  # write index after each batch (its offsets commit after that)
+    published: list[list[dict[str, Any]]] = []  # windows published by each batch
+    for i in range(0, len(msgs), batch):
+        for m in msgs[i:i + batch]:
+            _apply(asm, m)
+        published.append([w.to_dict() for ws in asm.close_ready() for w in ws])
+        writes.extend((k, orjson.loads(orjson.dumps(v))) for k, v in asm.take_changes("5:").items())
+        batch_end.append(len(writes))
+    full = {(w["segment_key"], w["window_start"]): w for ws in published for w in ws}
+    assert len(full) > 50 and any(k.startswith("5:o:") and v is None for k, v in writes)
+    assert all(k == "5:a" or k.startswith("5:o:") for k, _ in writes)
+    for cut in range(len(writes) + 1):
+        done = sum(1 for end in batch_end if end <= cut)  # batches whose writes all landed
+        items: dict[str, Any] = {}
+        for k, v in writes[:cut]:
+            if v is None:
+                items.pop(k, None)
+            else:
+                items[k] = v
+        b = WindowAssembler(2, 60)
+        b.restore("5:", copy.deepcopy(items))
+        b.take_changes("5:")
+        # published before the crash: every batch up to the one cut (outputs precede state)
+        seen = {(w["segment_key"], w["window_start"]): w for ws in published[:done + 1] for w in ws}
+        for m in msgs[done * batch:]:
+            _apply(b, m)
+        for ws in b.close_ready():
+            for w in ws:
+                d = w.to_dict()
+                k = (d["segment_key"], d["window_start"])
+                assert seen.setdefault(k, d) == d, (cut, k)
+        assert seen == full, cut
