@@ -204,6 +204,23 @@ def test_a_declared_holiday_raises_no_business_alert() -> None:
     assert [a for a in alerts if a.verdict == "business_change"] == []
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_declared_promotion_raises_no_business_alert(seed: int) -> None:
+    sim = generate("promotion", seed=seed, orders_per_day=4000)
+
+    def business(extra: tuple[dict[str, Any], ...]) -> list[Any]:
+        bt = Backtest(PipelineConfig(window_s=WINDOW_S, allowed_lateness_s=120.0))
+        for c in (*sim.changes, *extra):
+            bt.add_change(c)
+        bt.run((orjson.dumps(e) for e in sim.backend), (orjson.dumps(e) for e in sim.platform))
+        return [a for a in bt.alerts if a.verdict == "business_change"]
+
+    assert business(()), "the email blast is a real business move: noticed when undeclared"
+    blast = {"change_id": "blast", "kind": "promotion", "at": sim.truth["change_at"] - 600,
+             "duration": "3h", "summary": "winter sale email"}
+    assert business((blast,)) == []
+
+
 # ---- verbs ----------------------------------------------------------------------------------------
 def test_alert_verb_builds_feedback_and_slack_takes_its_quiet_options() -> None:
     from streams.cli import build_parser
