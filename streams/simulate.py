@@ -45,6 +45,7 @@ DEFAULT_TOPICS = {"backend": "backend-events", "platform": "platform-events", "c
 DAY_S = 86400.0
 BIN_S = 60.0  # arrivals are drawn per minute bin (Poisson), uniform inside the bin
 IMPORT_BATCH_S = 60.0  # offline-conversion uploads (google_ads "import" channel) every minute
+NIGHTLY_BATCH_AT_S = 2 * 3600.0  # a daily batch job runs at 02:00 UTC
 MAX_DELAY_S = 900.0  # no live event arrives later than 15 min after it happened
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +144,10 @@ class Effect:
     fires twice, same event_id), no_value (value and currency missing), no_click_ids,
     new_event_id (the channel uses its own event_id: broken pixel/server dedupe),
     consent (denied share of `region` becomes `prob`), thin_orders (backend orders vanish).
+    Business events, every platform following (real, never a tracking gap): surge (orders
+    and leads x `prob` for `duration_s`: an email blast), lull (x `prob` < 1 for
+    `duration_s`: a holiday). batch: the channel uploads once every `duration_s` (at
+    ``NIGHTLY_BATCH_AT_S`` into the UTC day for daily batches) instead of live.
     """
 
     kind: str
@@ -152,6 +157,7 @@ class Effect:
     channel: str | None = None
     browser: str | None = None
     region: str | None = None
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,37 @@ SCENARIOS: dict[str, Scenario] = {
             unchanged=("google_ads|purchase|*|*", "meta|lead|*|*"),
         ),
         Scenario(
+            "promotion",
+            "an email blast: orders and leads x2.5 for 90 minutes, every platform following "
+            "(a real business change, never a tracking gap)",
+            (Effect("surge", 2.5, duration_s=5400.0),),
+            None, "inflation", None, None, "backend_count",
+            ("other", 5, "email", "Email blast: winter sale, 20 % off (120k subscribers)", {}),
+            unchanged=("meta|purchase|*|*", "google_ads|purchase|*|*", "ga4|purchase|*|*",
+                       "google_ads|lead|*|*"),
+        ),
+        Scenario(
+            "holiday",
+            "a public holiday: orders and leads x0.6 for a day, every platform following "
+            "(a real business change, never a tracking gap)",
+            (Effect("lull", 0.6, duration_s=DAY_S),),
+            None, "drop", None, None, "backend_count",
+            ("other", 60, "calendar", "Public holiday in the main markets", {}),
+            unchanged=("meta|purchase|*|*", "google_ads|purchase|*|*", "ga4|purchase|*|*",
+                       "google_ads|lead|*|*"),
+        ),
+        Scenario(
+            "import_nightly",
+            "the google_ads offline lead import moves to a nightly batch (02:00 UTC): leads arrive "
+            "up to a day late, none is lost",
+            (Effect("batch", 1.0, "google_ads", "lead", "import", duration_s=DAY_S),),
+            ("google_ads", "lead", "*", "*"), "inflation", "tracking_gap", "delayed_events",
+            "delayed_events",
+            ("crm_change", 30, "crm-sync", "CRM export moved to the nightly batch job (02:00 UTC)",
+             {"platform": "google_ads"}),
+            unchanged=("google_ads|purchase|*|*", "meta|lead|*|*"),
+        ),
+        Scenario(
             "broken_dedupe",
             "meta capi sends its own event_id, no longer the pixel's: meta counts orders twice",
             (Effect("new_event_id", 1.0, "meta", "purchase", "capi"),),
@@ -312,37 +349,84 @@ def _daily_shape(local_hour: np.ndarray) -> np.ndarray:
     return np.exp(0.85 * np.cos(2.0 * np.pi * (local_hour - 20.0) / 24.0))
 
 
-def _arrival_times(
-    rng: np.random.Generator, start: float, days: float, per_day: float, weekend_factor: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Non-homogeneous Poisson arrivals per region, with day-level overdispersion.
+#: Realistic traffic noise on the log of the order rate (per minute, shared by backend and
+#: every platform): what moves a real shop's orders for hours (weather, campaigns, TV, an
+#: outage elsewhere). (sd, correlation time in minutes) of each AR(1) component.
+NOISE_HOURLY = (0.15, 120.0)  # shared by every region: a busy or slow afternoon
+NOISE_DAILY = (0.08, 36 * 60.0)  # shared, slow: a good or a bad day (or two)
+NOISE_REGION = (0.05, 12 * 60.0)  # each region on its own
+NOISE_MODES = ("realistic", "calm")
 
-    Returns (occurred_at, region index), sorted by time.
+
+@dataclass(frozen=True)
+class TrafficNoise:
+    """Multiplicative rate noise per minute bin: ``log_shared[bin]`` + ``log_region[r, bin]``.
+
+    ``realistic``: sums of AR(1) processes (lognormal, mean-corrected so the expected rate is
+    unchanged), autocorrelated over hours and days, on top of the Poisson arrivals.
+    ``calm``: the old test bed, independent day-level gamma noise only (windows independent).
     """
-    n_bins = max(1, int(math.ceil(days * DAY_S / BIN_S)))
+
+    log_shared: np.ndarray
+    log_region: np.ndarray
+
+    @staticmethod
+    def draw(rng: np.random.Generator, n_bins: int, mode: str = "realistic") -> TrafficNoise:
+        if mode not in NOISE_MODES:
+            raise ValueError(f"unknown noise {mode!r}; valid: {', '.join(NOISE_MODES)}")
+        if mode == "calm":
+            n_days = n_bins // int(DAY_S / BIN_S) + 2
+            day_idx = np.arange(n_bins) // int(DAY_S / BIN_S)
+            day = np.log(rng.gamma(150.0, 1.0 / 150.0, n_days))[day_idx]
+            region = np.log(rng.gamma(200.0, 1.0 / 200.0, (len(REGIONS), n_days)))[:, day_idx]
+            return TrafficNoise(day, region)
+        shared = _ar1(rng, n_bins, *NOISE_HOURLY) + _ar1(rng, n_bins, *NOISE_DAILY)
+        shared -= 0.5 * (NOISE_HOURLY[0] ** 2 + NOISE_DAILY[0] ** 2)
+        region = np.stack([_ar1(rng, n_bins, *NOISE_REGION) for _ in REGIONS]) - 0.5 * NOISE_REGION[0] ** 2
+        return TrafficNoise(shared, region)
+
+
+def _ar1(rng: np.random.Generator, n: int, sd: float, tau_bins: float) -> np.ndarray:
+    """A stationary Gaussian AR(1) path: sd ``sd``, lag-k correlation ``exp(-k / tau_bins)``."""
+    from scipy.signal import lfilter
+
+    a = math.exp(-1.0 / tau_bins)
+    shocks = rng.normal(0.0, sd * math.sqrt(1.0 - a * a), n)
+    shocks[0] = rng.normal(0.0, sd)  # start in the stationary distribution
+    return np.asarray(lfilter([1.0], [1.0, -a], shocks))
+
+
+def _rates(
+    start: float, days: float, per_day: float, weekend_factor: float, noise: TrafficNoise
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected conversions per minute bin and region: (bin_start, lam[region, bin])."""
+    n_bins = noise.log_shared.size
     bin_start = start + BIN_S * np.arange(n_bins)
-    n_days = int(math.ceil(days)) + 2
-    # Day-level multiplicative noise (gamma, mean 1): shared by all regions, plus a little each.
-    # ~8 % s.d.: what a 3000-orders-a-day shop sees from day to day (weekly cycle aside)
-    day_noise = rng.gamma(150.0, 1.0 / 150.0, n_days)
-    region_noise = rng.gamma(200.0, 1.0 / 200.0, (len(REGIONS), n_days))
-    # Normalise the shape so a full week averages `per_day`.
     week_h = np.arange(0, 7 * 24, 1.0 / 60.0)
-    times, regions = [], []
+    lam = np.empty((len(REGIONS), n_bins))
+    shared = np.exp(noise.log_shared)
     for r, (share, offset) in enumerate(zip(REGION_MIX, REGION_UTC_OFFSET_H, strict=True)):
+        # normalise the shape so a full week averages `per_day`
         local_h_week = (week_h + offset) % (7 * 24)
         norm = np.mean(_daily_shape(local_h_week % 24) * np.where((local_h_week // 24) % 7 >= 5, weekend_factor, 1.0))
         local = (bin_start - start) / 3600.0 + offset + _weekday_hours(start)
         shape = _daily_shape(local % 24) * np.where((local // 24) % 7 >= 5, weekend_factor, 1.0)
-        day_idx = ((bin_start - start) // DAY_S).astype(np.int64)
-        lam = per_day * share * BIN_S / DAY_S * shape / norm * day_noise[day_idx] * region_noise[r, day_idx]
-        counts = rng.poisson(lam)
+        lam[r] = per_day * share * BIN_S / DAY_S * shape / norm * shared * np.exp(noise.log_region[r])
+    return bin_start, lam
+
+
+def _arrival_times(
+    rng: np.random.Generator, bin_start: np.ndarray, lam: np.ndarray, end: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-homogeneous Poisson arrivals per region: (occurred_at, region index), sorted by time."""
+    times, regions = [], []
+    for r in range(lam.shape[0]):
+        counts = rng.poisson(lam[r])
         t = np.repeat(bin_start, counts) + rng.random(int(counts.sum())) * BIN_S
         times.append(t)
         regions.append(np.full(t.size, r, dtype=np.int64))
     occ = np.concatenate(times)
     reg = np.concatenate(regions)
-    end = start + days * DAY_S
     keep = occ < end
     occ, reg = occ[keep], reg[keep]
     order = np.argsort(occ, kind="stable")
@@ -379,18 +463,28 @@ class _Conversions:
 _CLICK_NAMES = ("gclid", "gbraid", "fbclid", "ttclid")
 
 
+def _business_multiplier(scenario: Scenario, change_at: float | None, t: np.ndarray) -> np.ndarray:
+    """The scenario's business events (surge x m, lull x m) as a rate multiplier at times t."""
+    m = np.ones(t.size)
+    if change_at is None:
+        return m
+    for eff in scenario.effects:
+        if eff.kind in ("surge", "lull"):
+            during = (t >= change_at) & (t < change_at + (eff.duration_s or 0.0))
+            m = np.where(during, m * eff.prob, m)
+    return m
+
+
 def _conversions(
     rng: np.random.Generator,
     kind: str,
     seed: int,
-    start: float,
-    days: float,
-    per_day: float,
-    weekend_factor: float,
+    occ: np.ndarray,
+    region: np.ndarray,
     scenario: Scenario,
     change_at: float | None,
+    id_prefix: str = "",
 ) -> _Conversions:
-    occ, region = _arrival_times(rng, start, days, per_day, weekend_factor)
     n = occ.size
     # Every draw below happens in every scenario, so a scenario's events before change_at are
     # exactly those of `steady` with the same seed.
@@ -416,13 +510,15 @@ def _conversions(
             denied_p = np.where(after & in_region, eff.prob, denied_p)
         elif eff.kind == "thin_orders" and kind == "order":
             alive &= ~(after & (u_thin < eff.prob))
+    lull = np.minimum(_business_multiplier(scenario, change_at, occ), 1.0)
+    alive &= u_thin >= 1.0 - lull
     consent = np.where(u_consent < denied_p, 1, np.where(u_consent > 1.0 - CONSENT_UNKNOWN, 2, 0))
     # Google clicks from iOS Safari often carry gbraid instead of gclid.
     click_key = np.select(
         [source == 0, source == 1, source == 2], [np.where((browser == 1) & (u_gbraid < 0.3), 1, 0), 2, 3], 0
     )
     prefix = "ORD" if kind == "order" else "LEAD"
-    ids = [f"{prefix}-{seed}-{i:06d}" for i in range(n)]
+    ids = [f"{prefix}-{seed}-{id_prefix}{i:06d}" for i in range(n)]
     return _Conversions(
         kind, "purchase" if kind == "order" else "lead", ids, occ, region, browser, consent, source,
         has_click, click_key, click_token, value, occ + delay, alive,
@@ -481,9 +577,22 @@ def _filter_mask(eff: Effect, conv: _Conversions) -> np.ndarray:
     return mask
 
 
+def _batch_arrival(rng: np.random.Generator, occ: np.ndarray, period_s: float, offset_s: float = 0.0) -> np.ndarray:
+    """Arrival of batch uploads: each batch (at ``offset_s + k x period_s``) takes the
+    conversions at least 30 s old and lands 10-40 s later."""
+    batch_at = np.ceil((occ + 30.0 - offset_s) / period_s) * period_s + offset_s
+    return batch_at + 10.0 + 30.0 * rng.random(occ.size)
+
+
 def _platform_events(
-    rng: np.random.Generator, conv: _Conversions, scenario: Scenario, change_at: float | None
+    rng: np.random.Generator, conv: _Conversions, scenario: Scenario, change_at: float | None,
+    import_batch_s: float = IMPORT_BATCH_S, aux_rng: np.random.Generator | None = None,
 ) -> list[tuple[float, dict[str, Any]]]:
+    """Every platform's events for these conversions: (arrival time, value).
+
+    ``aux_rng`` draws what only some scenarios need (batch upload times), so the main stream
+    of draws, and with it every event before ``change_at``, is the same in every scenario."""
+    aux_rng = aux_rng or np.random.default_rng(0)
     n = conv.occ.size
     after = conv.occ >= change_at if change_at is not None else np.zeros(n, dtype=bool)
     occ = np.round(conv.occ, 3).tolist()
@@ -509,12 +618,15 @@ def _platform_events(
             p_fire = np.where(conv.consent == 1, p_fire * ch.denied_factor, p_fire)
             fires = claimed & (rng.random(n) < p_fire)
             if ch.name == "import":
-                # uploaded in batches, each taking the conversions at least 30 s old
-                batch_end = np.ceil((conv.occ + 30.0) / IMPORT_BATCH_S) * IMPORT_BATCH_S
-                arrival = batch_end + 10.0 + 30.0 * rng.random(n)
+                arrival = _batch_arrival(rng, conv.occ, import_batch_s)
             else:
                 delay = np.minimum(rng.lognormal(math.log(ch.delay_median_s), ch.delay_sigma, n), MAX_DELAY_S)
                 arrival = np.maximum(conv.occ + 0.5 + delay, backend_arrival + 0.001)
+            for eff in scenario.effects:
+                if eff.kind == "batch" and _matches(eff, platform, conv.event_name, ch.name):
+                    period = eff.duration_s or DAY_S
+                    batched = _batch_arrival(aux_rng, conv.occ, period, NIGHTLY_BATCH_AT_S if period >= DAY_S else 0.0)
+                    arrival = np.where(after, np.maximum(arrival, batched), arrival)
             u_effect = rng.random(n)
             natural_dup = rng.random(n) < NATURAL_DUPLICATE
             retry_delay = rng.lognormal(math.log(30.0), 1.0, n)
@@ -612,11 +724,80 @@ def _changes(scenario: Scenario, seed: int, start: float, end: float, change_at:
     return out
 
 
-def _sorted(items: list[tuple[float, dict[str, Any]]]) -> tuple[list[float], list[dict[str, Any]]]:
+def _sorted(
+    items: list[tuple[float, dict[str, Any]]], arrival_field: bool = False
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """Arrival order (the order of the output files and topics)."""
     if not items:
         return [], []
     order = np.argsort(np.array([t for t, _ in items]), kind="stable").tolist()
-    return [round(items[i][0], 3) for i in order], [items[i][1] for i in order]
+    arrivals = [round(items[i][0], 3) for i in order]
+    values = [items[i][1] for i in order]
+    if arrival_field:
+        for t, value in zip(arrivals, values, strict=True):
+            value["arrived_at"] = t
+    return arrivals, values
+
+
+@dataclass
+class BackendConversions:
+    """The backend side of a simulation, before any event is built (cheap: numpy only).
+
+    ``main`` holds orders then leads, ``extra`` the additional ones of a surge (drawn from their
+    own generator so nothing before ``change_at`` depends on the scenario). ``alive`` in each
+    marks the conversions that happen (lulls and business drops remove some)."""
+
+    main: list[_Conversions]
+    extra: list[_Conversions]
+    rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator]
+
+    @property
+    def all(self) -> list[_Conversions]:
+        return self.main + self.extra
+
+    def occurred_at(self, kind: str) -> np.ndarray:
+        """Sorted occurred_at of the conversions of one kind (order or lead) that happen."""
+        times = [c.occ[c.alive] for c in self.all if c.type == kind]
+        return np.sort(np.concatenate(times)) if times else np.empty(0)
+
+
+def backend_conversions(
+    scenario: str,
+    seed: int = 1,
+    days: float = 4.0,
+    start: float | None = None,
+    orders_per_day: float = 3000.0,
+    change_at_fraction: float = 0.75,
+    noise: str = "realistic",
+) -> BackendConversions:
+    """The backend conversions `generate` would emit (same arguments, same draws), without
+    building events: for calibrating backend detectors over months of traffic in seconds.
+
+    >>> convs = backend_conversions("steady", seed=3, days=1.0, orders_per_day=4000)
+    >>> 3000 < convs.occurred_at("order").size < 5000
+    True
+    """
+    spec = SCENARIOS[scenario]
+    start = DEFAULT_START if start is None else float(start)
+    end = start + days * DAY_S
+    change_at = round(start + change_at_fraction * (end - start))
+    effect_at = None if spec.name == "steady" else float(change_at)
+    rng = np.random.default_rng(seed)
+    n_bins = max(1, int(math.ceil(days * DAY_S / BIN_S)))
+    traffic = TrafficNoise.draw(np.random.default_rng([seed, 1]), n_bins, noise)
+    surge_rng = np.random.default_rng([seed, 2])
+    main, extra = [], []
+    for kind, per_day, weekend in (("order", orders_per_day, 1.12),
+                                   ("lead", orders_per_day * LEADS_PER_ORDER, 0.55)):
+        bins, lam = _rates(start, days, per_day, weekend, traffic)
+        occ, region = _arrival_times(rng, bins, lam, end)
+        main.append(_conversions(rng, kind, seed, occ, region, spec, effect_at))
+        surge = _business_multiplier(spec, effect_at, bins) - 1.0
+        if effect_at is not None and (surge > 0).any():
+            occ_x, reg_x = _arrival_times(surge_rng, bins, lam * np.maximum(surge, 0.0), end)
+            keep = occ_x >= effect_at
+            extra.append(_conversions(surge_rng, kind, seed, occ_x[keep], reg_x[keep], spec, effect_at, "x"))
+    return BackendConversions(main, extra, (rng, surge_rng, np.random.default_rng([seed, 3])))
 
 
 def generate(
@@ -626,8 +807,16 @@ def generate(
     start: float | None = None,
     orders_per_day: float = 3000.0,
     change_at_fraction: float = 0.75,
+    noise: str = "realistic",
+    import_batch_s: float = IMPORT_BATCH_S,
+    arrival_field: bool = False,
 ) -> Simulation:
     """Generate a scenario's traffic: deterministic in all arguments, no wall clock involved.
+
+    ``noise``: ``realistic`` (default: hour- and day-level autocorrelated rate noise shared by
+    every source) or ``calm`` (independent day-level noise only). ``import_batch_s``: period
+    of the offline lead uploads. ``arrival_field``: every backend and platform value also
+    carries ``arrived_at`` (epoch s), the time it reaches the topic.
 
     >>> sim = generate("safari_drop", seed=7, days=0.5, orders_per_day=2000)
     >>> sim.truth["segment_key"], sim.truth["direction"], sim.truth["top_cause"]
@@ -639,19 +828,30 @@ def generate(
         raise ValueError(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
     if days <= 0 or orders_per_day < 0:
         raise ValueError("days must be > 0 and orders_per_day >= 0")
+    if import_batch_s <= 0:
+        raise ValueError("import_batch_s must be > 0")
     spec = SCENARIOS[scenario]
     start = DEFAULT_START if start is None else float(start)
     end = start + days * DAY_S
     change_at = round(start + change_at_fraction * (end - start))
     effect_at = None if spec.name == "steady" else float(change_at)
 
-    rng = np.random.default_rng(seed)
-    orders = _conversions(rng, "order", seed, start, days, orders_per_day, 1.12, spec, effect_at)
-    leads = _conversions(rng, "lead", seed, start, days, orders_per_day * LEADS_PER_ORDER, 0.55, spec, effect_at)
-    backend_arrivals, backend = _sorted(_backend_events(orders) + _backend_events(leads))
-    platform_arrivals, platform = _sorted(
-        _platform_events(rng, orders, spec, effect_at) + _platform_events(rng, leads, spec, effect_at)
+    convs = backend_conversions(scenario, seed, days, start, orders_per_day, change_at_fraction, noise)
+    main_rng, surge_rng, aux_rng = convs.rngs
+    backend_arrivals, backend = _sorted(
+        [ev for conv in convs.all for ev in _backend_events(conv)], arrival_field
     )
+    platform_items = [
+        item
+        for conv in convs.main
+        for item in _platform_events(main_rng, conv, spec, effect_at, import_batch_s, aux_rng)
+    ]
+    platform_items += [
+        item
+        for conv in convs.extra
+        for item in _platform_events(surge_rng, conv, spec, effect_at, import_batch_s, aux_rng)
+    ]
+    platform_arrivals, platform = _sorted(platform_items, arrival_field)
     changes = _changes(spec, seed, start, end, float(change_at))
     change_arrivals = [_parse_iso(c["at"]) for c in changes]
 
@@ -678,6 +878,14 @@ def generate(
         "also_moving": list(spec.also_moving),
         "unchanged": list(spec.unchanged),
         "counts": {"backend": len(backend), "platform": len(platform), "changes": len(changes)},
+        "noise": noise,
+        "orders_per_day": orders_per_day,
+        "import_batch_s": import_batch_s,
+        "business_events": [
+            {"kind": "promotion" if eff.kind == "surge" else "holiday", "start": effect_at,
+             "end": min(end, effect_at + (eff.duration_s or 0.0)), "multiplier": eff.prob}
+            for eff in spec.effects if eff.kind in ("surge", "lull") and effect_at is not None
+        ],
     }
     return Simulation(spec.name, backend, platform, changes, truth, backend_arrivals, platform_arrivals,
                       change_arrivals)
@@ -883,6 +1091,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--start", help="simulated start, ISO-8601 or epoch s (default 2026-01-05T00:00Z)")
     p.add_argument("--change-at-fraction", type=float, default=0.75,
                    help="where in the run the fault starts (default 0.75)")
+    p.add_argument("--noise", choices=NOISE_MODES, default="realistic",
+                   help="realistic (default): hour- and day-level autocorrelated rate noise shared by "
+                   "every source; calm: independent day-level noise only")
+    p.add_argument("--import-batch-minutes", type=float, default=IMPORT_BATCH_S / 60.0,
+                   help="period of the offline lead uploads (google_ads import channel; default 1)")
+    p.add_argument("--arrival-field", action="store_true",
+                   help="add arrived_at (epoch s, when the event reaches the topic) to every event")
     p.add_argument("--out-dir", help="write backend.jsonl, platform.jsonl, changes.jsonl, truth.json")
     p.add_argument("--speedup", type=float, default=None,
                    help="event-time seconds per wall second (e.g. 10000); default: as fast as possible")
@@ -933,7 +1148,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         sim = generate(args.scenario, seed=args.seed, days=args.days, start=start,
-                       orders_per_day=args.orders_per_day, change_at_fraction=args.change_at_fraction)
+                       orders_per_day=args.orders_per_day, change_at_fraction=args.change_at_fraction,
+                       noise=getattr(args, "noise", "realistic"),
+                       import_batch_s=60.0 * getattr(args, "import_batch_minutes", IMPORT_BATCH_S / 60.0),
+                       arrival_field=getattr(args, "arrival_field", False))
     except ValueError as exc:
         print(f"gapwatch simulate: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -27,7 +28,9 @@ CHANNELS = {"pixel", "capi", "server", "import"}
 TRUTH_KEYS = {
     "scenario", "description", "seed", "start", "end", "change_at", "segment", "segment_key",
     "direction", "verdict", "top_cause", "metric", "change_id", "also_moving", "unchanged", "counts",
+    "noise", "orders_per_day", "import_batch_s", "business_events",
 }
+BUSINESS_EVENTS = {"promotion", "holiday"}
 
 
 @cache
@@ -136,7 +139,7 @@ def test_events_follow_the_design_fields(scenario: str) -> None:
     assert len({c["change_id"] for c in s.changes}) == len(s.changes)
 
 
-@pytest.mark.parametrize("scenario", ["steady", "duplicate_purchase", "import_failure"])
+@pytest.mark.parametrize("scenario", ["steady", "duplicate_purchase", "import_failure", "promotion"])
 def test_arrival_order_and_platform_after_backend(scenario: str) -> None:
     s = sim(scenario)
     for arrivals, values in ((s.backend_arrivals, s.backend), (s.platform_arrivals, s.platform),
@@ -201,6 +204,13 @@ def test_truth_is_complete_and_names_the_causal_change(scenario: str) -> None:
     assert t.keys() == TRUTH_KEYS and t["scenario"] == scenario
     if scenario == "steady":
         assert t["change_at"] is None and t["direction"] is None and t["verdict"] is None
+        return
+    if scenario in BUSINESS_EVENTS:  # real business moves: no segment breaks, no verdict owed
+        assert t["segment"] is None and t["verdict"] is None and t["metric"] == "backend_count"
+        (event,) = t["business_events"]
+        assert event["start"] == t["change_at"] and event["end"] > event["start"]
+        causal = next(c for c in s.changes if c["change_id"] == t["change_id"])
+        assert 0 < t["change_at"] - ts(causal["at"]) <= 3600
         return
     seg = t["segment"]
     assert t["segment_key"] == "|".join(seg[k] for k in ("platform", "event_name", "browser", "region"))
@@ -364,3 +374,135 @@ def test_cli_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     lines = (tmp_path / "platform.jsonl").read_bytes().splitlines()
     assert len(lines) == truth["counts"]["platform"]
     assert [orjson.loads(line) for line in lines] == generate("value_missing", seed=5, days=0.5).platform
+
+
+# --- realistic traffic: noise, business events, batch channels ----------------------------
+
+
+def hourly_log_residuals(seed: int, noise: str = "realistic", days: float = 6.0) -> np.ndarray:
+    """log(orders per hour / the same hours of a calm run): the realistic noise, seeded.
+
+    20,000 orders a day, so Poisson noise (var 1/count ~ 0.001) is small next to the rate
+    noise; the calm run shares the daily and weekly shape and adds its own ~8 % day noise."""
+    from streams.simulate import DEFAULT_START, backend_conversions
+
+    occ = backend_conversions("steady", seed=seed, days=days, orders_per_day=20000, noise=noise).occurred_at("order")
+    calm = backend_conversions("steady", seed=seed, days=days, orders_per_day=20000, noise="calm")
+    hours = int(days * 24)
+    counts = np.bincount(((occ - DEFAULT_START) // 3600).astype(int), minlength=hours)[:hours]
+    base = np.bincount(((calm.occurred_at("order") - DEFAULT_START) // 3600).astype(int), minlength=hours)[:hours]
+    return np.log(counts / base)
+
+
+def test_realistic_noise_is_autocorrelated_over_hours_with_the_stated_sd() -> None:
+    sds, lag1, lag6 = [], [], []
+    for seed in range(4):
+        r = hourly_log_residuals(seed)
+        r = r - r.mean()
+        sds.append(r.std())
+        lag1.append(np.corrcoef(r[:-1], r[1:])[0, 1])
+        lag6.append(np.corrcoef(r[:-6], r[6:])[0, 1])
+    # hourly sd 0.15 + daily 0.08 + regions (~0.02 after mixing): ~0.17; calm day noise adds a little
+    assert 0.11 < np.mean(sds) < 0.24, sds
+    # correlated over hours (exp(-1/2) ~ 0.6 for the hourly part alone, more with the daily one)
+    assert np.mean(lag1) > 0.6, lag1
+    assert 0.1 < np.mean(lag6) < np.mean(lag1), lag6
+
+
+def test_calm_noise_is_independent_from_hour_to_hour() -> None:
+    from streams.simulate import DEFAULT_START, backend_conversions
+
+    occ = backend_conversions("steady", seed=5, days=6.0, orders_per_day=20000, noise="calm").occurred_at("order")
+    counts = np.bincount(((occ - DEFAULT_START) // 3600).astype(int))[: 6 * 24].astype(float)
+    # hour-to-hour differences beyond the daily shape are Poisson: var(diff) ~ 2 x mean
+    d = np.diff(counts)
+    second = d[1:] - d[:-1]  # removes the smooth daily shape
+    assert np.var(second) < 1.5 * 6 * counts.mean()
+
+
+def test_noise_is_shared_by_backend_and_platforms() -> None:
+    s = generate("steady", seed=2, days=2.0, orders_per_day=6000)
+    hours = 48
+    b = np.bincount([int((ts(e["occurred_at"]) - s.truth["start"]) // 3600) for e in orders(s)], minlength=hours)
+    p = np.bincount([int((ts(e["occurred_at"]) - s.truth["start"]) // 3600) for e in platform(s, "ga4")],
+                    minlength=hours)
+    lb, lp = np.diff(np.log(b[:hours])), np.diff(np.log(p[:hours]))
+    assert np.corrcoef(lb, lp)[0, 1] > 0.9  # platforms follow the backend hour by hour
+    ratio = p[:hours] / b[:hours]
+    assert ratio.std() / ratio.mean() < 0.06  # and the ratio cancels the rate noise
+
+
+def test_promotion_multiplies_orders_for_its_duration_only() -> None:
+    promo, steady = sim("promotion"), sim("steady")
+    (event,) = promo.truth["business_events"]
+    assert event["multiplier"] == 2.5 and event["end"] - event["start"] == 5400
+
+    def n(s: Simulation, lo: float, hi: float, name: str | None = None) -> int:
+        events = orders(s) if name is None else platform(s, name)
+        return sum(lo <= ts(e["occurred_at"]) < hi for e in events)
+
+    during = n(promo, event["start"], event["end"]) / n(steady, event["start"], event["end"])
+    assert 2.2 < during < 2.8
+    assert 2.1 < n(promo, event["start"], event["end"], "meta") / n(steady, event["start"], event["end"], "meta") < 2.9
+    after = (event["end"], event["end"] + 6 * 3600)
+    assert n(promo, *after) == n(steady, *after)  # the same orders once it is over
+    ids = [e["event_id"] for e in promo.backend]
+    assert len(set(ids)) == len(ids)
+
+
+def test_holiday_thins_orders_and_platforms_alike() -> None:
+    hol, steady = sim("holiday"), sim("steady")
+    (event,) = hol.truth["business_events"]
+    lo, hi = event["start"], event["end"]
+    kept = len(split(orders(hol), lo)[1]) / len(split(orders(steady), lo)[1])
+    assert 0.55 < kept < 0.65 and hi - lo == 0.75 * 86400  # the run ends before the day does
+    for name in PLATFORMS:
+        assert 0.9 < seen_ratio_change(hol, name) < 1.1, name
+
+
+def test_import_batches_arrive_in_bursts_every_period() -> None:
+    s = generate("steady", seed=3, days=1.0, import_batch_s=1800.0, arrival_field=True)
+    imports, seen = [], set()
+    for t, e in zip(s.platform_arrivals, s.platform, strict=True):
+        if e["channel"] == "import" and e["event_id"] not in seen:  # natural retries come later
+            seen.add(e["event_id"])
+            imports.append((t, e))
+    assert len(imports) > 50
+    for t, e in imports:
+        assert e["arrived_at"] == t
+        assert 10 <= t % 1800 <= 40  # lands 10-40 s after a batch boundary
+        assert 30 <= t - e["occurred_at"] <= 1800 + 30 + 40  # taken once 30 s old
+    others = [t - e["occurred_at"] for t, e in zip(s.platform_arrivals, s.platform, strict=True)
+              if e["channel"] == "pixel"]
+    assert np.median(others) < 15  # pixels: seconds
+
+
+def test_import_nightly_moves_the_channel_to_a_daily_batch() -> None:
+    s = generate("import_nightly", seed=4, days=2.0, orders_per_day=1500, arrival_field=True)
+    change_at = s.truth["change_at"]
+    arrivals: dict[str, float] = {}
+    for t, e in zip(s.platform_arrivals, s.platform, strict=True):
+        if e["channel"] == "import":
+            arrivals.setdefault(e["event_id"], t)  # the first delivery, not a natural retry
+    before = [t - ts(e["occurred_at"]) for e in platform(s, "google_ads", "lead") if ts(e["occurred_at"]) < change_at
+              for t in [arrivals[e["event_id"]]]]
+    after = [(t, e) for e in platform(s, "google_ads", "lead") if ts(e["occurred_at"]) >= change_at
+             for t in [arrivals[e["event_id"]]]]
+    assert max(before) < 200
+    assert after and all(7200 + 10 <= t % 86400 <= 7200 + 40 for t, _ in after)  # 02:00 UTC
+    # none lost: the same leads as steady, only later
+    steady = generate("steady", seed=4, days=2.0, orders_per_day=1500)
+    assert len(platform(s, "google_ads", "lead")) == len(platform(steady, "google_ads", "lead"))
+    # arrival order in the output = arrival time
+    assert s.platform_arrivals == sorted(s.platform_arrivals)
+    assert [e["arrived_at"] for e in s.platform] == s.platform_arrivals
+
+
+@pytest.mark.parametrize("orders_per_day", [300.0, 50000.0])
+def test_shop_sizes_from_300_to_50000_a_day(orders_per_day: float) -> None:
+    from streams.simulate import backend_conversions
+
+    convs = backend_conversions("business_drop", seed=6, days=2.0, orders_per_day=orders_per_day)
+    n = convs.occurred_at("order").size
+    # business_drop keeps 60 % of the last half day: 1.5 + 0.5 x 0.6 = 1.8 days of orders
+    assert 0.8 * 1.8 * orders_per_day < n < 1.2 * 1.8 * orders_per_day

@@ -1,0 +1,253 @@
+"""Benchmark: every simulated scenario through `gapwatch backtest`, and the business check's
+false-alarm rate on realistic traffic. Not a test: prints tables.
+
+Part ``scenarios``: every scenario of ``gapwatch simulate`` (realistic noise, the default) at
+two shop sizes and several seeds, through the offline pipeline (``OfflinePipeline``: the
+worker's windowing and detection). Per scenario and size, over the seeds:
+
+* detected: runs with an alert of the known verdict, direction and segment (or a segment the
+  truth lists as moving with it), changed at most 2 h before the truth's change_at;
+* delay: from the break (change_at) to the end of the alerting window, hours (median, max);
+* cause / nearby: runs whose first matching alert names the true root cause first / the
+  causal change event first;
+* false / 30 d: firing alerts of any verdict outside the incident (before the break, or on
+  a platform / event name the truth does not move), per 30 days of traffic; promotion and
+  holiday count their business_change notices apart (``notices``);
+* alerts / incident: firing alerts inside the incident's scope, per detected incident.
+
+Part ``calibration``: the business check alone (``BackendDetector`` configured exactly as
+``GroupMonitor`` configures it) on the simulator's backend series for steady, promotion and
+holiday traffic, per shop size and window size, over many seeds of ``--cal-days`` days; each
+event name (purchase, lead) counts separately. A promotion's or holiday's own notice (an alarm
+in its direction from 3 h before it to a day after) is counted apart, not as false.
+
+    nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part scenarios --seeds 3
+    nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part calibration --cal-seeds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from detectors.monitor import MonitorConfig  # noqa: E402
+from detectors.seasonal import BackendDetector, BackendDetectorConfig  # noqa: E402
+from streams.backtest import OfflinePipeline  # noqa: E402
+from streams.simulate import DEFAULT_START, SCENARIOS, backend_conversions, generate  # noqa: E402
+
+DAY_S = 86400.0
+
+
+def _key(seg: dict[str, str]) -> str:
+    return "|".join(seg[k] for k in ("platform", "event_name", "browser", "region"))
+
+
+# ---------------------------------------------------------------------------------------------
+# part 1: scenarios through the offline pipeline
+
+
+def run_scenario(scenario: str, size: float, seed: int, days: float, window_s: int) -> dict[str, Any]:
+    sim = generate(scenario, seed=seed, days=days, orders_per_day=size)
+    pipe = OfflinePipeline(window_s, 120.0)
+    for change in sim.changes:
+        pipe.add_change(change)
+    pipe.run((orjson.dumps(e) for e in sim.backend), (orjson.dumps(e) for e in sim.platform))
+    truth = sim.truth
+    firing = [a for a in pipe.alerts if a["status"] == "firing" and (a.get("detected_at") or 0) < truth["end"] - window_s]
+    change_at = truth["change_at"]
+    out: dict[str, Any] = {"scenario": scenario, "size": size, "seed": seed, "days": days,
+                           "detected": None, "delay_h": None, "cause_ok": None, "nearby_ok": None,
+                           "false": 0, "notices": 0, "incident_alerts": 0}
+    if change_at is None:  # steady
+        out["false"] = len(firing)
+        return out
+    if truth["business_events"]:  # promotion, holiday: real, never a gap
+        for a in firing:
+            event = a["verdict"] == "business_change" and a["direction"] == truth["direction"]
+            near = change_at - 3 * 3600 <= (a.get("change_at") or 0) <= truth["business_events"][0]["end"] + DAY_S
+            if event and near:
+                out["notices"] += 1
+            else:
+                out["false"] += 1
+        return out
+    wanted = {truth["segment_key"], *truth["also_moving"]}
+
+    def matches(a: dict[str, Any]) -> bool:
+        if a["verdict"] != truth["verdict"] or a["direction"] != truth["direction"]:
+            return False
+        if a.get("change_at") is None or a["change_at"] < change_at - 2 * 3600:
+            return False
+        if truth["verdict"] == "business_change":
+            return a["segment"]["event_name"] == truth["segment"]["event_name"]
+        return _key(a["segment"]) in wanted
+
+    # the incident's scope: the platforms and event names the truth says move (tracking gap),
+    # or the event name's business alerts; alerts outside it, or before the break, are false
+    scope = {tuple(k.split("|")[:2]) for k in wanted}
+
+    def in_scope(a: dict[str, Any]) -> bool:
+        if (a.get("change_at") or 0) < change_at - 2 * 3600:
+            return False
+        if truth["verdict"] == "business_change":
+            return a["verdict"] == "business_change" and a["segment"]["event_name"] == truth["segment"]["event_name"]
+        return (a["segment"]["platform"], a["segment"]["event_name"]) in scope
+
+    incident = [a for a in firing if matches(a)]
+    out["false"] = len([a for a in firing if not in_scope(a)])
+    out["incident_alerts"] = len([a for a in firing if in_scope(a)])
+    out["detected"] = bool(incident)
+    if incident:
+        first = min(incident, key=lambda a: a["detected_at"])
+        out["delay_h"] = (first["detected_at"] + window_s - change_at) / 3600.0
+        causes = first.get("likely_causes") or [{}]
+        out["cause_ok"] = causes[0].get("cause") == truth["top_cause"]
+        nearby = first.get("nearby_changes") or [{}]
+        out["nearby_ok"] = nearby[0].get("change_id") == truth["change_id"]
+    return out
+
+
+def scenarios_table(args: argparse.Namespace) -> list[str]:
+    jobs = [(s, size, seed, args.days, args.window_seconds)
+            for s in (args.scenario or list(SCENARIOS)) for size in args.sizes for seed in range(args.seeds)]
+    rows: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for r in pool.map(_run_scenario_job, jobs):
+            rows[(r["scenario"], r["size"])].append(r)
+    lines = [
+        f"scenarios: {args.seeds} seeds x {args.days:g} days (break at 0.75), window {args.window_seconds} s, "
+        "realistic noise",
+        "",
+        "| scenario | orders/day | detected | delay h (median, max) | cause | nearby | false / 30 d | notices | alerts / incident |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (scenario, size), rs in sorted(rows.items(), key=lambda kv: (list(SCENARIOS).index(kv[0][0]), kv[0][1])):
+        n = len(rs)
+        days = sum(r["days"] for r in rs)
+        false_rate = sum(r["false"] for r in rs) / days * 30
+        if rs[0]["detected"] is None:
+            det = delay = cause = nearby = per_incident = "-"
+        else:
+            found = [r for r in rs if r["detected"]]
+            det = f"{len(found)}/{n}"
+            delays = [r["delay_h"] for r in found]
+            delay = f"{statistics.median(delays):.1f}, {max(delays):.1f}" if delays else "-"
+            cause = f"{sum(bool(r['cause_ok']) for r in found)}/{n}"
+            nearby = f"{sum(bool(r['nearby_ok']) for r in found)}/{n}"
+            per_incident = f"{statistics.mean(r['incident_alerts'] for r in found):.1f}" if found else "-"
+        notices = f"{sum(r['notices'] for r in rs)}/{n}" if SCENARIOS[scenario].effects and rs[0]["detected"] is None else "-"
+        lines.append(f"| {scenario} | {size:,.0f} | {det} | {delay} | {cause} | {nearby} | {false_rate:.1f} | "
+                     f"{notices} | {per_incident} |")
+    return lines
+
+
+def _run_scenario_job(job: tuple[str, float, int, float, int]) -> dict[str, Any]:
+    return run_scenario(*job)
+
+
+# ---------------------------------------------------------------------------------------------
+# part 2: calibration of the business check
+
+
+def backend_config(window_s: int) -> BackendDetectorConfig:
+    """Exactly what GroupMonitor._update_backend builds."""
+    m = MonitorConfig(window_s=window_s)
+    return BackendDetectorConfig(
+        window_seconds=float(window_s), false_alarms_per_segment_per_30_days=m.false_alarms_per_30_days,
+        profile_warmup_s=m.backend_warmup_s, min_relative_change=m.backend_min_relative_change,
+    )
+
+
+def calibrate(job: tuple[str, float, int, int, float]) -> tuple[str, float, int, float, int, int]:
+    """(scenario, size, window, judged days, false alarms, notices) of one seed, both event names."""
+    scenario, size, window_s, seed, days = job
+    convs = backend_conversions(scenario, seed=seed, days=days, orders_per_day=size)
+    change_at = DEFAULT_START + round(0.75 * days * DAY_S)
+    event_end = change_at + max((e.duration_s or 0.0) for e in SCENARIOS[scenario].effects) if scenario != "steady" else 0
+    direction = SCENARIOS[scenario].direction
+    cfg = backend_config(window_s)
+    false = notices = 0
+    for kind in ("order", "lead"):
+        n = int(days * DAY_S // window_s)
+        counts = np.bincount(((convs.occurred_at(kind) - DEFAULT_START) // window_s).astype(int), minlength=n)[:n]
+        det = BackendDetector(cfg)
+        for i, c in enumerate(counts.tolist()):
+            if c == 0 and window_s < 3600:
+                continue  # the pipeline closes no window without events
+            cp = det.update(DEFAULT_START + i * window_s, c)
+            if cp is None or cp.resolves:
+                continue
+            own = (scenario != "steady" and cp.direction == direction
+                   and change_at - 3 * 3600 <= (cp.change_at or 0) <= event_end + DAY_S)
+            if own:
+                notices += 1
+            else:
+                false += 1
+    judged = 2 * (days - cfg.profile_warmup_s / DAY_S)
+    return scenario, size, window_s, judged, false, notices
+
+
+def calibration_table(args: argparse.Namespace) -> list[str]:
+    scenarios = ("steady", "promotion", "holiday")
+    jobs = [(s, size, w, seed, args.cal_days) for s in scenarios for size in args.cal_sizes
+            for w in (300, 3600) for seed in range(args.cal_seeds)]
+    totals: dict[tuple[str, float, int], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0])
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for scenario, size, w, judged, false, notices in pool.map(calibrate, jobs):
+            t = totals[(scenario, size, w)]
+            t[0] += judged
+            t[1] += false
+            t[2] += notices
+            t[3] += 1
+    lines = [
+        f"business check (BackendDetector as GroupMonitor runs it: budget 1 per 30 days, warm-up 2 days, "
+        f"min change 30 %), {args.cal_seeds} seeds x {args.cal_days:g} days, realistic noise; "
+        "per event name (purchase and lead each count)",
+        "",
+        "| traffic | orders/day | window s | event-name days judged | false business alerts | per 30 days | notices per event |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (scenario, size, w), (judged, false, notices, runs) in sorted(
+            totals.items(), key=lambda kv: (scenarios.index(kv[0][0]), kv[0][1], kv[0][2])):
+        per_event = f"{notices / (2 * runs):.2f}" if scenario != "steady" else "-"
+        lines.append(f"| {scenario} | {size:,.0f} | {w} | {judged:,.0f} | {false:.0f} | {false / judged * 30:.2f} | {per_event} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("scenarios", "calibration", "both"), default="both")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per scenario and size")
+    parser.add_argument("--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[400.0, 4000.0])
+    parser.add_argument("--days", type=float, default=5.0)
+    parser.add_argument("--window-seconds", type=int, default=3600)
+    parser.add_argument("--scenario", action="append", help="only this scenario (repeatable)")
+    parser.add_argument("--cal-seeds", type=int, default=10)
+    parser.add_argument("--cal-days", type=float, default=32.0)
+    parser.add_argument("--cal-sizes", type=lambda s: [float(x) for x in s.split(",")],
+                        default=[300.0, 4000.0, 50000.0])
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    args = parser.parse_args()
+    started = time.monotonic()
+    if args.part in ("scenarios", "both"):
+        print("\n".join(scenarios_table(args)), flush=True)
+        print(flush=True)
+    if args.part in ("calibration", "both"):
+        print("\n".join(calibration_table(args)), flush=True)
+    print(f"\n({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
