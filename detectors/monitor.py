@@ -473,7 +473,7 @@ class GroupMonitor:
         for key, seg in segs.items():
             if key != parent_key and metric in seg.detectors:
                 exposure[key] = _signal(metric, seg.since(change_at), seg.unit)[0]
-        best_share, best_key = 0.0, None
+        best_share, best_key, best_rank = 0.0, None, (0.0, 0.0)
         for dim_index in (2, 3):  # browser children have region "*", and the other way round
             keys = [k for k in exposure if k.split("|")[5 - dim_index] == "*"]
             dim_change = sum(abs(deficits.get(k, 0.0)) for k in keys)
@@ -483,8 +483,11 @@ class GroupMonitor:
                     continue
                 share = _share(abs(deficits[k]), dim_change)
                 traffic = _share(exposure[k], dim_exposure)
-                if share >= cfg.localise_share and share >= cfg.localise_concentration * traffic and share > best_share:
-                    best_share, best_key = share, k
+                # ties (a region's drop carries all of the browser dimension's moved deficit too)
+                # go to the child whose share most exceeds its share of the traffic
+                rank = (share, share / traffic if traffic > 0 else math.inf)
+                if share >= cfg.localise_share and share >= cfg.localise_concentration * traffic and rank > best_rank:
+                    best_share, best_key, best_rank = share, k, rank
         named = parent_key
         alarming = [seg.key for seg, _, _ in items]
         if best_key is not None:

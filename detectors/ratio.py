@@ -5,22 +5,29 @@ backend count is the exposure, ``rho`` the platform/backend ratio. A window with
 events carries little likelihood, so low volume cannot raise alarms by itself; a window with
 ``backend == 0`` carries none and is skipped.
 
-Detection is a bank of two-sided CUSUMs on the negative-binomial log-likelihood ratio of
+Detection is a bank of one-sided CUSUMs on the negative-binomial log-likelihood ratio of
 ``rho0 -> rho0 * f`` for a grid of factors ``f`` (drops and inflations from 5 % to 5x), which
-approximates the GLR over the unknown size of the change at O(1) cost. The baseline ``rho0``
-is an exponentially weighted ratio of sums (half-life ``baseline_half_life_s``), frozen while
-an alarm is pending (evidence >= ``freeze_evidence``). ``alpha`` is a bounded, winsorised
-method-of-moments estimate on the same exponential weights; the baseline's own sampling error
-is added to it (``alpha_eff = alpha + var(rho0) / rho0^2``), so a young or thin baseline
-cannot raise alarms either. Each member's alarm statistic is a two-sample test of its run
-against the baseline (the baseline's sampling error and its lag behind an allowed drift are
+approximates the GLR over the unknown size of the change at O(1) cost. The baseline is an
+exponentially weighted ratio of sums (half-life ``baseline_half_life_s``) that never freezes;
+each CUSUM run is tested against a reference from before the run (the baseline when the
+oldest running member of its direction started), so a change does not leak into its own
+reference while evidence builds. ``alpha`` is a bounded, winsorised method-of-moments estimate
+on the same exponential weights. Each member's alarm statistic is a two-sample test of its run
+against its reference (the reference's sampling error and its lag behind an allowed drift are
 profiled out, see ``_two_sample``); its threshold comes from the false-alarm budget
-(``detectors.calibration``). Members whose change is below the baseline's resolution, or
-whose per-window information is so high that a smaller member detects the same change as
-fast, stay idle. After an alarm the baseline is re-set to the post-change level; a later
-change back towards the level before the alarm is reported with ``resolves=True``.
+(``detectors.calibration``). Members whose change is below the baseline's resolution, or whose
+per-window information is so high that a smaller member detects the same change as fast, stay
+idle.
 
-Memory: a fixed number of floats (14 CUSUM members x 10 + ~20 scalars); O(1) per update.
+An alarm's life is explicit (``alarm_state``): an alarm is ``pending`` until a sequential test
+on the windows after it confirms the level it claimed (``confirmed``) or withdraws it (the
+baseline returns to the level before it, and an incident it opened is resolved by a change
+point with ``resolves=True``). The level before the incident stays as ``reference_ratio``; a
+confirmed incident resolves when a later change brings the ratio back near it, or when the
+level since the alarm is back within the reference's own error. A change far past the
+reference is a new change, never a ``resolves``.
+
+Memory: a fixed number of floats (14 CUSUM members x 14 + ~35 scalars); O(1) per update.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(7)
@@ -36,13 +43,15 @@ Memory: a fixed number of floats (14 CUSUM members x 10 + ~20 scalars); O(1) per
 [('drop', 301, 302)]
 >>> detector.in_alarm, round(detector.baseline_ratio, 1)
 (True, 0.5)
+>>> detector.alarm_state, round(detector.reference_ratio, 1)   # confirmed; the level before
+('confirmed', 0.8)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from detectors.calibration import (
     arl0_windows,
@@ -57,7 +66,9 @@ LOG_FACTORS: tuple[float, ...] = (0.05, 0.09, 0.16, 0.28, 0.5, 0.9, 1.6)
 #: floor of a member's threshold (members with huge per-window information get ~0 otherwise)
 MIN_THRESHOLD = 3.0
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3
+
+AlarmState = Literal["none", "pending", "confirmed"]
 
 
 @dataclass(frozen=True)
@@ -88,10 +99,25 @@ class RatioDetectorConfig:
     min_relative_change: float = 0.0
     #: members whose per-window information exceeds this are idle (a smaller one is as fast)
     max_member_info: float = 10.0
-    #: the baseline and dispersion freeze while the evidence is at least this
+    #: callers (the seasonal profile) stop learning while the evidence is at least this; the
+    #: baseline itself never freezes: each CUSUM run is tested against the baseline from
+    #: before it, and a baseline frozen while evidence builds learns only from the windows
+    #: that agree with it, which makes a chance error stick
     freeze_evidence: float = 0.5
     #: after an alarm the baseline restarts at the post-change level with this many events
     rebaseline_events: float = 5.0
+    #: an alarm is confirmed or withdrawn by a sequential test on the windows after it: the
+    #: level before the alarm against a level this fraction (in log) of the way to the
+    #: claimed one, stopped at +-``confirm_evidence`` nats (Wald: ~5 % errors each way at 3)
+    confirm_fraction: float = 0.5
+    confirm_evidence: float = 3.0
+    confirm_z: float = 3.0
+    #: a confirmed incident resolves when its level is back within this many standard errors
+    #: of the reference (see ``RatioDetector._check_return``)
+    resolve_z: float = 1.0
+    confirm_runs: float = 1.5
+    #: ... but never before this many windows
+    min_confirm_windows: int = 12
     max_dispersion: float = 1.0
     prior_dispersion: float = 0.01
     prior_dispersion_windows: float = 4.0
@@ -117,7 +143,9 @@ class _Member:
 
     __slots__ = (
         "log_factor", "factor", "stat", "start", "start_at", "run_p", "run_b", "info", "active",
-        "score_f", "fisher_f", "score_1", "fisher_1",
+        "two_sample",
+        "score_f", "fisher_f", "score_1", "fisher_1", "ref_p", "ref_b", "ref_var",
+        "ref_index",
     )
 
     def __init__(self, log_factor: float) -> None:
@@ -126,6 +154,7 @@ class _Member:
         self.reset(0, None)
         self.info = 0.0  # EW mean of the per-update null drift magnitude (KL)
         self.active = False
+        self.two_sample = 0.0  # the run's statistic after the last update (not state)
 
     def reset(self, start: int, start_at: float | None) -> None:
         self.stat = 0.0
@@ -137,11 +166,18 @@ class _Member:
         self.fisher_f = 0.0
         self.score_1 = 0.0
         self.fisher_1 = 0.0
+        # the baseline as it was when the run started: the run is tested against data before
+        # it, so a slow change cannot leak into its own reference while the run accumulates
+        self.ref_p = 0.0
+        self.ref_b = 0.0
+        self.ref_var = 0.0
+        self.ref_index = 0
 
     def to_list(self) -> list[Any]:
         return [
             self.stat, self.start, self.start_at, self.run_p, self.run_b, self.info,
             self.score_f, self.fisher_f, self.score_1, self.fisher_1,
+            self.ref_p, self.ref_b, self.ref_var, self.ref_index,
         ]
 
     def load(self, data: list[Any]) -> None:
@@ -152,8 +188,10 @@ class _Member:
         self.run_b = float(data[4])
         self.info = float(data[5])
         # version 1 state had no score sums: start them from zero
-        sums = [float(x) for x in data[6:10]] + [0.0] * (10 - len(data))
-        self.score_f, self.fisher_f, self.score_1, self.fisher_1 = sums
+        sums = [float(x) for x in data[6:13]] + [0.0] * max(0, 13 - len(data))
+        self.score_f, self.fisher_f, self.score_1, self.fisher_1 = sums[:4]
+        self.ref_p, self.ref_b, self.ref_var = sums[4:7]
+        self.ref_index = int(data[13]) if len(data) > 13 else self.start
 
 
 class RatioDetector:
@@ -182,9 +220,8 @@ class RatioDetector:
         self._warmup_windows = math.ceil(cfg.warmup_s / cfg.window_seconds)
         # the lag of an EW baseline behind a linear drift: drift per window x mean age
         mean_age = self._decay / (1.0 - self._decay)
-        self._drift_lag = (
-            cfg.drift_allowance_per_30_days * cfg.window_seconds / (30 * 86400.0) * mean_age
-        )
+        self._drift_per_window = cfg.drift_allowance_per_30_days * cfg.window_seconds / (30 * 86400.0)
+        self._drift_lag = self._drift_per_window * mean_age
         self._arl0 = cfg.arl0
         self._members = [_Member(g) for g in LOG_FACTORS] + [_Member(-g) for g in LOG_FACTORS]
         self._index = 0
@@ -202,8 +239,22 @@ class RatioDetector:
         self._cur_p = 0.0
         self._cur_b = 0.0
         self._last_ratio = math.nan
-        self._in_alarm = False
-        self._reference_ratio = math.nan
+        self._state: AlarmState = "none"
+        self._alarm_direction: Direction | None = None
+        self._reference_ratio = math.nan  # level before the open incident
+        self._reference_var = 0.0  # its relative sampling variance
+        self._incident_direction: Direction = "drop"
+        # the alarm under test (state "pending"): what it does when confirmed or withdrawn
+        # ("open" an incident, "resolve" it, or "move" an open one), the baseline before it
+        # (decayed like the live one), its claimed level, the test's log-likelihood ratio,
+        # the baseline sums of the windows since it, and its change index / time
+        self._pending_kind = ""
+        self._prior = [0.0, 0.0, 0.0]
+        self._claimed = math.nan
+        self._sprt = 0.0
+        self._post = [0.0, 0.0, 0.0]
+        self._pending_change = (0, math.nan)
+        self._pending_deadline = 0
         self._alarms = 0
         self._evidence = 0.0
 
@@ -215,18 +266,31 @@ class RatioDetector:
 
     @property
     def in_alarm(self) -> bool:
-        """True from an alarm until a change back to ``reference_ratio`` resolves it."""
-        return self._in_alarm
+        """True while an incident is open: from an alarm until it is withdrawn or resolved."""
+        if self._state == "pending":
+            return self._pending_kind != "resolve"
+        return self._state == "confirmed"
+
+    @property
+    def alarm_state(self) -> AlarmState:
+        """``pending`` while the windows after the last alarm decide between its claimed
+        level and the level before it; ``confirmed`` while a confirmed incident is open."""
+        return self._state
+
+    @property
+    def alarm_direction(self) -> Direction | None:
+        """Direction of the last alarm (``None`` before any)."""
+        return self._alarm_direction
 
     @property
     def recovered(self) -> bool:
-        """True after an alarm was resolved and no new alarm is open."""
-        return self._alarms > 0 and not self._in_alarm
+        """True after an alarm was resolved or withdrawn and no new alarm is open."""
+        return self._alarms > 0 and not self.in_alarm
 
     @property
     def reference_ratio(self) -> float:
-        """Baseline before the open alarm (``nan`` when none is open)."""
-        return self._reference_ratio
+        """Baseline before the open incident (``nan`` when none is open)."""
+        return self._reference_ratio if self.in_alarm else math.nan
 
     @property
     def baseline_ratio(self) -> float:
@@ -313,11 +377,159 @@ class RatioDetector:
 
         result: ChangePoint | None = None
         pending = False
-        if self._base_b > 0.0 and self._base_p > 0.0:
+        if self._state == "pending":
+            result = self._test_alarm(index, backend, platform, at)
+        elif self._base_b > 0.0 and self._base_p > 0.0:
             result, pending = self._detect(index, backend, platform, at)
-        if result is None:
+        if result is None or self._state != "pending":
             self._learn(backend, platform, freeze_baseline=pending)
+        if result is None and self._state == "confirmed":
+            result = self._check_return(index, at)
         return result
+
+    def _check_return(self, index: int, at: float | None) -> ChangePoint | None:
+        """Resolve a confirmed incident whose level is back within the reference's error.
+
+        A change back is normally found by the CUSUMs (and resolves the incident there); this
+        catches the incident whose reference was off by chance, or whose level drifted back:
+        once the level since the alarm is known as precisely as the reference, it must stay
+        ``resolve_z`` standard errors away from it (confirmation needed ``confirm_z``).
+        """
+        if self._base_p <= 0.0 or self._base_b <= 0.0:
+            return None
+        phi = 1.0 + self.dispersion * self._mean_mu
+        current_var = phi * self._baseline_rel_var()
+        reference_var = phi * self._reference_var + self._drift_lag**2
+        if current_var > reference_var:
+            return None
+        current = self.baseline_ratio
+        ref = self._reference_ratio
+        away = math.log(current / ref) * (1.0 if self._incident_direction == "inflation" else -1.0)
+        if away / math.sqrt(current_var + reference_var) >= self.config.resolve_z:
+            return None
+        direction: Direction = "drop" if self._incident_direction == "inflation" else "inflation"
+        self._state = "none"
+        self._alarm_direction = direction
+        before = self._reference_ratio
+        self._reference_ratio = math.nan
+        lo, hi = self.baseline_interval
+        return ChangePoint(
+            metric=self.metric,
+            direction=direction,
+            detected_index=index,
+            change_index=index,
+            ratio_before=before,
+            ratio_before_low=before,
+            ratio_before_high=before,
+            ratio_after=current,
+            ratio_after_low=lo,
+            ratio_after_high=hi,
+            statistic=away / math.sqrt(current_var + reference_var),
+            threshold=self.config.resolve_z,
+            p_value=1.0,
+            resolves=True,
+            change_at=at,
+            detected_at=at,
+        )
+
+    def _test_alarm(
+        self, index: int, backend: float, platform: float, at: float | None
+    ) -> ChangePoint | None:
+        """One step of the sequential test of a pending alarm (Wald's SPRT).
+
+        The level before the alarm ``L`` against ``M = L (C / L)^confirm_fraction`` (``C`` the
+        claimed level): the run that crossed the threshold is a selected sample whose ratio
+        overshoots the change, so the test asks only whether the level moved a good part of the
+        way, on windows the alarm did not see. Withdrawn: the baseline returns to ``L`` (plus
+        the windows since), and an alarm that opened an incident is resolved by a change point.
+        """
+        cfg = self.config
+        lam = self._decay
+        self._prior = [lam * self._prior[0], lam * self._prior[1], lam * lam * self._prior[2]]
+        self._post = [
+            lam * self._post[0] + platform,
+            lam * self._post[1] + backend,
+            lam * lam * self._post[2] + platform,
+        ]
+        level = max(self._prior[0], 0.5) / self._prior[1]
+        log_step = cfg.confirm_fraction * math.log(self._claimed / level)
+        mu_l = level * backend
+        mu_m = mu_l * math.exp(log_step)
+        alpha = self.dispersion
+        if alpha > 1e-12:
+            llr = platform * log_step - (platform + 1.0 / alpha) * math.log(
+                (1.0 + alpha * mu_m) / (1.0 + alpha * mu_l)
+            )
+        else:
+            llr = platform * log_step - (mu_m - mu_l)
+        self._sprt += llr
+        # The test above takes the level before the alarm as exact; it is an estimate, and an
+        # alarm is likelier where it happens to be off. A confirmation also needs the windows
+        # since the alarm to differ from it by ``confirm_z`` standard errors of both.
+        post_p, post_b, _ = self._post
+        phi = 1.0 + alpha * self._mean_mu
+        prior_var = (
+            self._prior[2] / (self._prior[0] * self._prior[0]) if self._prior[0] > 0.0 else math.inf
+        ) * phi + self._drift_lag**2
+        post_var = phi / max(level * post_b, 0.5)  # under the level before: stable at zero counts
+        moved = math.log(max(post_p, 0.5) / (level * post_b)) if post_b > 0.0 else 0.0
+        z = moved / math.sqrt(prior_var + post_var) * (1.0 if log_step > 0.0 else -1.0)
+        # a change of the claimed size confirms in about the windows its run took to raise
+        # the alarm; one that has not confirmed in ``confirm_runs`` times that is withdrawn
+        withdraw = (
+            self._sprt <= -cfg.confirm_evidence
+            or (post_var <= prior_var and z < cfg.confirm_z)
+            or index >= self._pending_deadline
+        )
+        if self._sprt >= cfg.confirm_evidence and z >= cfg.confirm_z:
+            self._state = "none" if self._pending_kind == "resolve" else "confirmed"
+            if self._state == "none":
+                self._reference_ratio = math.nan
+            return None
+        if not withdraw:
+            return None
+        # withdrawn: the level before the alarm still holds
+        kind = self._pending_kind
+        post_var = self._post[2]
+        self._base_p = self._prior[0] + post_p
+        self._base_b = self._prior[1] + post_b
+        self._base_var = self._prior[2] + post_var
+        for m in self._members:
+            m.reset(index + 1, None)
+        if kind == "move":
+            self._state = "confirmed"
+            return None
+        claimed = self._claimed
+        now = post_p / post_b if post_b > 0.0 else level
+        if kind == "open":  # the incident it opened is resolved
+            self._state = "none"
+            resolves = True
+            direction: Direction = "inflation" if claimed < level else "drop"
+        else:  # a resolve that did not hold: the incident is open again
+            self._state = "confirmed"
+            resolves = False
+            direction = "inflation" if claimed < level else "drop"
+        self._alarm_direction = direction
+        lo, hi = self._interval(post_p, post_b, post_var)
+        change_index, change_at = self._pending_change
+        return ChangePoint(
+            metric=self.metric,
+            direction=direction,
+            detected_index=index,
+            change_index=change_index,
+            ratio_before=claimed,
+            ratio_before_low=claimed,
+            ratio_before_high=claimed,
+            ratio_after=now,
+            ratio_after_low=lo,
+            ratio_after_high=hi,
+            statistic=-self._sprt,
+            threshold=cfg.confirm_evidence,
+            p_value=min(1.0, math.exp(self._sprt)),
+            resolves=resolves,
+            change_at=None if math.isnan(change_at) else change_at,
+            detected_at=at,
+        )
 
     def _learn(self, backend: float, platform: float, freeze_baseline: bool) -> None:
         cfg = self.config
@@ -360,7 +572,6 @@ class RatioDetector:
         baseline_se = math.sqrt(
             self._baseline_rel_var() * (1.0 + alpha * self._mean_mu) + self._drift_lag**2
         )
-        precision = 1.0 / max(baseline_se * baseline_se, 1e-300)
 
         # idle rules: a baseline too uncertain for the member's change, or so much
         # information per window that the next smaller member detects the change as fast
@@ -386,58 +597,94 @@ class RatioDetector:
         best_h = 0.0
         best_stat = 0.0
         evidence = 0.0
+        # (index, p, b, var) of the oldest reference a running member holds, per direction
+        oldest: dict[bool, tuple[int, float, float, float]] = {}
+        for m in self._members:
+            if m.active and m.stat > 0.0 and m.ref_b > 0.0:
+                up = m.log_factor > 0
+                if up not in oldest or m.ref_index < oldest[up][0]:
+                    oldest[up] = (m.ref_index, m.ref_p, m.ref_b, m.ref_var)
         for m in self._members:
             delta = mu0 * (m.factor - 1.0)
             if inv_alpha > 0.0:
                 shrink = math.log1p(alpha * delta / (1.0 + alpha * mu0))
-                llr = platform * m.log_factor - (platform + inv_alpha) * shrink
                 null_drift = mu0 * m.log_factor - (mu0 + inv_alpha) * shrink
             else:
-                llr = platform * m.log_factor - delta
                 null_drift = mu0 * m.log_factor - delta
             m.info = lam * m.info + (1.0 - lam) * max(-null_drift, 0.0)
             if not m.active:
                 m.reset(index + 1, None)
                 continue
-            if m.stat <= 0.0:
+            if m.stat <= 0.0 or m.ref_b <= 0.0:
                 m.reset(index, at)
+                # the reference of the oldest running member of its direction, else the
+                # baseline now: a change of a size between two members' makes the nearer,
+                # larger one restart often, and the live baseline has meanwhile learnt part of
+                # the change; a running member's reference predates its run
+                m.ref_index, m.ref_p, m.ref_b, m.ref_var = oldest.get(
+                    m.log_factor > 0, (index, self._base_p, self._base_b, self._base_var)
+                )
+            # the run is tested against the baseline from before it started
+            mu_ref = max(m.ref_p, 0.5) / m.ref_b * backend
+            delta = mu_ref * (m.factor - 1.0)
+            if inv_alpha > 0.0:
+                shrink = math.log1p(alpha * delta / (1.0 + alpha * mu_ref))
+                llr = platform * m.log_factor - (platform + inv_alpha) * shrink
+            else:
+                llr = platform * m.log_factor - delta
             m.stat = max(0.0, m.stat + llr)
             m.run_p += platform
             m.run_b += backend
             if m.stat <= 0.0:
                 m.reset(index + 1, None)
                 continue
-            mu_f = mu0 * m.factor
+            mu_f = mu_ref * m.factor
             m.score_f += (platform - mu_f) / (1.0 + alpha * mu_f)
             m.fisher_f += mu_f / (1.0 + alpha * mu_f)
-            m.score_1 += (platform - mu0) / (1.0 + alpha * mu0)
-            m.fisher_1 += mu0 / (1.0 + alpha * mu0)
+            m.score_1 += (platform - mu_ref) / (1.0 + alpha * mu_ref)
+            m.fisher_1 += mu_ref / (1.0 + alpha * mu_ref)
             h = max(cusum_threshold(threshold_arl, max(m.info, 1e-9)), MIN_THRESHOLD)
-            stat = _two_sample(m, precision)
+            # its error: sampling (the reference's own) and its lag behind an allowed drift,
+            # which grows with the age of the run
+            ref_rel_var = m.ref_var / (m.ref_p * m.ref_p) if m.ref_p > 0.0 else math.inf
+            lag = self._drift_lag + self._drift_per_window * (index - m.ref_index)
+            se_sq = ref_rel_var * (1.0 + alpha * self._mean_mu) + lag * lag
+            stat = _two_sample(m, 1.0 / max(se_sq, 1e-300))
+            m.two_sample = stat
+            if stat <= 0.0:
+                # the run is explained by its reference's own error: a run that keeps going
+                # against a reference that was off by chance must not hold on to it
+                m.reset(index + 1, None)
+                continue
             ratio = stat / h
             evidence = max(evidence, ratio)
             if ratio >= 1.0 and ratio > best_ratio:
                 best, best_ratio, best_h, best_stat = m, ratio, h, stat
         self._evidence = evidence
         if best is None:
-            return None, evidence >= cfg.freeze_evidence
+            return None, False
         return self._alarm(index, at, best, best_stat, best_h, active), False
 
-    def _change_start(self, member: _Member) -> _Member:
+    def _change_start(self, member: _Member, index: int) -> _Member:
         """Member whose run start best explains the change (max profile GLR of its run).
 
         Every member restarts its run at its own last zero; the alarming one is not always the
         best estimate of the change time (a small member restarts rarely, so its run starts
         early). The likelihood-ratio of "new ratio since k" is maximised over those starts.
         """
-        rho0 = self.baseline_ratio
         best, best_glr = member, -math.inf
+        phi = 1.0 + self.dispersion * self._mean_mu
         for m in self._members:
             if not m.active or m.stat <= 0.0 or (m.log_factor > 0) != (member.log_factor > 0):
                 continue
-            expected = rho0 * m.run_b
-            p = m.run_p
-            glr = (p * math.log(p / expected) if p > 0 else 0.0) - (p - expected)
+            if m.run_p <= 0.0 or m.ref_p <= 0.0:
+                continue
+            # two-sample GLR (normal approximation on the log scale) of the run against its
+            # own reference: the run's error, the reference's, and its lag behind a drift
+            moved = math.log(m.run_p / m.run_b * m.ref_b / m.ref_p)
+            lag = self._drift_lag + self._drift_per_window * (index - m.ref_index)
+            var = phi / m.run_p + phi * m.ref_var / (m.ref_p * m.ref_p) + lag * lag
+            glr = moved * moved / (2.0 * var)
             if glr > best_glr:
                 best, best_glr = m, glr
         return best
@@ -451,17 +698,29 @@ class RatioDetector:
         threshold: float,
         active: int,
     ) -> ChangePoint:
-        start = self._change_start(member)
-        before = self.baseline_ratio
-        before_lo, before_hi = self.baseline_interval
+        start = self._change_start(member, index)
+        prior = [start.ref_p, start.ref_b, start.ref_var]
+        before = max(prior[0], 0.5) / prior[1]
+        before_lo, before_hi = self._interval(*prior)
         after = start.run_p / start.run_b if start.run_b > 0.0 else math.nan
         after_lo, after_hi = self._interval(start.run_p, start.run_b, start.run_p)
         direction: Direction = "inflation" if member.log_factor > 0 else "drop"
+        # inside an open incident, a change resolves it only when it goes back at least half
+        # of the way (in log) to the reference, and not further past it than half the way
         resolves = False
-        if self._in_alarm:
+        kind = "open"
+        if self._state == "confirmed":
+            kind = "move"
             ref = self._reference_ratio
-            if _log_distance(after, ref) < _log_distance(after, before):
+            if _log_distance(after, ref) <= 0.5 * _log_distance(before, ref) and (
+                (after > before) == (ref > before)
+            ):
                 resolves = True
+                kind = "resolve"
+        elif self._state == "none":
+            self._reference_ratio = before
+            self._reference_var = prior[2] / (prior[0] * prior[0]) if prior[0] > 0.0 else 0.0
+            self._incident_direction = direction
         cp = ChangePoint(
             metric=self.metric,
             direction=direction,
@@ -481,12 +740,18 @@ class RatioDetector:
             change_at=start.start_at,
             detected_at=at,
         )
-        if resolves:
-            self._in_alarm = False
-            self._reference_ratio = math.nan
-        elif not self._in_alarm:
-            self._in_alarm = True
-            self._reference_ratio = before
+        self._state = "pending"
+        self._pending_kind = kind
+        self._alarm_direction = direction
+        self._prior = prior
+        self._claimed = after if after > 0.0 else 0.5 / start.run_b
+        self._sprt = 0.0
+        self._post = [0.0, 0.0, 0.0]
+        self._pending_change = (start.start, math.nan if start.start_at is None else start.start_at)
+        run_windows = index - start.start + 1
+        self._pending_deadline = index + max(
+            self.config.min_confirm_windows, math.ceil(self.config.confirm_runs * run_windows)
+        )
         self._alarms += 1
         # Re-baseline at the post-change level, but with the weight of only a few events:
         # the run that crossed the threshold is a selected, biased sample (taking it at full
@@ -515,8 +780,16 @@ class RatioDetector:
             "updated_fraction": self._updated_fraction,
             "current": [self._cur_p, self._cur_b],
             "last_ratio": _encode(self._last_ratio),
-            "in_alarm": self._in_alarm,
+            "state": self._state,
+            "alarm_direction": self._alarm_direction,
             "reference_ratio": _encode(self._reference_ratio),
+            "reference_var": self._reference_var,
+            "incident_direction": self._incident_direction,
+            "pending": [
+                self._pending_kind, self._prior, _encode(self._claimed), self._sprt, self._post,
+                self._pending_change[0], _encode(self._pending_change[1]),
+                self._pending_deadline,
+            ],
             "alarms": self._alarms,
             "evidence": self._evidence,
             "members": [m.to_list() for m in self._members],
@@ -524,7 +797,7 @@ class RatioDetector:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RatioDetector:
-        if data.get("version") not in (1, _STATE_VERSION):
+        if data.get("version") not in (1, 2, _STATE_VERSION):
             raise ValueError(f"unsupported RatioDetector state version {data.get('version')}")
         d = cls(RatioDetectorConfig.from_dict(data["config"]), metric=str(data["metric"]))
         d._index = int(data["index"])
@@ -535,8 +808,30 @@ class RatioDetector:
         d._updated_fraction = float(data["updated_fraction"])
         d._cur_p, d._cur_b = (float(x) for x in data["current"])
         d._last_ratio = _decode(data["last_ratio"])
-        d._in_alarm = bool(data["in_alarm"])
         d._reference_ratio = _decode(data["reference_ratio"])
+        if "state" in data:
+            state = str(data["state"])
+            if state not in ("none", "pending", "confirmed"):
+                raise ValueError(f"unknown alarm state {state!r}")
+            d._state = "none" if state == "none" else "pending" if state == "pending" else "confirmed"
+            direction = data["alarm_direction"]
+            d._alarm_direction = None if direction is None else (
+                "drop" if direction == "drop" else "inflation"
+            )
+            kind, prior, claimed, sprt, post, change_index, change_at, deadline = data["pending"]
+            d._pending_deadline = int(deadline)
+            d._pending_kind = str(kind)
+            d._reference_var = float(data["reference_var"])
+            d._incident_direction = (
+                "drop" if data["incident_direction"] == "drop" else "inflation"
+            )
+            d._prior = [float(x) for x in prior]
+            d._claimed = _decode(claimed)
+            d._sprt = float(sprt)
+            d._post = [float(x) for x in post]
+            d._pending_change = (int(change_index), _decode(change_at))
+        elif data["in_alarm"]:  # versions 1 and 2: an open alarm was a confirmed incident
+            d._state = "confirmed"
         d._alarms = int(data["alarms"])
         d._evidence = float(data["evidence"])
         for m, values in zip(d._members, data["members"], strict=True):

@@ -48,7 +48,8 @@ def test_detector_false_alarm_rate_matches_setting() -> None:
         for i in range(1500):
             b = int(rng.poisson(30 * (1 + 0.6 * math.sin(2 * math.pi * i / 24))))
             mean = rng.gamma(20.0, 0.05 * 0.7 * b) if b else 0.0  # alpha = 0.05
-            alarms += det.update(b, int(rng.poisson(mean))) is not None
+            cp = det.update(b, int(rng.poisson(mean)))
+            alarms += cp is not None and not cp.resolves  # withdrawals are not alarms
             windows += 1
     expected = windows / cfg.arl0  # 125 false alarms
     assert expected / 2 < alarms < expected * 1.5
