@@ -253,6 +253,9 @@ class Alert:
     localisation: Localisation
     reconciliation: tuple[ReconciliationRow, ...]
     evidence: Evidence
+    #: tracking gaps of one cause on several platforms or conversions (one incident): every
+    #: affected segment key, the named one first; None (not in the JSON) for a single segment
+    affected: tuple[str, ...] | None = None
 
     def resolved(self, *, current: float | None, detected_at: float) -> Alert:
         """The same incident (same `alert_id`), reported back at its level."""
@@ -276,6 +279,8 @@ class Alert:
             "reconciliation": [r.to_dict() for r in self.reconciliation],
             "evidence": self.evidence.to_dict(),
         })
+        if self.affected is not None:
+            out["affected"] = list(self.affected)
         return out
 
     def to_json(self) -> bytes:
@@ -326,6 +331,8 @@ class Alert:
             localisation=Localisation.from_dict(doc["localisation"]) if "localisation" in doc else _NOWHERE,
             reconciliation=_list(doc, "reconciliation", "alert", ReconciliationRow.from_dict),
             evidence=Evidence.from_dict(doc["evidence"]) if "evidence" in doc else _NO_EVIDENCE,
+            affected=(_list(doc, "affected", "alert", lambda v, w: _as_str(v, w))
+                      if "affected" in doc else None),
         )
 
 
