@@ -18,6 +18,7 @@ a backend move with a steady ratio is a business change, not a tracking gap.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,13 +43,18 @@ from detectors.windows import ClosedWindow
 
 __all__ = ["MonitorConfig", "GroupMonitor", "rank_changes", "METRICS"]
 
-METRICS = ("count_ratio", "value_ratio", "duplicate_rate", "click_id_coverage")
+METRICS = ("count_ratio", "value_ratio", "duplicate_rate", "click_id_coverage", "unmatched_rate")
 TRACKED_LEVELS = ("platform", "platform_browser", "platform_region")
 HISTORY = 96  # windows of per-segment history kept for localisation and reconciliation
 
-# history row layout
+# history row layout: numbers, then (from state version 2 of the row) the platform events per
+# channel as a {channel: count} object; rows written before it have 13 numbers
 (H_START, H_B, H_P, H_BV, H_PV, H_DUP, H_MISS_VALUE, H_MISS_CLICK, H_DENIED_B, H_BROKEN,
- H_PAIR, H_IMPORT, H_EVENTS) = range(13)
+ H_PAIR, H_IMPORT, H_EVENTS, H_MATCHED, H_CHANNELS) = range(15)
+H_NUMBERS = H_CHANNELS  # the summed columns are 1 .. H_NUMBERS - 1
+#: a later platform's or conversion's alarm joins an open incident of the same signal family,
+#: direction and browser / region when their change times are this close
+JOIN_S = 12 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,14 @@ class MonitorConfig:
     #: 5 %, a duplicate rate only when it doubles, click-id coverage when it loses 40 %
     min_relative_change: tuple[tuple[str, float], ...] = (
         ("count_ratio", 0.0), ("value_ratio", 0.1), ("duplicate_rate", 1.0), ("click_id_coverage", 0.4),
+        ("unmatched_rate", 1.0),
     )
     #: the backend's own day-to-day swings reach 20-25 %: a business change is a bigger move
     backend_min_relative_change: float = 0.3
     #: `false_alarms_per_30_days` is per alert unit (platform x event name); the unit's
-    #: detectors (4 signals at the platform level, 2 on each of ~15 browser / region children)
+    #: detectors (5 signals at the platform level, 2 on each of ~15 browser / region children)
     #: share it equally, so the user's rate is the rate of alerts they receive
-    detectors_per_group: int = 34
+    detectors_per_group: int = 35
     #: a child is named only when its share of the change is this many times its share of traffic
     localise_concentration: float = 1.5
     #: order values are spread out: a window's value is compound Poisson, whose variance is
@@ -95,12 +102,12 @@ class MonitorConfig:
         )
 
 
-_PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "value_ratio")
+_PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_rate", "value_ratio")
 
 
 def _family(metric: str, direction: str) -> str:
     """Signals that move together for one root cause form one incident."""
-    if metric in ("count_ratio", "value_ratio", "duplicate_rate"):
+    if metric in ("count_ratio", "value_ratio", "duplicate_rate", "unmatched_rate"):
         return f"conversions|{direction}"
     return f"{metric}|{direction}"
 
@@ -121,15 +128,25 @@ def _signal(metric: str, row: Sequence[float], unit: float) -> tuple[float, floa
         return row[H_P], row[H_DUP]
     if metric == "click_id_coverage":
         return row[H_P], row[H_P] - row[H_MISS_CLICK]
+    if metric == "unmatched_rate":
+        return row[H_P], _unmatched(row)
     raise ValueError(metric)
 
 
-def _row(w: ClosedWindow) -> list[float]:
+def _unmatched(row: Sequence[float]) -> float:
+    """Platform conversions with no backend order behind them (duplicates are not new orders)."""
+    if len(row) <= H_MATCHED:
+        return 0.0
+    return max(0.0, row[H_P] - row[H_MATCHED] - row[H_DUP])
+
+
+def _row(w: ClosedWindow) -> list[Any]:
     return [
         w.window_start, w.backend_count, w.platform_count, round(w.backend_value, 4),
         round(w.platform_value, 4), w.platform_duplicates, w.platform_missing_value,
         w.platform_missing_click_ids, w.backend_consent_denied, w.platform_broken_dedupe,
         w.platform_pair_deduped, w.platform_channels.get("import", 0), w.platform_events,
+        w.platform_matched_orders, dict(w.platform_channels),
     ]
 
 
@@ -148,7 +165,7 @@ class _Segment:
             parent = key.endswith("|*|*")
             self.detectors = {m: RatioDetector(config.detector_config(m), metric=m)
                               for m in (METRICS if parent else CHILD_METRICS)}
-            self.history: list[list[float]] = []
+            self.history: list[list[Any]] = []
             self.unit = 0.0  # exponentially weighted mean backend value per conversion
         else:
             self.detectors = {m: RatioDetector.from_dict(d) for m, d in state["det"].items()}
@@ -176,20 +193,35 @@ class _Segment:
 
     def since(self, start: float) -> list[float]:
         """Sums of the history rows from window `start` on."""
-        total = [0.0] * 13
+        return self._sum(lambda t: t >= start)
+
+    def before(self, start: float) -> list[float]:
+        return self._sum(lambda t: t < start)
+
+    def _sum(self, take: Any) -> list[float]:
+        total = [0.0] * H_NUMBERS
         for r in self.history:
-            if r[H_START] >= start:
-                for i in range(1, 13):
+            if take(r[H_START]):
+                for i in range(1, min(len(r), H_NUMBERS)):
                     total[i] += r[i]
         return total
 
-    def before(self, start: float) -> list[float]:
-        total = [0.0] * 13
+    def channels(self, start: float) -> tuple[dict[str, float], dict[str, float], float, float]:
+        """(platform events per channel before `start`, since `start`, backend before, since)."""
+        before: dict[str, float] = {}
+        after: dict[str, float] = {}
+        b_before = b_after = 0.0
         for r in self.history:
-            if r[H_START] < start:
-                for i in range(1, 13):
-                    total[i] += r[i]
-        return total
+            if len(r) <= H_CHANNELS:
+                continue  # a row from before the channels were kept
+            side = after if r[H_START] >= start else before
+            if r[H_START] >= start:
+                b_after += r[H_B]
+            else:
+                b_before += r[H_B]
+            for ch, n in r[H_CHANNELS].items():
+                side[ch] = side.get(ch, 0.0) + n
+        return before, after, b_before, b_after
 
 
 def _ratio(num: float, den: float) -> float:
@@ -338,7 +370,18 @@ class GroupMonitor:
             if parent is not None and parent.event_name not in backend_moves:
                 backend_moves[parent.event_name] = self._update_backend(parent, changes, alerts, emit=False)
             alerts.extend(self._update_group(group, by_group[group], changes, backend_moves))
-        return alerts
+        # an incident joined in the step that opened it is sent once, naming every segment
+        last = {a.alert_id: a for a in alerts if a.status == "firing"}
+        out: list[Alert] = []
+        sent: set[str] = set()
+        for a in alerts:
+            if a.status == "firing":
+                if a.alert_id in sent:
+                    continue
+                sent.add(a.alert_id)
+                a = last[a.alert_id]
+            out.append(a)
+        return out
 
     def _update_backend(self, parent: ClosedWindow, changes: list[Mapping[str, Any]], alerts: list[Alert],
                         emit: bool) -> ChangePoint | None:
@@ -413,31 +456,90 @@ class GroupMonitor:
                 continue
             for key, inc in list(incidents.items()):
                 if inc["segment_key"] == seg.key and inc["metric"] == cp.metric:
+                    del incidents[key]
+                    if "joined" in inc:
+                        continue  # a member of another group's incident: that one resolves it
                     resolved = Alert.from_dict(inc["alert"]).resolved(current=_r(cp.ratio_after, 4),
                                                                       detected_at=_at(cp.detected_at))
-                    del incidents[key]
+                    self._release_members(group, key)
                     alerts.append(resolved)
         new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves]
         by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
         for item in new:
             by_incident.setdefault(_family(item[2].metric, item[2].direction), []).append(item)
+        # click-id coverage falling while the conversions themselves moved is a symptom inside
+        # that incident (a wrong trigger's extra conversions carry no click id), not a second one
+        if any(k.startswith("conversions|") for k in (*incidents, *by_incident)):
+            by_incident.pop("click_id_coverage|drop", None)
+        # a move back on a signal whose opposite incident is still open belongs to that
+        # incident (the level is settling), not to a new cause
+        open_on = {inc["metric"] for inc in incidents.values()}
+        for key in list(by_incident):
+            by_incident[key] = [it for it in by_incident[key] if it[2].metric not in open_on]
+            if not by_incident[key]:
+                del by_incident[key]
         for key, items in sorted(by_incident.items()):
             if key in incidents:
                 continue  # one alert per incident: children join the open one as localisation
             # the most specific signal names the alert: duplicates over counts over values
             items.sort(key=lambda it: (_PRIORITY.index(it[2].metric), it[0].key))
             alert, named = self._make_alert(group, segs, items, changes, backend_moves)
+            owner = self._incident_to_join(group, key, named, alert)
+            if owner is not None:
+                # another platform (or conversion) already has this cause open: join it
+                o_group, o_key = owner
+                o_inc = self.incidents[o_group][o_key]
+                o_alert = Alert.from_dict(o_inc["alert"])
+                affected = o_alert.affected or (o_inc["segment_key"],)
+                if named not in affected:
+                    o_alert = dataclasses.replace(o_alert, affected=(*affected, named))
+                    o_inc["alert"] = o_alert.to_dict()
+                    self._dirty.add(o_group)
+                    alerts.append(o_alert)  # the same alert_id, now naming every affected segment
+                incidents[key] = {"segment_key": named, "metric": alert.metric, "joined": [o_group, o_key],
+                                  "change_at": alert.change_at}
+                continue
             # state is JSON: the open incident is kept as the alert document
             incidents[key] = {"segment_key": named, "metric": alert.metric, "alert": alert.to_dict()}
             alerts.append(alert)
         return alerts
+
+    def _incident_to_join(self, group: str, key: str, named: str, alert: Alert) -> tuple[str, str] | None:
+        """The open incident of another group with the same signal family and direction, on the
+        same browser and region, changed within `JOIN_S` of this one: one cause, one incident."""
+        if alert.verdict != "tracking_gap":
+            return None
+        dims = named.split("|")[2:]
+        best: tuple[float, str, str] | None = None
+        for o_group, incs in self.incidents.items():
+            if o_group == group:
+                continue
+            inc = incs.get(key)
+            if inc is None or "joined" in inc or inc["alert"]["verdict"] != "tracking_gap":
+                continue
+            if inc["segment_key"].split("|")[2:] != dims:
+                continue
+            dt = abs(float(inc["alert"]["change_at"]) - alert.change_at)
+            if dt <= JOIN_S and (best is None or dt < best[0]):
+                best = (dt, o_group, key)
+        return None if best is None else (best[1], best[2])
+
+    def _release_members(self, group: str, key: str) -> None:
+        """An incident resolved: the segments that joined it from other groups are free again."""
+        for o_group, incs in self.incidents.items():
+            for o_key, inc in list(incs.items()):
+                if inc.get("joined") == [group, key]:
+                    del incs[o_key]
+                    self._dirty.add(o_group)
 
     # ---- alert content --------------------------------------------------------------------
     def _make_alert(self, group: str, segs: dict[str, _Segment], items: list[tuple[_Segment, ClosedWindow, ChangePoint]],
                     changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> tuple[Alert, str]:
         cfg = self.config
         metric, direction = items[0][2].metric, items[0][2].direction
-        change_at = min(cp.change_at or 0.0 for _, _, cp in items)
+        # the naming signal's own change time: a child's run can have started hours earlier on a
+        # slow drift, which would put the change (and the nearby changes) too early
+        change_at = items[0][2].change_at or min(cp.change_at or 0.0 for _, _, cp in items)
         platform, event_name = group.split("|", 1)
         parent_key = f"{platform}|{event_name}|*|*"
         parent = segs.get(parent_key)
@@ -445,6 +547,7 @@ class GroupMonitor:
         moved: list[ChildChange] = []
         steady: list[ChildChange] = []
         deficits: dict[str, float] = {}
+        held_gaps: dict[str, float] = {}
         for key, seg in sorted(segs.items()):
             if key == parent_key:
                 continue
@@ -462,11 +565,15 @@ class GroupMonitor:
             low, high = rate_interval(c_a, e_a)
             rel = now / base - 1 if base > 0 else 0.0
             entry = ChildChange(Segment.from_key(key), round(base, 4), round(now, 4), round(rel, 3), int(e_a))
+            gap = (base - now) * e_a  # expected minus seen, in conversions
             if abs(rel) >= cfg.moved_min_change and not (low <= base <= high):
                 moved.append(entry)
-                deficits[key] = (base - now) * e_a  # expected minus seen, in conversions
+                deficits[key] = gap
             else:
                 steady.append(entry)
+                # a child too small to have "moved" yet still carries its part of the change
+                if (gap > 0) == (direction == "drop"):
+                    held_gaps[key] = abs(gap)
         # A child explains the change when it carries most of it and far more than its share
         # of the traffic (its siblings held); otherwise the change belongs to the parent.
         exposure = {}
@@ -476,7 +583,7 @@ class GroupMonitor:
         best_share, best_key, best_rank = 0.0, None, (0.0, 0.0)
         for dim_index in (2, 3):  # browser children have region "*", and the other way round
             keys = [k for k in exposure if k.split("|")[5 - dim_index] == "*"]
-            dim_change = sum(abs(deficits.get(k, 0.0)) for k in keys)
+            dim_change = sum(abs(deficits.get(k, 0.0)) + held_gaps.get(k, 0.0) for k in keys)
             dim_exposure = sum(exposure[k] for k in keys)
             for k in keys:
                 if k not in deficits:
@@ -557,6 +664,20 @@ class GroupMonitor:
             if browser == "*" and region == "*":
                 causes.append(Cause("broken_tag", 0.5,
                                     "the drop is spread over every browser and region: the tag or trigger itself"))
+        if metric == "count_ratio" and direction == "drop":
+            causes.extend(self._channel_causes(src, change_at, named))
+            drift = self._event_definition_drift(named, src, change_at)
+            if drift is not None:
+                causes.append(drift)
+        if direction == "inflation" and metric in ("count_ratio", "unmatched_rate", "duplicate_rate"):
+            un_b, un_a = _ratio(_unmatched(b), b[H_P]), _ratio(_unmatched(a), a[H_P])
+            if math.isfinite(un_a) and un_a > (un_b if math.isfinite(un_b) else 0.0) + 0.05:
+                cov_b, cov_a = 1 - rate(b, H_MISS_CLICK, H_P), 1 - rate(a, H_MISS_CLICK, H_P)
+                causes.append(Cause(
+                    "wrong_trigger", round(min(1.0, 0.7 + un_a), 3),
+                    f"platform conversions without a backend order {un_b:.1%} -> {un_a:.1%} "
+                    f"({int(_unmatched(a))} since the change): the event fires before (or without) the order; "
+                    f"click-id coverage {cov_b:.0%} -> {cov_a:.0%} follows from it"))
         if direction == "inflation" and metric in ("count_ratio", "duplicate_rate"):
             dup_b, dup_a = rate(b, H_DUP, H_P), rate(a, H_DUP, H_P)
             if math.isfinite(dup_a) and dup_a > (dup_b if math.isfinite(dup_b) else 0) + 0.02:
@@ -570,6 +691,9 @@ class GroupMonitor:
         if metric == "value_ratio":
             mv_b, mv_a = rate(b, H_MISS_VALUE, H_P), rate(a, H_MISS_VALUE, H_P)
             count_held = not src.detectors["count_ratio"].in_alarm
+            currency = self._currency_mix(moved, region, count_held, mv_b, mv_a, src, change_at)
+            if currency is not None:
+                causes.append(currency)
             score = 0.5 + (0.3 if count_held else 0.0) + (0.2 if math.isfinite(mv_a) and mv_a > (mv_b or 0) + 0.05 else 0.0)
             causes.append(Cause("missing_value", round(score, 3),
                                 f"value ratio moved while the count ratio {'held' if count_held else 'moved too'}; "
@@ -584,10 +708,99 @@ class GroupMonitor:
                                     f"attribution setting changed {abs(float(ch['at']) - change_at) / 3600:.1f} h "
                                     f"{'before' if float(ch['at']) <= change_at else 'after'} the change: {ch.get('summary', '')}"))
                 break
+        if any(c.cause in ("server_event_failure", "event_definition_drift") for c in causes):
+            # a channel split or a rename explains where the drop landed (a channel's share of
+            # a browser or region): the localisation causes come after it
+            causes = [Cause(c.cause, round(0.7 * c.score, 3), c.evidence)
+                      if c.cause in ("browser_restriction", "consent") else c for c in causes]
         if not causes:
             causes.append(Cause("unknown", 0.1, "no specific pattern; check the event path"))
         causes.sort(key=lambda c: -c.score)
         return causes
+
+    def _channel_causes(self, src: _Segment, change_at: float, named: str) -> list[Cause]:
+        """One channel of the platform fell while another held (server_event_failure), or every
+        channel fell silent (missing_tag): per-channel events per backend conversion."""
+        before, after, b_before, b_after = src.channels(change_at)
+        if b_before <= 0 or b_after <= 0:
+            return []
+        rates = {ch: (before.get(ch, 0.0) / b_before, after.get(ch, 0.0) / b_after)
+                 for ch in sorted(set(before) | set(after)) if before.get(ch, 0.0) / b_before >= 0.05}
+        if not rates:
+            return []
+        fell = {ch: r for ch, r in rates.items() if r[1] < 0.5 * r[0]}
+        held = {ch: r for ch, r in rates.items() if r[1] >= 0.85 * r[0]}
+
+        def text(chs: Mapping[str, tuple[float, float]]) -> str:
+            return ", ".join(f"{ch} {r0:.2f} -> {r1:.2f} ({r1 / r0 - 1:+.0%})" for ch, (r0, r1) in chs.items())
+
+        out = []
+        if fell and held and "import" not in fell:
+            out.append(Cause("server_event_failure", 0.97,
+                             f"per backend conversion: {text(fell)} fell while {text(held)} held: "
+                             "one delivery path of the platform stopped"))
+        elif fell and len(fell) == len(rates) and all(r1 < 0.1 * r0 for r0, r1 in fell.values()) \
+                and named.split("|")[2:] == ["*", "*"]:
+            out.append(Cause("missing_tag", 0.9,
+                             f"every channel went silent (per backend conversion: {text(fell)}): "
+                             "the tag or the server call is gone"))
+        return out
+
+    def _event_definition_drift(self, named: str, src: _Segment, change_at: float) -> Cause | None:
+        """The event vanished while another event name of the same platform appeared with a
+        similar volume and the same orders (needs every event name of the platform in this
+        monitor: the partials are routed so, see docs/architecture.md)."""
+        platform, event_name = named.split("|")[:2]
+        b, a = src.before(change_at), src.since(change_at)
+        base = _ratio(b[H_P], b[H_B])
+        if not math.isfinite(base) or a[H_B] <= 0:
+            return None
+        missing = base * a[H_B] - a[H_P]
+        if missing <= 0:
+            return None
+        best: tuple[float, str, list[float], list[float]] | None = None
+        for group, segs in self.segments.items():
+            g_platform, g_name = group.split("|", 1)
+            if g_platform != platform or g_name == event_name:
+                continue
+            other = segs.get(f"{group}|*|*")
+            if other is None:
+                continue
+            ob, oa = other.before(change_at), other.since(change_at)
+            n_b = sum(1 for r in other.history if r[H_START] < change_at) or 1
+            n_a = sum(1 for r in other.history if r[H_START] >= change_at) or 1
+            appeared = oa[H_P] / n_a > 4 * (ob[H_P] / n_b) + 0.5
+            similar = 0.5 * missing <= oa[H_P] - ob[H_P] / n_b * n_a <= 2.0 * missing
+            same_orders = _share(oa[H_MATCHED], oa[H_P]) >= 0.8
+            if appeared and similar and same_orders:
+                fit = abs(math.log(max(oa[H_P], 1.0) / missing))
+                if best is None or fit < best[0]:
+                    best = (fit, g_name, ob, oa)
+        if best is None:
+            return None
+        _, new_name, ob, oa = best
+        return Cause("event_definition_drift", 0.98,
+                     f"'{event_name}' fell ({int(round(missing))} conversions missing since the change) while "
+                     f"'{new_name}' appeared: {int(ob[H_P])} events before, {int(oa[H_P])} since, "
+                     f"{_share(oa[H_MATCHED], oa[H_P]):.0%} of them on backend orders: the event was renamed")
+
+    def _currency_mix(self, moved: list[ChildChange], region: str, count_held: bool, mv_b: float, mv_a: float,
+                      src: _Segment, change_at: float) -> Cause | None:
+        """The value ratio moved in some regions (currencies) and held in others, with counts
+        held and values present: the value is sent in another currency or unit there."""
+        if not count_held or (math.isfinite(mv_a) and mv_a > (mv_b if math.isfinite(mv_b) else 0.0) + 0.05):
+            return None
+        moved_regions = [c for c in moved if c.segment.browser == "*" and c.segment.region != "*"]
+        if region == "*" and not moved_regions:
+            return None
+        regions = {c.segment.region for c in moved_regions} | ({region} if region != "*" else set())
+        if len(regions) > 2:
+            return None  # every currency moved: not a mix effect
+        detail = ", ".join(f"{c.segment.region} {c.baseline:.2f} -> {c.current:.2f} (x{c.current / c.baseline:.2g})"
+                           for c in moved_regions if c.baseline) or region
+        return Cause("wrong_currency", 0.9,
+                     f"value ratio moved only where one currency is used ({detail}); the count ratio held "
+                     f"and events without value {mv_b:.0%} -> {mv_a:.0%}: value sent in another currency or unit")
 
     def _reconciliation(self, seg: _Segment, parent: _Segment | None, change_at: float, baseline: float, metric: str) -> list[ReconciliationRow]:
         a = seg.since(change_at)
@@ -631,6 +844,8 @@ class GroupMonitor:
         for group, incs in self.incidents.items():
             platform, event_name = group.split("|", 1)
             for inc in incs.values():
+                if "alert" not in inc:
+                    continue  # a member of another group's incident
                 key = (metrics.platform_cap(platform), metrics.event_name_cap(event_name), inc["metric"], inc["alert"]["direction"])
                 active[key] = active.get(key, 0) + 1
         for group in self.incidents:

@@ -330,12 +330,12 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "wrong_currency",
-            "google_ads receives EU order values in cents (x100, currency still EUR) after a checkout "
-            "release; counts hold",
-            (Effect("value_scale", 100.0, "google_ads", "purchase", region="eu"),),
+            "google_ads receives EU order values in the display currency (SEK, x11) while the "
+            "currency field still says EUR, after a checkout release; counts hold",
+            (Effect("value_scale", 11.0, "google_ads", "purchase", region="eu"),),
             ("google_ads", "purchase", "*", "eu"), "inflation", "tracking_gap", "wrong_currency",
             "value_ratio",
-            ("deploy", 25, "checkout-web", "checkout-web: conversion value from the payment intent amount",
+            ("deploy", 25, "checkout-web", "checkout-web: conversion value in the shopper's display currency",
              {"platform": "google_ads"}),
             also_moving=("google_ads|purchase|*|*",),
             unchanged=("meta|purchase|*|*", "ga4|purchase|*|*", "google_ads|purchase|*|na"),
