@@ -248,9 +248,11 @@ def _evidence(cp: ChangePoint) -> Evidence:
 
 def rank_changes(
     changes: Iterable[Mapping[str, Any]], change_at: float, segment: Segment,
-    before_s: float, after_s: float,
+    before_s: float, after_s: float, resolution_s: float = 0.0,
 ) -> list[NearbyChange]:
     """Change events near `change_at`, best first: close in time (before beats after) and in scope.
+
+    `change_at` is known to a window (`resolution_s`): a change inside that window counts as at it.
 
     >>> seg = Segment("meta", "purchase", "safari", "*")
     >>> ranked = rank_changes([
@@ -268,10 +270,10 @@ def rank_changes(
         dt = at - change_at
         if dt < -before_s or dt > after_s:
             continue
-        if dt <= 0:
-            proximity = math.exp(dt / (6 * 3600.0))  # dt <= 0: decays over hours before
+        if dt <= resolution_s:
+            proximity = math.exp(min(dt, 0.0) / (6 * 3600.0))  # decays over hours before
         else:
-            proximity = 0.5 * math.exp(-dt / 900.0)  # after the change: rarely its cause
+            proximity = 0.5 * math.exp(-(dt - resolution_s) / 900.0)  # after: rarely its cause
         scope = ch.get("scope") or {}
         fit = 1.0
         for dim in ("platform", "browser", "region", "event_name"):
@@ -424,7 +426,7 @@ class GroupMonitor:
                 f"backend {event_name} per window moved {cp.relative_change:+.0%} against its daily/weekly profile; "
                 "platform/backend ratios held, so the platforms still see the same reality",
             ),),
-            nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s, self.config.nearby_after_s)),
+            nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s, self.config.nearby_after_s, float(self.config.window_s))),
             localisation=Localisation(moved=(), steady=()),
             reconciliation=(),
             evidence=_evidence(cp),
@@ -615,7 +617,7 @@ class GroupMonitor:
         if backend_cp is not None and backend_cp.direction == direction and abs(ref.relative_change) < 0.15:
             verdict = "inconclusive"
         causes = self._causes(metric, direction, named, parent, segs, change_at, best_share, moved, changes)
-        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s)
+        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s, float(cfg.window_s))
         alert = Alert(
             alert_id=_alert_id(group, metric, direction, named, change_at),
             status="firing",
@@ -740,7 +742,7 @@ class GroupMonitor:
                              f"per backend conversion: {text(fell)} fell while {text(held)} held: "
                              "one delivery path of the platform stopped"))
         elif fell and len(fell) == len(rates) and all(r1 < 0.1 * r0 for r0, r1 in fell.values()) \
-                and named.split("|")[2:] == ["*", "*"]:
+                and named.split("|")[2:] == ["*", "*"] and "import" not in fell:
             out.append(Cause("missing_tag", 0.9,
                              f"every channel went silent (per backend conversion: {text(fell)}): "
                              "the tag or the server call is gone"))
