@@ -3,16 +3,19 @@
 Pure: the worker (per partials partition) and `gapwatch backtest` feed the same windows in
 the same order and get the same alerts. One `GroupMonitor` serves many groups
 (`platform|event_name`); each group tracks its segments at the platform, platform x browser
-and platform x region levels with four signals:
+and platform x region levels with these signals (all but the first two at the platform level only):
 
 * ``count_ratio``       platform conversions / backend conversions
 * ``value_ratio``       platform value / backend value (as compound counts of the mean order)
 * ``duplicate_rate``    duplicate-trigger events / platform conversions
 * ``click_id_coverage`` platform conversions with a click id / platform conversions
+* ``unmatched_rate``    platform conversions with no backend order / platform conversions
+* ``channel_ratio:<ch>`` one delivery channel's events / backend conversions (platform level)
 
-An incident is one (group, metric, direction); it fires once, names the narrowest segment
-that explains the change (localisation), and resolves when that segment's detector reports
-the level went back. The backend series of each event name has its own seasonal detector:
+An incident is one cause: signals of one family and direction in a group, and the same on
+other platforms or conversions (same browser / region, change within 12 h), which join it
+(`Alert.affected`). It fires once, names the narrowest segment that explains the change
+(localisation), and resolves when that segment's detector reports the level went back. The backend series of each event name has its own seasonal detector:
 a backend move with a steady ratio is a business change, not a tracking gap.
 """
 
@@ -79,14 +82,15 @@ class MonitorConfig:
     #: 5 %, a duplicate rate only when it doubles, click-id coverage when it loses 40 %
     min_relative_change: tuple[tuple[str, float], ...] = (
         ("count_ratio", 0.0), ("value_ratio", 0.1), ("duplicate_rate", 1.0), ("click_id_coverage", 0.4),
-        ("unmatched_rate", 1.0),
+        ("unmatched_rate", 1.0), ("channel_ratio", 0.5),
     )
     #: the backend's own day-to-day swings reach 20-25 %: a business change is a bigger move
     backend_min_relative_change: float = 0.3
     #: `false_alarms_per_30_days` is per alert unit (platform x event name); the unit's
-    #: detectors (5 signals at the platform level, 2 on each of ~15 browser / region children)
-    #: share it equally, so the user's rate is the rate of alerts they receive
-    detectors_per_group: int = 35
+    #: detectors (5 signals and up to 2 delivery channels at the platform level, 2 on each of
+    #: ~15 browser / region children) share it equally, so the user's rate is the rate of
+    #: alerts they receive
+    detectors_per_group: int = 37
     #: a child is named only when its share of the change is this many times its share of traffic
     localise_concentration: float = 1.5
     #: order values are spread out: a window's value is compound Poisson, whose variance is
@@ -95,6 +99,8 @@ class MonitorConfig:
     value_cv: float = 1.0
 
     def detector_config(self, metric: str = "count_ratio") -> RatioDetectorConfig:
+        if metric.startswith(CHANNEL_METRIC):
+            metric = "channel_ratio"
         return RatioDetectorConfig(
             window_seconds=float(self.window_s),
             false_alarms_per_segment_per_30_days=self.false_alarms_per_30_days / self.detectors_per_group,
@@ -102,12 +108,21 @@ class MonitorConfig:
         )
 
 
-_PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_rate", "value_ratio")
+_PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_rate", "value_ratio", "channel_ratio")
+#: delivery paths watched one by one at the platform level (`channel_ratio:<channel>`: that
+#: channel's events per backend conversion): a path that stops is found before the platform's
+#: count, which the other path still partly carries, moves enough. A closed set: labels stay bounded
+WATCHED_CHANNELS = ("pixel", "capi", "server", "import")
+CHANNEL_METRIC = "channel_ratio:"
+
+
+def _priority(metric: str) -> int:
+    return _PRIORITY.index("channel_ratio" if metric.startswith(CHANNEL_METRIC) else metric)
 
 
 def _family(metric: str, direction: str) -> str:
     """Signals that move together for one root cause form one incident."""
-    if metric in ("count_ratio", "value_ratio", "duplicate_rate", "unmatched_rate"):
+    if metric in ("count_ratio", "value_ratio", "duplicate_rate", "unmatched_rate") or metric.startswith(CHANNEL_METRIC):
         return f"conversions|{direction}"
     return f"{metric}|{direction}"
 
@@ -130,6 +145,11 @@ def _signal(metric: str, row: Sequence[float], unit: float) -> tuple[float, floa
         return row[H_P], row[H_P] - row[H_MISS_CLICK]
     if metric == "unmatched_rate":
         return row[H_P], _unmatched(row)
+    if metric.startswith(CHANNEL_METRIC):
+        if len(row) <= H_CHANNELS:
+            return 0.0, 0.0  # sums of rows keep no channels
+        channels: Any = row[H_CHANNELS]
+        return row[H_B], float(channels.get(metric[len(CHANNEL_METRIC):], 0))
     raise ValueError(metric)
 
 
@@ -161,6 +181,7 @@ class _Segment:
     def __init__(self, key: str, config: MonitorConfig, state: Mapping[str, Any] | None = None) -> None:
         self.key = key
         self.value_cv = config.value_cv
+        self.config = config
         if state is None:
             parent = key.endswith("|*|*")
             self.detectors = {m: RatioDetector(config.detector_config(m), metric=m)
@@ -183,6 +204,11 @@ class _Segment:
         if w.backend_count > 0 and w.backend_value > 0:
             mean = w.backend_value / w.backend_count * (1.0 + self.value_cv ** 2)
             self.unit = mean if self.unit <= 0 else 0.98 * self.unit + 0.02 * mean
+        if self.key.endswith("|*|*"):
+            for ch in w.platform_channels:
+                name = CHANNEL_METRIC + ch
+                if ch in WATCHED_CHANNELS and name not in self.detectors:
+                    self.detectors[name] = RatioDetector(self.config.detector_config(name), metric=name)
         out = []
         for metric, det in self.detectors.items():
             exposure, count = _signal(metric, row, self.unit)
@@ -484,7 +510,7 @@ class GroupMonitor:
             if key in incidents:
                 continue  # one alert per incident: children join the open one as localisation
             # the most specific signal names the alert: duplicates over counts over values
-            items.sort(key=lambda it: (_PRIORITY.index(it[2].metric), it[0].key))
+            items.sort(key=lambda it: (_priority(it[2].metric), it[0].key))
             alert, named = self._make_alert(group, segs, items, changes, backend_moves)
             owner = self._incident_to_join(group, key, named, alert)
             if owner is not None:
@@ -648,7 +674,8 @@ class GroupMonitor:
         def rate(t: list[float], num: int, den: int) -> float:
             return _ratio(t[num], t[den])
 
-        if metric == "count_ratio" and direction == "drop":
+        count_drop = direction == "drop" and (metric == "count_ratio" or metric.startswith(CHANNEL_METRIC))
+        if count_drop:
             if browser != "*":
                 causes.append(Cause("browser_restriction", round(0.5 + 0.5 * share, 3),
                                     f"{share:.0%} of the missing conversions are on {browser}; other browsers held"))
@@ -666,7 +693,7 @@ class GroupMonitor:
             if browser == "*" and region == "*":
                 causes.append(Cause("broken_tag", 0.5,
                                     "the drop is spread over every browser and region: the tag or trigger itself"))
-        if metric == "count_ratio" and direction == "drop":
+        if count_drop:
             causes.extend(self._channel_causes(src, change_at, named))
             drift = self._event_definition_drift(named, src, change_at)
             if drift is not None:
@@ -741,7 +768,7 @@ class GroupMonitor:
             out.append(Cause("server_event_failure", 0.97,
                              f"per backend conversion: {text(fell)} fell while {text(held)} held: "
                              "one delivery path of the platform stopped"))
-        elif fell and len(fell) == len(rates) and all(r1 < 0.1 * r0 for r0, r1 in fell.values()) \
+        elif fell and len(fell) == len(rates) and all(r1 < 0.25 * r0 for r0, r1 in fell.values()) \
                 and named.split("|")[2:] == ["*", "*"] and "import" not in fell:
             out.append(Cause("missing_tag", 0.9,
                              f"every channel went silent (per backend conversion: {text(fell)}): "
