@@ -97,9 +97,6 @@ PENDING = {
 }
 #: (scenario, orders per day) not met yet at that size, and why (measured: bench_scenarios.py)
 PENDING_AT_SIZE = {
-    ("server_event_failure", 400): "a CAPI outage costs meta ~20 % of its purchases: the count ratio "
-                                   "cannot confirm it in the 30 h after the break at 400 orders a day "
-                                   "(a per-channel ratio detector would)",
     ("business_drop", 400): "the backend check (BackendDetector, branch traffic) does not confirm a "
                             "-40 % business drop at 400 orders a day in the 30 h after it",
     ("business_drop", 4000): "the backend check (BackendDetector, branch traffic) misses this -40 % "
