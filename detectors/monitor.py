@@ -491,7 +491,7 @@ class GroupMonitor:
                                                                       detected_at=_at(cp.detected_at))
                     self._release_members(group, key)
                     alerts.append(resolved)
-        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves]
+        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves and self._channel_known(seg, cp)]
         by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
         for item in new:
             by_incident.setdefault(_family(item[2].metric, item[2].direction), []).append(item)
@@ -532,6 +532,17 @@ class GroupMonitor:
             alerts.append(alert)
         return alerts
 
+    #: a delivery channel is said to stop only when it carried this many events before
+    CHANNEL_MIN_EVENTS = 30
+
+    def _channel_known(self, seg: _Segment, cp: ChangePoint) -> bool:
+        """A channel alarm counts once the history holds enough of the channel to say it
+        changed (a thin channel's first days alarmed falsely at 400 orders a day, tiktok leads)."""
+        if not cp.metric.startswith(CHANNEL_METRIC):
+            return True
+        before, _, _, _ = seg.channels(cp.change_at if cp.change_at is not None else _at(cp.detected_at))
+        return before.get(cp.metric[len(CHANNEL_METRIC):], 0.0) >= self.CHANNEL_MIN_EVENTS
+
     def _incident_to_join(self, group: str, key: str, named: str, alert: Alert) -> tuple[str, str] | None:
         """The open incident of another group with the same signal family and direction, on the
         same browser and region, changed within `JOIN_S` of this one: one cause, one incident."""
@@ -565,9 +576,12 @@ class GroupMonitor:
                     changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> tuple[Alert, str]:
         cfg = self.config
         metric, direction = items[0][2].metric, items[0][2].direction
-        # the naming signal's own change time: a child's run can have started hours earlier on a
-        # slow drift, which would put the change (and the nearby changes) too early
-        change_at = items[0][2].change_at or min(cp.change_at or 0.0 for _, _, cp in items)
+        # the latest run start among the signals that fired: each run starts at or before the
+        # break, and one that drifted up before it (hours earlier, on a slow drift) would put
+        # the change, and with it the nearby changes, too early. A re-opened alarm carries no
+        # change time: its detection time stands in
+        starts = [cp.change_at for _, _, cp in items if cp.change_at is not None]
+        change_at = max(starts) if starts else _at(items[0][2].detected_at)
         platform, event_name = group.split("|", 1)
         parent_key = f"{platform}|{event_name}|*|*"
         parent = segs.get(parent_key)
