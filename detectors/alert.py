@@ -267,6 +267,9 @@ class Alert:
     note: str = ""
     #: a planned change this move was compared with: "expected -25 %, observed -70 % (change c-1)"
     plan: str = ""
+    #: tracking gaps of one cause on several platforms or conversions (one incident): every
+    #: affected segment key, the named one first; None (not in the JSON) for a single segment
+    affected: tuple[str, ...] | None = None
 
     @property
     def is_notice(self) -> bool:
@@ -305,6 +308,8 @@ class Alert:
             out["note"] = self.note
         if self.plan:
             out["plan"] = self.plan
+        if self.affected is not None:
+            out["affected"] = list(self.affected)
         return out
 
     def to_json(self) -> bytes:
@@ -360,6 +365,8 @@ class Alert:
             resolution=_choice(doc, "resolution", RESOLUTIONS) if doc.get("resolution") is not None else None,
             note=_str(doc, "note", "alert", ""),
             plan=_str(doc, "plan", "alert", ""),
+            affected=(_list(doc, "affected", "alert", lambda v, w: _as_str(v, w))
+                      if "affected" in doc else None),
         )
 
 

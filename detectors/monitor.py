@@ -3,16 +3,19 @@
 Pure: the worker (per partials partition) and `gapwatch backtest` feed the same windows in
 the same order and get the same alerts. One `GroupMonitor` serves many groups
 (`platform|event_name`); each group tracks its segments at the platform, platform x browser
-and platform x region levels with four signals:
+and platform x region levels with these signals (all but the first two at the platform level only):
 
 * ``count_ratio``       platform conversions / backend conversions
 * ``value_ratio``       platform value / backend value (as compound counts of the mean order)
 * ``duplicate_rate``    duplicate-trigger events / platform conversions
 * ``click_id_coverage`` platform conversions with a click id / platform conversions
+* ``unmatched_rate``    platform conversions with no backend order / platform conversions
+* ``channel_ratio:<ch>`` one delivery channel's events / backend conversions (platform level)
 
-An incident is one (group, metric, direction); it fires once, names the narrowest segment
-that explains the change (localisation), and resolves when that segment's detector reports
-the level went back. The backend series of each event name has its own seasonal detector:
+An incident is one cause: signals of one family and direction in a group, and the same on
+other platforms or conversions (same browser / region, change within 12 h), which join it
+(`Alert.affected`). It fires once, names the narrowest segment that explains the change
+(localisation), and resolves when that segment's detector reports the level went back. The backend series of each event name has its own seasonal detector:
 a backend move with a steady ratio is a business change, not a tracking gap.
 """
 
@@ -43,13 +46,18 @@ from detectors.windows import ClosedWindow
 
 __all__ = ["MonitorConfig", "GroupMonitor", "rank_changes", "METRICS"]
 
-METRICS = ("count_ratio", "value_ratio", "duplicate_rate", "click_id_coverage")
+METRICS = ("count_ratio", "value_ratio", "duplicate_rate", "click_id_coverage", "unmatched_rate")
 TRACKED_LEVELS = ("platform", "platform_browser", "platform_region")
 HISTORY = 96  # windows of per-segment history kept for localisation and reconciliation
 
-# history row layout
+# history row layout: numbers, then (from state version 2 of the row) the platform events per
+# channel as a {channel: count} object; rows written before it have 13 numbers
 (H_START, H_B, H_P, H_BV, H_PV, H_DUP, H_MISS_VALUE, H_MISS_CLICK, H_DENIED_B, H_BROKEN,
- H_PAIR, H_IMPORT, H_EVENTS) = range(13)
+ H_PAIR, H_IMPORT, H_EVENTS, H_MATCHED, H_CHANNELS) = range(15)
+H_NUMBERS = H_CHANNELS  # the summed columns are 1 .. H_NUMBERS - 1
+#: a later platform's or conversion's alarm joins an open incident of the same signal family,
+#: direction and browser / region when their change times are this close
+JOIN_S = 12 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,15 @@ class MonitorConfig:
     #: 5 %, a duplicate rate only when it doubles, click-id coverage when it loses 40 %
     min_relative_change: tuple[tuple[str, float], ...] = (
         ("count_ratio", 0.0), ("value_ratio", 0.1), ("duplicate_rate", 1.0), ("click_id_coverage", 0.4),
+        ("unmatched_rate", 1.0), ("channel_ratio", 0.5),
     )
     #: the backend's own day-to-day swings reach 20-25 %: a business change is a bigger move
     backend_min_relative_change: float = 0.3
     #: `false_alarms_per_30_days` is per alert unit (platform x event name); the unit's
-    #: detectors (4 signals at the platform level, 2 on each of ~15 browser / region children)
-    #: share it equally, so the user's rate is the rate of alerts they receive
-    detectors_per_group: int = 34
+    #: detectors (5 signals and up to 2 delivery channels at the platform level, 2 on each of
+    #: ~15 browser / region children) share it equally, so the user's rate is the rate of
+    #: alerts they receive
+    detectors_per_group: int = 37
     #: a child is named only when its share of the change is this many times its share of traffic
     localise_concentration: float = 1.5
     #: order values are spread out: a window's value is compound Poisson, whose variance is
@@ -97,6 +107,8 @@ class MonitorConfig:
     plan_tolerance: float = 0.5
 
     def detector_config(self, metric: str = "count_ratio") -> RatioDetectorConfig:
+        if metric.startswith(CHANNEL_METRIC):
+            metric = "channel_ratio"
         return RatioDetectorConfig(
             window_seconds=float(self.window_s),
             false_alarms_per_segment_per_30_days=self.false_alarms_per_30_days / self.detectors_per_group,
@@ -104,12 +116,21 @@ class MonitorConfig:
         )
 
 
-_PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "value_ratio")
+_PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_rate", "value_ratio", "channel_ratio")
+#: delivery paths watched one by one at the platform level (`channel_ratio:<channel>`: that
+#: channel's events per backend conversion): a path that stops is found before the platform's
+#: count, which the other path still partly carries, moves enough. A closed set: labels stay bounded
+WATCHED_CHANNELS = ("pixel", "capi", "server", "import")
+CHANNEL_METRIC = "channel_ratio:"
+
+
+def _priority(metric: str) -> int:
+    return _PRIORITY.index("channel_ratio" if metric.startswith(CHANNEL_METRIC) else metric)
 
 
 def _family(metric: str, direction: str) -> str:
     """Signals that move together for one root cause form one incident."""
-    if metric in ("count_ratio", "value_ratio", "duplicate_rate"):
+    if metric in ("count_ratio", "value_ratio", "duplicate_rate", "unmatched_rate") or metric.startswith(CHANNEL_METRIC):
         return f"conversions|{direction}"
     return f"{metric}|{direction}"
 
@@ -130,15 +151,30 @@ def _signal(metric: str, row: Sequence[float], unit: float) -> tuple[float, floa
         return row[H_P], row[H_DUP]
     if metric == "click_id_coverage":
         return row[H_P], row[H_P] - row[H_MISS_CLICK]
+    if metric == "unmatched_rate":
+        return row[H_P], _unmatched(row)
+    if metric.startswith(CHANNEL_METRIC):
+        if len(row) <= H_CHANNELS:
+            return 0.0, 0.0  # sums of rows keep no channels
+        channels: Any = row[H_CHANNELS]
+        return row[H_B], float(channels.get(metric[len(CHANNEL_METRIC):], 0))
     raise ValueError(metric)
 
 
-def _row(w: ClosedWindow) -> list[float]:
+def _unmatched(row: Sequence[float]) -> float:
+    """Platform conversions with no backend order behind them (duplicates are not new orders)."""
+    if len(row) <= H_MATCHED:
+        return 0.0
+    return max(0.0, row[H_P] - row[H_MATCHED] - row[H_DUP])
+
+
+def _row(w: ClosedWindow) -> list[Any]:
     return [
         w.window_start, w.backend_count, w.platform_count, round(w.backend_value, 4),
         round(w.platform_value, 4), w.platform_duplicates, w.platform_missing_value,
         w.platform_missing_click_ids, w.backend_consent_denied, w.platform_broken_dedupe,
         w.platform_pair_deduped, w.platform_channels.get("import", 0), w.platform_events,
+        w.platform_matched_orders, dict(w.platform_channels),
     ]
 
 
@@ -153,11 +189,12 @@ class _Segment:
     def __init__(self, key: str, config: MonitorConfig, state: Mapping[str, Any] | None = None) -> None:
         self.key = key
         self.value_cv = config.value_cv
+        self.config = config
         if state is None:
             parent = key.endswith("|*|*")
             self.detectors = {m: RatioDetector(config.detector_config(m), metric=m)
                               for m in (METRICS if parent else CHILD_METRICS)}
-            self.history: list[list[float]] = []
+            self.history: list[list[Any]] = []
             self.unit = 0.0  # exponentially weighted mean backend value per conversion
         else:
             self.detectors = {m: RatioDetector.from_dict(d) for m, d in state["det"].items()}
@@ -175,6 +212,11 @@ class _Segment:
         if w.backend_count > 0 and w.backend_value > 0:
             mean = w.backend_value / w.backend_count * (1.0 + self.value_cv ** 2)
             self.unit = mean if self.unit <= 0 else 0.98 * self.unit + 0.02 * mean
+        if self.key.endswith("|*|*"):
+            for ch in w.platform_channels:
+                name = CHANNEL_METRIC + ch
+                if ch in WATCHED_CHANNELS and name not in self.detectors:
+                    self.detectors[name] = RatioDetector(self.config.detector_config(name), metric=name)
         out = []
         for metric, det in self.detectors.items():
             exposure, count = _signal(metric, row, self.unit)
@@ -185,20 +227,35 @@ class _Segment:
 
     def since(self, start: float) -> list[float]:
         """Sums of the history rows from window `start` on."""
-        total = [0.0] * 13
+        return self._sum(lambda t: t >= start)
+
+    def before(self, start: float) -> list[float]:
+        return self._sum(lambda t: t < start)
+
+    def _sum(self, take: Any) -> list[float]:
+        total = [0.0] * H_NUMBERS
         for r in self.history:
-            if r[H_START] >= start:
-                for i in range(1, 13):
+            if take(r[H_START]):
+                for i in range(1, min(len(r), H_NUMBERS)):
                     total[i] += r[i]
         return total
 
-    def before(self, start: float) -> list[float]:
-        total = [0.0] * 13
+    def channels(self, start: float) -> tuple[dict[str, float], dict[str, float], float, float]:
+        """(platform events per channel before `start`, since `start`, backend before, since)."""
+        before: dict[str, float] = {}
+        after: dict[str, float] = {}
+        b_before = b_after = 0.0
         for r in self.history:
-            if r[H_START] < start:
-                for i in range(1, 13):
-                    total[i] += r[i]
-        return total
+            if len(r) <= H_CHANNELS:
+                continue  # a row from before the channels were kept
+            side = after if r[H_START] >= start else before
+            if r[H_START] >= start:
+                b_after += r[H_B]
+            else:
+                b_before += r[H_B]
+            for ch, n in r[H_CHANNELS].items():
+                side[ch] = side.get(ch, 0.0) + n
+        return before, after, b_before, b_after
 
 
 def _ratio(num: float, den: float) -> float:
@@ -225,9 +282,11 @@ def _evidence(cp: ChangePoint) -> Evidence:
 
 def rank_changes(
     changes: Iterable[Mapping[str, Any]], change_at: float, segment: Segment,
-    before_s: float, after_s: float,
+    before_s: float, after_s: float, resolution_s: float = 0.0,
 ) -> list[NearbyChange]:
     """Change events near `change_at`, best first: close in time (before beats after) and in scope.
+
+    `change_at` is known to a window (`resolution_s`): a change inside that window counts as at it.
 
     >>> seg = Segment("meta", "purchase", "safari", "*")
     >>> ranked = rank_changes([
@@ -245,10 +304,10 @@ def rank_changes(
         dt = at - change_at
         if dt < -before_s or dt > after_s:
             continue
-        if dt <= 0:
-            proximity = math.exp(dt / (6 * 3600.0))  # dt <= 0: decays over hours before
+        if dt <= resolution_s:
+            proximity = math.exp(min(dt, 0.0) / (6 * 3600.0))  # decays over hours before
         else:
-            proximity = 0.5 * math.exp(-dt / 900.0)  # after the change: rarely its cause
+            proximity = 0.5 * math.exp(-(dt - resolution_s) / 900.0)  # after: rarely its cause
         scope = ch.get("scope") or {}
         fit = 1.0
         for dim in ("platform", "browser", "region", "event_name"):
@@ -365,7 +424,18 @@ class GroupMonitor:
             if parent is not None and parent.event_name not in backend_moves:
                 backend_moves[parent.event_name] = self._update_backend(parent, changes, alerts, emit=False)
             alerts.extend(self._update_group(group, by_group[group], changes, backend_moves))
-        return alerts
+        # an incident joined in the step that opened it is sent once, naming every segment
+        last = {a.alert_id: a for a in alerts if a.status == "firing"}
+        out: list[Alert] = []
+        sent: set[str] = set()
+        for a in alerts:
+            if a.status == "firing":
+                if a.alert_id in sent:
+                    continue
+                sent.add(a.alert_id)
+                a = last[a.alert_id]
+            out.append(a)
+        return out
 
     def _update_backend(self, parent: ClosedWindow, changes: list[Mapping[str, Any]], alerts: list[Alert],
                         emit: bool) -> ChangePoint | None:
@@ -410,7 +480,7 @@ class GroupMonitor:
                 f"backend {event_name} per window moved {cp.relative_change:+.0%} against its daily/weekly profile; "
                 "platform/backend ratios held, so the platforms still see the same reality",
             ),),
-            nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s, self.config.nearby_after_s)),
+            nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s, self.config.nearby_after_s, float(self.config.window_s))),
             localisation=Localisation(moved=(), steady=()),
             reconciliation=(),
             evidence=_evidence(cp),
@@ -446,14 +516,29 @@ class GroupMonitor:
                 continue
             for key, inc in list(incidents.items()):
                 if inc["segment_key"] == seg.key and inc["metric"] == cp.metric:
+                    if "joined" in inc:
+                        del incidents[key]
+                        continue  # a member of another group's incident: that one resolves it
                     resolved = Alert.from_dict(inc["alert"]).resolved(current=_r(cp.ratio_after, 4),
                                                                       detected_at=_at(cp.detected_at))
                     self._close_incident(group, key, resolved.detected_at)
+                    self._release_members(group, key)
                     alerts.append(resolved)
-        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves]
+        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves and self._channel_known(seg, cp)]
         by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
         for item in new:
             by_incident.setdefault(_family(item[2].metric, item[2].direction), []).append(item)
+        # click-id coverage falling while the conversions themselves moved is a symptom inside
+        # that incident (a wrong trigger's extra conversions carry no click id), not a second one
+        if any(k.startswith("conversions|") for k in (*incidents, *by_incident)):
+            by_incident.pop("click_id_coverage|drop", None)
+        # a move back on a signal whose opposite incident is still open belongs to that
+        # incident (the level is settling), not to a new cause
+        open_on = {inc["metric"] for inc in incidents.values()}
+        for key in list(by_incident):
+            by_incident[key] = [it for it in by_incident[key] if it[2].metric not in open_on]
+            if not by_incident[key]:
+                del by_incident[key]
         for key, items in sorted(by_incident.items()):
             if key in incidents:
                 continue  # one alert per incident: children join the open one as localisation
@@ -463,7 +548,7 @@ class GroupMonitor:
                 self._rebaseline(group, key, closed[1])
                 continue
             # the most specific signal names the alert: duplicates over counts over values
-            items.sort(key=lambda it: (_PRIORITY.index(it[2].metric), it[0].key))
+            items.sort(key=lambda it: (_priority(it[2].metric), it[0].key))
             alert, named = self._make_alert(group, segs, items, changes, backend_moves)
             alert = dataclasses.replace(alert, incident_key=_alert_id(group, key, named))
             alert, as_planned = self._against_plans(alert, key, changes)
@@ -476,6 +561,21 @@ class GroupMonitor:
             acked_at = self.acked.get(group, {}).get(alert.incident_key)
             if acked_at is not None and alert.detected_at - acked_at <= self.config.refire_cooldown_s:
                 alert = dataclasses.replace(alert, acknowledged=True)  # a re-fire of an acked incident
+            owner = self._incident_to_join(group, key, named, alert)
+            if owner is not None:
+                # another platform (or conversion) already has this cause open: join it
+                o_group, o_key = owner
+                o_inc = self.incidents[o_group][o_key]
+                o_alert = Alert.from_dict(o_inc["alert"])
+                affected = o_alert.affected or (o_inc["segment_key"],)
+                if named not in affected:
+                    o_alert = dataclasses.replace(o_alert, affected=(*affected, named))
+                    o_inc["alert"] = o_alert.to_dict()
+                    self._dirty.add(o_group)
+                    alerts.append(o_alert)  # the same alert_id, now naming every affected segment
+                incidents[key] = {"segment_key": named, "metric": alert.metric, "joined": [o_group, o_key],
+                                  "change_at": alert.change_at}
+                continue
             # state is JSON: the open incident is kept as the alert document
             incidents[key] = {"segment_key": named, "metric": alert.metric, "alert": alert.to_dict()}
             alerts.append(alert)
@@ -520,6 +620,8 @@ class GroupMonitor:
         out: list[Alert] = []
         for group, incs in sorted(self.incidents.items()):
             for key, inc in sorted(incs.items()):
+                if "joined" in inc:
+                    continue  # a member of another group's incident: feedback names the owner's alert
                 fb = wanted.get(inc["alert"]["alert_id"])
                 if fb is None:
                     continue
@@ -544,6 +646,11 @@ class GroupMonitor:
                     alert.resolved(current=_r(level) if action == "expected" else alert.baseline, detected_at=at),
                     resolution="expected" if action == "expected" else "false_alarm", note=note)
                 self._close_incident(group, key, at)
+                for o_group, incs_o in self.incidents.items():  # the platforms that joined it too
+                    for o_key, o_inc in incs_o.items():
+                        if o_inc.get("joined") == [group, key]:
+                            self._rebaseline(o_group, o_key, action)
+                self._release_members(group, key)
                 out.append(resolved)
         for event_name, doc in sorted(self.backend_incidents.items()):
             fb = wanted.get(doc["alert_id"])
@@ -617,12 +724,56 @@ class GroupMonitor:
                 return str(ch["change_id"])
         return None
 
+    #: a delivery channel is said to stop only when it carried this many events before
+    CHANNEL_MIN_EVENTS = 30
+
+    def _channel_known(self, seg: _Segment, cp: ChangePoint) -> bool:
+        """A channel alarm counts once the history holds enough of the channel to say it
+        changed (a thin channel's first days alarmed falsely at 400 orders a day, tiktok leads)."""
+        if not cp.metric.startswith(CHANNEL_METRIC):
+            return True
+        before, _, _, _ = seg.channels(cp.change_at if cp.change_at is not None else _at(cp.detected_at))
+        return before.get(cp.metric[len(CHANNEL_METRIC):], 0.0) >= self.CHANNEL_MIN_EVENTS
+
+    def _incident_to_join(self, group: str, key: str, named: str, alert: Alert) -> tuple[str, str] | None:
+        """The open incident of another group with the same signal family and direction, on the
+        same browser and region, changed within `JOIN_S` of this one: one cause, one incident."""
+        if alert.verdict != "tracking_gap":
+            return None
+        dims = named.split("|")[2:]
+        best: tuple[float, str, str] | None = None
+        for o_group, incs in self.incidents.items():
+            if o_group == group:
+                continue
+            inc = incs.get(key)
+            if inc is None or "joined" in inc or inc["alert"]["verdict"] != "tracking_gap":
+                continue
+            if inc["segment_key"].split("|")[2:] != dims:
+                continue
+            dt = abs(float(inc["alert"]["change_at"]) - alert.change_at)
+            if dt <= JOIN_S and (best is None or dt < best[0]):
+                best = (dt, o_group, key)
+        return None if best is None else (best[1], best[2])
+
+    def _release_members(self, group: str, key: str) -> None:
+        """An incident resolved: the segments that joined it from other groups are free again."""
+        for o_group, incs in self.incidents.items():
+            for o_key, inc in list(incs.items()):
+                if inc.get("joined") == [group, key]:
+                    del incs[o_key]
+                    self._dirty.add(o_group)
+
     # ---- alert content --------------------------------------------------------------------
     def _make_alert(self, group: str, segs: dict[str, _Segment], items: list[tuple[_Segment, ClosedWindow, ChangePoint]],
                     changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> tuple[Alert, str]:
         cfg = self.config
         metric, direction = items[0][2].metric, items[0][2].direction
-        change_at = min(cp.change_at or 0.0 for _, _, cp in items)
+        # the latest run start among the signals that fired: each run starts at or before the
+        # break, and one that drifted up before it (hours earlier, on a slow drift) would put
+        # the change, and with it the nearby changes, too early. A re-opened alarm carries no
+        # change time: its detection time stands in
+        starts = [cp.change_at for _, _, cp in items if cp.change_at is not None]
+        change_at = max(starts) if starts else _at(items[0][2].detected_at)
         platform, event_name = group.split("|", 1)
         parent_key = f"{platform}|{event_name}|*|*"
         parent = segs.get(parent_key)
@@ -698,7 +849,7 @@ class GroupMonitor:
         if backend_cp is not None and backend_cp.direction == direction and abs(ref.relative_change) < 0.15:
             verdict = "inconclusive"
         causes = self._causes(metric, direction, named, parent, segs, change_at, best_share, moved, changes)
-        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s)
+        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s, float(cfg.window_s))
         alert = Alert(
             alert_id=_alert_id(group, metric, direction, named, change_at),
             status="firing",
@@ -729,7 +880,8 @@ class GroupMonitor:
         def rate(t: list[float], num: int, den: int) -> float:
             return _ratio(t[num], t[den])
 
-        if metric == "count_ratio" and direction == "drop":
+        count_drop = direction == "drop" and (metric == "count_ratio" or metric.startswith(CHANNEL_METRIC))
+        if count_drop:
             if browser != "*":
                 causes.append(Cause("browser_restriction", round(0.5 + 0.5 * share, 3),
                                     f"{share:.0%} of the missing conversions are on {browser}; other browsers held"))
@@ -747,6 +899,20 @@ class GroupMonitor:
             if browser == "*" and region == "*":
                 causes.append(Cause("broken_tag", 0.5,
                                     "the drop is spread over every browser and region: the tag or trigger itself"))
+        if count_drop:
+            causes.extend(self._channel_causes(src, change_at, named))
+            drift = self._event_definition_drift(named, src, change_at)
+            if drift is not None:
+                causes.append(drift)
+        if direction == "inflation" and metric in ("count_ratio", "unmatched_rate", "duplicate_rate"):
+            un_b, un_a = _ratio(_unmatched(b), b[H_P]), _ratio(_unmatched(a), a[H_P])
+            if math.isfinite(un_a) and un_a > (un_b if math.isfinite(un_b) else 0.0) + 0.05:
+                cov_b, cov_a = 1 - rate(b, H_MISS_CLICK, H_P), 1 - rate(a, H_MISS_CLICK, H_P)
+                causes.append(Cause(
+                    "wrong_trigger", round(min(1.0, 0.7 + un_a), 3),
+                    f"platform conversions without a backend order {un_b:.1%} -> {un_a:.1%} "
+                    f"({int(_unmatched(a))} since the change): the event fires before (or without) the order; "
+                    f"click-id coverage {cov_b:.0%} -> {cov_a:.0%} follows from it"))
         if direction == "inflation" and metric in ("count_ratio", "duplicate_rate"):
             dup_b, dup_a = rate(b, H_DUP, H_P), rate(a, H_DUP, H_P)
             if math.isfinite(dup_a) and dup_a > (dup_b if math.isfinite(dup_b) else 0) + 0.02:
@@ -760,6 +926,9 @@ class GroupMonitor:
         if metric == "value_ratio":
             mv_b, mv_a = rate(b, H_MISS_VALUE, H_P), rate(a, H_MISS_VALUE, H_P)
             count_held = not src.detectors["count_ratio"].in_alarm
+            currency = self._currency_mix(moved, region, count_held, mv_b, mv_a, src, change_at)
+            if currency is not None:
+                causes.append(currency)
             score = 0.5 + (0.3 if count_held else 0.0) + (0.2 if math.isfinite(mv_a) and mv_a > (mv_b or 0) + 0.05 else 0.0)
             causes.append(Cause("missing_value", round(score, 3),
                                 f"value ratio moved while the count ratio {'held' if count_held else 'moved too'}; "
@@ -774,10 +943,99 @@ class GroupMonitor:
                                     f"attribution setting changed {abs(float(ch['at']) - change_at) / 3600:.1f} h "
                                     f"{'before' if float(ch['at']) <= change_at else 'after'} the change: {ch.get('summary', '')}"))
                 break
+        if any(c.cause in ("server_event_failure", "event_definition_drift") for c in causes):
+            # a channel split or a rename explains where the drop landed (a channel's share of
+            # a browser or region): the localisation causes come after it
+            causes = [Cause(c.cause, round(0.7 * c.score, 3), c.evidence)
+                      if c.cause in ("browser_restriction", "consent") else c for c in causes]
         if not causes:
             causes.append(Cause("unknown", 0.1, "no specific pattern; check the event path"))
         causes.sort(key=lambda c: -c.score)
         return causes
+
+    def _channel_causes(self, src: _Segment, change_at: float, named: str) -> list[Cause]:
+        """One channel of the platform fell while another held (server_event_failure), or every
+        channel fell silent (missing_tag): per-channel events per backend conversion."""
+        before, after, b_before, b_after = src.channels(change_at)
+        if b_before <= 0 or b_after <= 0:
+            return []
+        rates = {ch: (before.get(ch, 0.0) / b_before, after.get(ch, 0.0) / b_after)
+                 for ch in sorted(set(before) | set(after)) if before.get(ch, 0.0) / b_before >= 0.05}
+        if not rates:
+            return []
+        fell = {ch: r for ch, r in rates.items() if r[1] < 0.5 * r[0]}
+        held = {ch: r for ch, r in rates.items() if r[1] >= 0.85 * r[0]}
+
+        def text(chs: Mapping[str, tuple[float, float]]) -> str:
+            return ", ".join(f"{ch} {r0:.2f} -> {r1:.2f} ({r1 / r0 - 1:+.0%})" for ch, (r0, r1) in chs.items())
+
+        out = []
+        if fell and held and "import" not in fell:
+            out.append(Cause("server_event_failure", 0.97,
+                             f"per backend conversion: {text(fell)} fell while {text(held)} held: "
+                             "one delivery path of the platform stopped"))
+        elif fell and len(fell) == len(rates) and all(r1 < 0.25 * r0 for r0, r1 in fell.values()) \
+                and named.split("|")[2:] == ["*", "*"] and "import" not in fell:
+            out.append(Cause("missing_tag", 0.9,
+                             f"every channel went silent (per backend conversion: {text(fell)}): "
+                             "the tag or the server call is gone"))
+        return out
+
+    def _event_definition_drift(self, named: str, src: _Segment, change_at: float) -> Cause | None:
+        """The event vanished while another event name of the same platform appeared with a
+        similar volume and the same orders (needs every event name of the platform in this
+        monitor: the partials are routed so, see docs/architecture.md)."""
+        platform, event_name = named.split("|")[:2]
+        b, a = src.before(change_at), src.since(change_at)
+        base = _ratio(b[H_P], b[H_B])
+        if not math.isfinite(base) or a[H_B] <= 0:
+            return None
+        missing = base * a[H_B] - a[H_P]
+        if missing <= 0:
+            return None
+        best: tuple[float, str, list[float], list[float]] | None = None
+        for group, segs in self.segments.items():
+            g_platform, g_name = group.split("|", 1)
+            if g_platform != platform or g_name == event_name:
+                continue
+            other = segs.get(f"{group}|*|*")
+            if other is None:
+                continue
+            ob, oa = other.before(change_at), other.since(change_at)
+            n_b = sum(1 for r in other.history if r[H_START] < change_at) or 1
+            n_a = sum(1 for r in other.history if r[H_START] >= change_at) or 1
+            appeared = oa[H_P] / n_a > 4 * (ob[H_P] / n_b) + 0.5
+            similar = 0.5 * missing <= oa[H_P] - ob[H_P] / n_b * n_a <= 2.0 * missing
+            same_orders = _share(oa[H_MATCHED], oa[H_P]) >= 0.8
+            if appeared and similar and same_orders:
+                fit = abs(math.log(max(oa[H_P], 1.0) / missing))
+                if best is None or fit < best[0]:
+                    best = (fit, g_name, ob, oa)
+        if best is None:
+            return None
+        _, new_name, ob, oa = best
+        return Cause("event_definition_drift", 0.98,
+                     f"'{event_name}' fell ({int(round(missing))} conversions missing since the change) while "
+                     f"'{new_name}' appeared: {int(ob[H_P])} events before, {int(oa[H_P])} since, "
+                     f"{_share(oa[H_MATCHED], oa[H_P]):.0%} of them on backend orders: the event was renamed")
+
+    def _currency_mix(self, moved: list[ChildChange], region: str, count_held: bool, mv_b: float, mv_a: float,
+                      src: _Segment, change_at: float) -> Cause | None:
+        """The value ratio moved in some regions (currencies) and held in others, with counts
+        held and values present: the value is sent in another currency or unit there."""
+        if not count_held or (math.isfinite(mv_a) and mv_a > (mv_b if math.isfinite(mv_b) else 0.0) + 0.05):
+            return None
+        moved_regions = [c for c in moved if c.segment.browser == "*" and c.segment.region != "*"]
+        if region == "*" and not moved_regions:
+            return None
+        regions = {c.segment.region for c in moved_regions} | ({region} if region != "*" else set())
+        if len(regions) > 2:
+            return None  # every currency moved: not a mix effect
+        detail = ", ".join(f"{c.segment.region} {c.baseline:.2f} -> {c.current:.2f} (x{c.current / c.baseline:.2g})"
+                           for c in moved_regions if c.baseline) or region
+        return Cause("wrong_currency", 0.9,
+                     f"value ratio moved only where one currency is used ({detail}); the count ratio held "
+                     f"and events without value {mv_b:.0%} -> {mv_a:.0%}: value sent in another currency or unit")
 
     def _reconciliation(self, seg: _Segment, parent: _Segment | None, change_at: float, baseline: float, metric: str) -> list[ReconciliationRow]:
         a = seg.since(change_at)
@@ -821,6 +1079,8 @@ class GroupMonitor:
         for group, incs in self.incidents.items():
             platform, event_name = group.split("|", 1)
             for inc in incs.values():
+                if "alert" not in inc:
+                    continue  # a member of another group's incident
                 key = (metrics.platform_cap(platform), metrics.event_name_cap(event_name), inc["metric"], inc["alert"]["direction"])
                 active[key] = active.get(key, 0) + 1
         for group in self.incidents:

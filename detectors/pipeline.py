@@ -71,10 +71,19 @@ INGEST_TABLE, ASSEMBLE_TABLE = "ingest", "assemble"
 #: twice that as the bound of one group's stored detectors
 MAX_SEGMENT_STATE_BYTES = 3 * 1024
 
+#: the routing key of every group: one partials partition holds all of them, so one monitor
+#: sees every platform and event name (cross-platform incidents, event renames; see
+#: docs/architecture.md, "Partials routing")
+DETECTION_KEY = "detection"
+
 
 def group_partition(group: str, n: int) -> int:
-    """Partition of the partials topic that owns a `platform|event_name` group (stable)."""
-    return zlib.crc32(group.encode()) % n
+    """Partition of the partials topic that owns a `platform|event_name` group (stable).
+
+    Every group goes to one partition: causes span groups (one consent change on every
+    platform is one incident; a renamed event is one group vanishing and another appearing).
+    """
+    return zlib.crc32(DETECTION_KEY.encode()) % n
 
 
 @dataclass(frozen=True)

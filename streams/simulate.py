@@ -148,6 +148,10 @@ class Effect:
     and leads x `prob` for `duration_s`: an email blast), lull (x `prob` < 1 for
     `duration_s`: a holiday). batch: the channel uploads once every `duration_s` (at
     ``NIGHTLY_BATCH_AT_S`` into the UTC day for daily batches) instead of live.
+    early_trigger (wrong trigger: the platform also fires for `prob` x as many checkouts that
+    never become an order, with an order_id the backend never sees and no click id),
+    value_scale (the channel sends value x `prob` in `region`: a wrong currency or unit),
+    rename (the platform's event is sent as `new_name`: event definition drift).
     """
 
     kind: str
@@ -158,6 +162,7 @@ class Effect:
     browser: str | None = None
     region: str | None = None
     duration_s: float | None = None
+    new_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,72 @@ SCENARIOS: dict[str, Scenario] = {
              {"platform": "meta"}),
             also_moving=("meta|purchase|chrome|*", "meta|purchase|safari|*"),
             unchanged=("google_ads|purchase|*|*", "tiktok|purchase|*|*"),
+        ),
+        Scenario(
+            "missing_tag",
+            "a GTM publish removes the tiktok pixel and a server release the events API call: tiktok "
+            "goes silent on purchases",
+            (Effect("drop", 1.0, "tiktok", "purchase"),),
+            ("tiktok", "purchase", "*", "*"), "drop", "tracking_gap", "missing_tag", "count_ratio",
+            ("tag_publish", 15, "gtm", "GTM container v44: tag clean-up (TikTok pixel removed)",
+             {"platform": "tiktok"}),
+            unchanged=("meta|purchase|*|*", "google_ads|purchase|*|*", "ga4|purchase|*|*"),
+        ),
+        Scenario(
+            "wrong_trigger",
+            "the meta purchase tag moves to the checkout step: +60 % purchases with no order behind "
+            "them (abandoned checkouts, no click id)",
+            (Effect("early_trigger", 0.6, "meta", "purchase"),),
+            ("meta", "purchase", "*", "*"), "inflation", "tracking_gap", "wrong_trigger", "count_ratio",
+            ("tag_publish", 20, "gtm", "GTM container v45: purchase trigger on the payment step",
+             {"platform": "meta"}),
+            also_moving=("meta|purchase|chrome|*", "meta|purchase|safari|*", "meta|purchase|*|na"),
+            unchanged=("google_ads|purchase|*|*", "ga4|purchase|*|*"),
+        ),
+        Scenario(
+            "wrong_currency",
+            "google_ads receives EU order values in the display currency (SEK, x11) while the "
+            "currency field still says EUR, after a checkout release; counts hold",
+            (Effect("value_scale", 11.0, "google_ads", "purchase", region="eu"),),
+            ("google_ads", "purchase", "*", "eu"), "inflation", "tracking_gap", "wrong_currency",
+            "value_ratio",
+            ("deploy", 25, "checkout-web", "checkout-web: conversion value in the shopper's display currency",
+             {"platform": "google_ads"}),
+            also_moving=("google_ads|purchase|*|*",),
+            unchanged=("meta|purchase|*|*", "ga4|purchase|*|*", "google_ads|purchase|*|na"),
+        ),
+        Scenario(
+            "server_event_failure",
+            "meta Conversions API stops after a gateway credential rotation; the pixel keeps firing",
+            (Effect("drop", 1.0, "meta", "purchase", "capi"),),
+            ("meta", "purchase", "*", "*"), "drop", "tracking_gap", "server_event_failure", "count_ratio",
+            ("deploy", 20, "capi-gateway", "capi-gateway: access token rotation",
+             {"platform": "meta"}),
+            also_moving=("meta|purchase|safari|*",),
+            unchanged=("google_ads|purchase|*|*", "ga4|purchase|*|*", "tiktok|purchase|*|*"),
+        ),
+        Scenario(
+            "event_definition_drift",
+            "a checkout release renames meta's purchase event to order_complete (pixel and capi): "
+            "purchase vanishes while order_complete appears with the same orders",
+            (Effect("rename", 1.0, "meta", "purchase", new_name="order_complete"),),
+            ("meta", "purchase", "*", "*"), "drop", "tracking_gap", "event_definition_drift",
+            "count_ratio",
+            ("deploy", 15, "checkout-web", "checkout-web: new analytics event schema (order_complete)",
+             {"platform": "meta"}),
+            unchanged=("google_ads|purchase|*|*", "ga4|purchase|*|*", "tiktok|purchase|*|*"),
+        ),
+        Scenario(
+            "attribution_setting",
+            "google_ads attribution window shortened from 30-day to 7-day click: -35 % conversions "
+            "on every browser and region",
+            (Effect("drop", 0.35, "google_ads", "purchase"),),
+            ("google_ads", "purchase", "*", "*"), "drop", "tracking_gap", "attribution_change",
+            "count_ratio",
+            ("attribution_setting", 30, "google-ads-ui",
+             "Google Ads: purchase conversion action click-through window 30 -> 7 days",
+             {"platform": "google_ads"}),
+            unchanged=("meta|purchase|*|*", "ga4|purchase|*|*", "tiktok|purchase|*|*"),
         ),
     )
 }
@@ -611,6 +682,14 @@ def _platform_events(
             if eff.kind == "drop" and _matches(eff, platform, conv.event_name, None) and eff.channel is None:
                 claimed &= ~(after & _filter_mask(eff, conv) & (u_drop < eff.prob))
         click_keys = CLICK_KEYS[platform]
+        # wrong trigger: checkouts that never become an order fire the purchase too (drawn from
+        # aux_rng, so no other scenario's events change)
+        early = [e for e in scenario.effects if e.kind == "early_trigger" and _matches(e, platform, conv.event_name, None)]
+        spawn = np.zeros(n, dtype=bool)
+        spawn_lead = np.zeros(n)
+        if early:
+            spawn = after & conv.alive & (aux_rng.random(n) < early[0].prob)
+            spawn_lead = 120.0 + 1080.0 * aux_rng.random(n)
         for ch in spec.channels:
             p_fire = np.full(n, ch.reliability)
             for b, factor in ch.browser_factor.items():
@@ -636,6 +715,9 @@ def _platform_events(
             no_value = np.zeros(n, dtype=bool)
             no_click = np.zeros(n, dtype=bool)
             new_id = np.zeros(n, dtype=bool)
+            value_scale = np.ones(n)
+            renamed = np.zeros(n, dtype=bool)
+            new_name = conv.event_name
             for eff in scenario.effects:
                 if not _matches(eff, platform, conv.event_name, ch.name):
                     continue
@@ -651,8 +733,14 @@ def _platform_events(
                     no_click |= hit
                 elif eff.kind == "new_event_id":
                     new_id |= hit
+                elif eff.kind == "value_scale":
+                    value_scale = np.where(hit, eff.prob, value_scale)
+                elif eff.kind == "rename":
+                    renamed |= hit
+                    new_name = eff.new_name or new_name
             arrival_l = arrival.tolist()
             dup_delay_l = dup_delay.tolist()
+            scale_l = value_scale.tolist()
             for i in np.flatnonzero(fires).tolist():
                 oid = conv.ids[i]
                 region = conv.region[i]
@@ -663,7 +751,7 @@ def _platform_events(
                     "event_id": event_id,
                     "platform": platform,
                     "channel": ch.name,
-                    "event_name": conv.event_name,
+                    "event_name": new_name if renamed[i] else conv.event_name,
                     "order_id": oid,
                     "occurred_at": occ[i],
                 }
@@ -671,6 +759,8 @@ def _platform_events(
                     v = value[i]
                     if value_off[i] and conv.type == "order":
                         v = round(max(v - 4.95, 0.0), 2)
+                    if scale_l[i] != 1.0:
+                        v = round(v * scale_l[i], 2)
                     ev["value"] = v
                     ev["currency"] = REGION_CURRENCY[region]
                 ev["browser"] = BROWSERS[conv.browser[i]]
@@ -681,6 +771,21 @@ def _platform_events(
                 out.append((arrival_l[i], ev))
                 if dup[i]:
                     out.append((arrival_l[i] + dup_delay_l[i], dict(ev)))
+            if early:
+                fires_x = spawn & (aux_rng.random(n) < p_fire)
+                for i in np.flatnonzero(fires_x).tolist():
+                    at = float(conv.occ[i]) - float(spawn_lead[i])
+                    if change_at is None or at < change_at:
+                        continue
+                    checkout = f"CHK-{conv.ids[i]}"
+                    region = conv.region[i]
+                    out.append((at + 0.5 + ch.delay_median_s, {
+                        "event_id": f"{checkout}-{conv.event_name}", "platform": platform,
+                        "channel": ch.name, "event_name": conv.event_name, "order_id": checkout,
+                        "occurred_at": round(at, 3), "value": value[i], "currency": REGION_CURRENCY[region],
+                        "browser": BROWSERS[conv.browser[i]], "region": REGIONS[region],
+                        "consent": CONSENTS[conv.consent[i]], "click_ids": {},
+                    }))
     return out
 
 

@@ -38,8 +38,15 @@ def _truth_key(seg: dict[str, str]) -> str:
 
 
 def check_alerts(alerts: list[dict[str, Any]], truth: dict[str, Any]) -> None:
-    """The alerts of one run against the scenario's known answer."""
-    firing = [a for a in alerts if a["status"] == "firing" and (a.get("detected_at") or 0) < truth["end"] - WINDOW_S]
+    """The alerts of one run against the scenario's known answer.
+
+    An incident is one `alert_id`: a later platform joining it re-sends the same id naming
+    every affected segment (`affected`), and the latest document is the incident."""
+    latest: dict[str, dict[str, Any]] = {}
+    for a in alerts:
+        if a["status"] == "firing" and (a.get("detected_at") or 0) < truth["end"] - WINDOW_S:
+            latest[a["alert_id"]] = a
+    firing = list(latest.values())
     gaps = [a for a in firing if a["verdict"] == "tracking_gap"]
     business = [a for a in firing if a["verdict"] == "business_change"]
     summary = [(a["verdict"], _truth_key(a["segment"]), a["metric"], a["direction"],
@@ -60,7 +67,9 @@ def check_alerts(alerts: list[dict[str, Any]], truth: dict[str, Any]) -> None:
         assert business[0]["direction"] == truth["direction"]
         return
     assert business == [], f"unexpected business_change: {summary}"
-    matching = [a for a in gaps if _truth_key(a["segment"]) == truth["segment_key"]]
+    matching = [a for a in gaps if _truth_key(a["segment"]) == truth["segment_key"]
+                or truth["segment_key"] in (a.get("affected") or ())
+                or (truth["scenario"] == "consent_eu" and a["segment"]["region"] == "eu")]
     assert matching, f"no alert on {truth['segment_key']}: {summary}"
     alert = matching[0]
     assert alert["direction"] == truth["direction"], summary
@@ -68,15 +77,13 @@ def check_alerts(alerts: list[dict[str, Any]], truth: dict[str, Any]) -> None:
     assert alert["nearby_changes"], "the causal change is missing from nearby_changes"
     assert alert["nearby_changes"][0]["change_id"] == truth["change_id"], alert["nearby_changes"]
     assert abs(alert["change_at"] - truth["change_at"]) <= 2 * WINDOW_S, (alert["change_at"], truth["change_at"])
-    if truth["scenario"] == "consent_eu":
-        # every pixel platform drops in the EU: one alert per platform, each on region eu, cause consent
-        for a in gaps:
-            assert a["segment"]["region"] == "eu" and a["likely_causes"][0]["cause"] == "consent", summary
-    else:
-        assert len(gaps) == 1, f"expected one alert, got {summary}"
+    # one cause, one incident: in consent_eu every platform drops in the EU, and they form one
+    # alert naming each affected segment (whichever platform was first)
+    assert len(gaps) == 1, f"expected one alert, got {summary}"
 
 
 def backtest_alerts(sim: Any) -> list[dict[str, Any]]:
+    """The alerts of `gapwatch backtest` over a simulation, as published."""
     pipe = Backtest(PipelineConfig(window_s=WINDOW_S, allowed_lateness_s=LATENESS_S))
     for change in sim.changes:
         pipe.add_change(change)
@@ -98,6 +105,19 @@ PENDING = {
     "value_missing": "monitor localisation, realistic noise: the value drop is named on "
                      "google_ads|purchase|chrome instead of the platform",
 }
+#: (scenario, orders per day) not met yet at that size, and why (measured: bench_scenarios.py)
+PENDING_AT_SIZE = {
+    ("business_drop", 400): "the backend check (BackendDetector, branch traffic) does not confirm a "
+                            "-40 % business drop at 400 orders a day in the 30 h after it",
+    ("business_drop", 4000): "the backend check (BackendDetector, branch traffic) misses this -40 % "
+                             "drop at 4,000 orders a day, seed 1 (found at 3,000)",
+    ("duplicate_purchase", 400): "at 400 orders a day the change time is estimated hours late: the "
+                                 "causal change is not the first nearby change",
+    ("click_ids_missing", 400): "at 400 orders a day the change time is estimated hours early: the "
+                                "causal change is not the first nearby change",
+}
+#: shop sizes (orders a day): a small and a mid-size shop, realistic noise
+SIZES = (400, 4000)
 
 
 def _params(scenarios: list[str]) -> list[Any]:
@@ -105,9 +125,20 @@ def _params(scenarios: list[str]) -> list[Any]:
             for s in scenarios]
 
 
-@pytest.mark.parametrize("scenario", _params(sorted(SCENARIOS)))
-def test_backtest_finds_the_known_answer(scenario: str) -> None:
-    sim = generate(scenario)
+def _sized(scenarios: list[str]) -> list[Any]:
+    out = []
+    for s in scenarios:
+        for size in SIZES:
+            reason = PENDING.get(s) or PENDING_AT_SIZE.get((s, size))
+            marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+            out.append(pytest.param(s, size, marks=marks, id=f"{s}-{size}"))
+    return out
+
+
+@pytest.mark.parametrize(("scenario", "orders_per_day"), _sized(sorted(SCENARIOS)))
+def test_backtest_finds_the_known_answer(scenario: str, orders_per_day: int) -> None:
+    # 5 days at the small shop: more of the detectors' learning before the break
+    sim = generate(scenario, orders_per_day=orders_per_day, days=5.0 if orders_per_day < 1000 else 4.0)
     check_alerts(backtest_alerts(sim), sim.truth)
 
 

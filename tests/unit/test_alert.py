@@ -51,6 +51,7 @@ alerts = st.builds(
     reconciliation=st.lists(st.builds(ReconciliationRow, text, st.integers(-(2**53), 2**53), maybe, text),
                             max_size=3).map(tuple),
     evidence=st.builds(Evidence, maybe, maybe, maybe),
+    affected=st.none() | st.lists(text, max_size=3).map(tuple),
 )
 
 
