@@ -63,7 +63,7 @@ def _reference(history: Simulation) -> tuple[dict[tuple[str, int], dict[str, Any
     bt.run(backend, platform)
     last = flush_ts - LATENESS_S - 2 * WINDOW_S
     windows = {(w.segment_key, w.window_start): w.to_dict() for w in bt.windows if w.window_start <= last}
-    alerts = [a for a in bt.alerts if a["detected_at"] <= last]
+    alerts = [a.to_dict() for a in bt.alerts if a.detected_at <= last]
     return windows, alerts, flush_ts
 
 

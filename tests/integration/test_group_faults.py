@@ -144,4 +144,4 @@ def test_a_group_with_joins_a_leave_and_three_kills_publishes_the_windows_of_one
     last = end
     alerts = run(consume(broker.bootstrap, names["alerts"], timeout_s=20, idle_s=3.0))
     live = {(a["alert_id"], a["status"]) for a in (orjson.loads(r.value) for r in alerts) if a["detected_at"] <= last}
-    assert live == {(a["alert_id"], a["status"]) for a in bt.alerts if a["detected_at"] <= last}, events
+    assert live == {(a.alert_id, a.status) for a in bt.alerts if a.detected_at <= last}, events
