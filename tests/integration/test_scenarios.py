@@ -92,18 +92,9 @@ def backtest_alerts(sim: Any) -> list[dict[str, Any]]:
 
 
 #: scenarios whose known answer needs what the pipeline does not do yet (see BENCHMARKS.md,
-#: "Business reality and scenarios on realistic traffic"): the ratio-side detectors under
-#: the realistic (hour-level autocorrelated) traffic, and delay learning
+#: "Business reality and scenarios on realistic traffic"): delay learning
 PENDING = {
     "import_nightly": "learning channel delays (issue 10 point 3): a nightly batch reads as a crm_import drop",
-    "broken_dedupe": "ratio side, realistic noise: an extra meta click_id_coverage drop ~12 h after the "
-                     "incident (the data's coverage moves < 3 %)",
-    "duplicate_purchase": "ratio side, realistic noise: an extra meta click_id_coverage drop ~12 h after the "
-                          "incident (the data's coverage moves < 3 %)",
-    "consent_eu": "ratio side, realistic noise: meta|purchase|*|eu not alerted within the run, and a "
-                  "ga4|lead|safari false alarm",
-    "value_missing": "monitor localisation, realistic noise: the value drop is named on "
-                     "google_ads|purchase|chrome instead of the platform",
 }
 #: (scenario, orders per day) not met yet at that size, and why (measured: bench_scenarios.py)
 PENDING_AT_SIZE = {
