@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from detectors.pipeline import Backtest, PipelineConfig
 from streams.simulate import generate
@@ -86,13 +85,6 @@ async def _alerts(bootstrap: str, topic: str, until: Any, timeout_s: float = 120
     records = await consume(bootstrap, topic, until=lambda rs: until([orjson.loads(r.value) for r in rs]),
                             timeout_s=timeout_s)
     return [orjson.loads(r.value) for r in records]
-
-
-@pytest.fixture()
-def pool(broker: Any, tmp_path: Path) -> Any:
-    p = WorkerPool(broker.bootstrap, tmp_path)
-    yield p
-    p.stop_all()
 
 
 def test_ack_expected_false_change_what_the_worker_does_next(broker: Any, pool: WorkerPool, tmp_path: Path) -> None:

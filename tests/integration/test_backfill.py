@@ -10,7 +10,6 @@ state value with every open window) and publish nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -65,15 +64,6 @@ def _reference(history: Simulation) -> tuple[dict[tuple[str, int], dict[str, Any
     windows = {(w.segment_key, w.window_start): w.to_dict() for w in bt.windows if w.window_start <= last}
     alerts = [a.to_dict() for a in bt.alerts if a.detected_at <= last]
     return windows, alerts, flush_ts
-
-
-@pytest.fixture
-def pool(broker: EmbeddedBroker, tmp_path: Any) -> Iterator[WorkerPool]:
-    p = WorkerPool(broker.bootstrap, tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def _alert_summary(a: dict[str, Any]) -> tuple[Any, ...]:

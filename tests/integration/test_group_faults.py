@@ -13,7 +13,6 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -41,15 +40,6 @@ WINDOW_S = 60
 LATENESS_S = 900.0
 PARTITIONS = 4
 SPEEDUP = 1500.0  # 0.4 days of event time in ~25 s of wall time
-
-
-@pytest.fixture
-def pool(broker: EmbeddedBroker, tmp_path: Any) -> Iterator[WorkerPool]:
-    p = WorkerPool(broker.bootstrap, tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def _consumed(workers: list[WorkerProcess]) -> float:

@@ -12,7 +12,6 @@ rate noise shared by the backend and every platform.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -131,13 +130,6 @@ def test_backtest_finds_the_known_answer(scenario: str, orders_per_day: int) -> 
     # 5 days at the small shop: more of the detectors' learning before the break
     sim = generate(scenario, orders_per_day=orders_per_day, days=5.0 if orders_per_day < 1000 else 4.0)
     check_alerts(backtest_alerts(sim), sim.truth)
-
-
-@pytest.fixture()
-def pool(broker: Any, tmp_path: Path) -> Any:
-    p = WorkerPool(broker.bootstrap, tmp_path)
-    yield p
-    p.stop_all()
 
 
 #: live runs the same pipeline as backtest (by construction, tests/unit/test_pipeline.py), so the
