@@ -521,6 +521,7 @@ def trend_change_points(
     exact_limit: int = EXACT_LIMIT,
     curves: bool = False,
     smooth_null: bool = True,
+    effective_n: bool = False,
 ) -> list[int]:
     """Positions (into ``values``) where a new straight-line segment starts.
 
@@ -531,7 +532,10 @@ def trend_change_points(
     people do mark (it lowered F1 on the benchmark's real series); off by default.
     ``smooth_null`` (on by default): the segmentation found is finally weighed against one
     parabola over the whole series (``smooth_beats``); when the parabola costs no more,
-    there is no change.
+    there is no change. ``effective_n=True`` (off by default): after the first round each
+    parameter pays ``log n_eff`` instead of ``log n`` (``effective_size``, from the
+    residuals' AR(1) correlation); it raised the development set's scores but lowered the
+    fresh set's and raised false alarms on short autocorrelated noise (BENCHMARKS.md).
     """
     if values.size < 2 * min_size or float(np.ptp(values)) == 0.0:
         return []
@@ -541,8 +545,8 @@ def trend_change_points(
     x, _ = remove_seasonal_cycle(t, x)
     if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
         return []
-    # the first round charges log n per parameter; later rounds log n_eff, the effective
-    # number of observations under the AR(1) noise of the previous round's residuals
+    # log n per parameter; with effective_n, rounds after the first charge log n_eff, the
+    # effective number of observations under the AR(1) noise of the last round's residuals
     pen = default_trend_penalty(int(x.size)) if penalty is None else float(penalty)
     slope_penalty = math.log(x.size)
     slack = slope_penalty  # the largest slope charge: pruning stays exact
@@ -564,7 +568,7 @@ def trend_change_points(
         variance = max(ar1_long_run_variance(gamma0, phi, cap), floor)
         # the correlation that shrinks n_eff must stand out from its sampling noise (its
         # standard error is about 1 / sqrt(n) on independent noise): two standard errors
-        phi_eff = phi if phi > 2.0 / math.sqrt(x.size) else 0.0
+        phi_eff = phi if effective_n and phi > 2.0 / math.sqrt(x.size) else 0.0
         slope_penalty = math.log(effective_size(int(x.size), phi_eff))
         if penalty is None:
             pen = default_trend_penalty(int(x.size), phi_eff)
