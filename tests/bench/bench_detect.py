@@ -9,7 +9,7 @@ same run:
   ``3 log n * sigma^2`` with sigma from the MAD of first differences, min_size 5,
   the usual published default of a plain PELT,
 * zero: no change point at all,
-* previous: the default of ``gapwatch detect`` as the first round left it (commit
+* previous: the default of ``gapwatch detect`` as the second round left it on main (commit
   ``PREVIOUS_COMMIT``, read with git), for reference.
 
 Then the runtime of ours for 1,000 and 100,000 points.
@@ -33,7 +33,7 @@ default, so a fourth, confirmation set (``confirm_cases``: Danish deposit rate a
 US M1, ten more fertility rates) was annotated and committed after that default was
 declared and before any detector ran on it.
 
-Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing]
+Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing] [--variants]
 """
 
 from __future__ import annotations
@@ -553,9 +553,10 @@ def plain_pelt(x: np.ndarray) -> list[int]:
     return [int(keep[b]) for b in bkps[:-1]]
 
 
-# the first round's default (straight lines, AR(1) long-run variance, kink relocation), read
+# the second round's default as main had it before the third round (straight lines, AR(1)
+# long-run variance, kink relocation, Huber pseudo-observations), read
 # from git as it landed on main, so its figures come from the same run
-PREVIOUS_COMMIT = "a079c5b"
+PREVIOUS_COMMIT = "ba1b0ef"
 
 
 def _previous_default() -> Callable[[np.ndarray], list[int]] | None:
@@ -564,9 +565,9 @@ def _previous_default() -> Callable[[np.ndarray], list[int]] | None:
     import subprocess
     import types
 
-    package = types.ModuleType("detect_round1")
+    package = types.ModuleType("detect_previous")
     package.__path__ = []
-    sys.modules["detect_round1"] = package
+    sys.modules["detect_previous"] = package
     for name in ("pelt", "seasonal_cycle", "trend_segments"):
         try:
             source = subprocess.run(
@@ -575,13 +576,13 @@ def _previous_default() -> Callable[[np.ndarray], list[int]] | None:
             ).stdout
         except (OSError, subprocess.CalledProcessError):
             return None
-        source = source.replace("from detectors.", "from detect_round1.")
-        spec = importlib.util.spec_from_loader(f"detect_round1.{name}", loader=None)
+        source = source.replace("from detectors.", "from detect_previous.")
+        spec = importlib.util.spec_from_loader(f"detect_previous.{name}", loader=None)
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         exec(compile(source, f"{PREVIOUS_COMMIT}:detectors/{name}.py", "exec"), module.__dict__)
-    trend = sys.modules["detect_round1.trend_segments"].trend_change_points
+    trend = sys.modules["detect_previous.trend_segments"].trend_change_points
 
     def detect(x: np.ndarray) -> list[int]:
         keep = np.flatnonzero(~np.isnan(x))
@@ -660,13 +661,78 @@ def timing() -> None:
             print(f"| {n:,} | {kind} | {best:.3f} | {len(found)} |")
 
 
+def _trend_variant(**options: bool) -> Callable[[np.ndarray], list[int]]:
+    """``trend_change_points`` with options, on a series with nan (as ``change_points``)."""
+    from detectors.trend_segments import trend_change_points
+
+    def detect(x: np.ndarray) -> list[int]:
+        keep = np.flatnonzero(~np.isnan(x))
+        y = x[keep]
+        if y.size < 10 or float(np.ptp(y)) == 0.0:
+            return []
+        return [int(keep[c]) for c in trend_change_points(keep.astype(float), y, **options)]
+
+    return detect
+
+
+VARIANTS: dict[str, dict[str, bool]] = {
+    "second round (main)": {"smooth_null": False, "effective_n": False},
+    "+ smooth alternative (default)": {"smooth_null": True, "effective_n": False},
+    "+ smooth + log n_eff": {"smooth_null": True, "effective_n": True},
+}
+
+
+def variants(sets: dict[str, list[Case]]) -> None:
+    """Mean F1 / cover of the third round's option settings on every set (same run)."""
+    print("\n### Third-round variants (F1 / cover; series below the zero baseline's F1)\n")
+    print("| variant | " + " | ".join(f"{k} ({len(v)})" for k, v in sets.items()) + " |")
+    print("|---" * (len(sets) + 1) + "|")
+    for label, options in VARIANTS.items():
+        detect = _trend_variant(**options)
+        cells = []
+        for cases in sets.values():
+            f1s, covs, below = [], [], 0
+            for case in cases:
+                found = detect(case.values)
+                f1s.append(f1_score(case.annotations, found))
+                covs.append(covering(case.annotations, found, case.values.size))
+                below += f1s[-1] < f1_score(case.annotations, []) - 1e-9
+            cells.append(f"{np.mean(f1s):.3f} / {np.mean(covs):.3f} ({below})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def false_alarms(series: int = 40) -> None:
+    """False changes in pure AR(1) noise around a slight trend, default vs log n_eff."""
+    print(f"\n### False changes in pure AR(1) noise ({series} series a cell, all seeds fixed)\n")
+    print("| n | phi | default | log n_eff |")
+    print("|---:|---:|---:|---:|")
+    from detectors.trend_segments import trend_change_points
+
+    for n in (12, 20, 40, 60, 200, 1000):
+        t = np.arange(n, dtype=float)
+        for phi in (0.0, 0.5, 0.8):
+            counts = []
+            for effective_n in (False, True):
+                rng = np.random.default_rng(1000 + n)
+                counts.append(sum(
+                    len(trend_change_points(t, _ar1(rng, n, phi, 1.0) + 0.01 * t,
+                                            effective_n=effective_n))
+                    for _ in range(series)
+                ))
+            print(f"| {n} | {phi} | {counts[0]} | {counts[1]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument(
-        "--dev-only", action="store_true", help="skip the held-out and fresh sets (while developing)"
+        "--dev-only", action="store_true", help="skip the held-out, fresh and confirmation sets (while developing)"
     )
     parser.add_argument("--why", action="store_true", help="print each real annotation's source")
+    parser.add_argument(
+        "--variants", action="store_true",
+        help="also score the third round's option settings and count false alarms on noise",
+    )
     args = parser.parse_args()
     real = real_cases()
     if args.why:
@@ -691,7 +757,14 @@ def main() -> None:
             print(f"- {case.name} (confirmation): {case.why}")
     if confirm:
         score(confirm, "Confirmation set: annotated after the default was declared, before any detector ran on it")
-    score(synthetic_cases(), "Synthetic: piecewise linear + AR(1) noise + 1 % outliers")
+    synthetic = synthetic_cases()
+    score(synthetic, "Synthetic: piecewise linear + AR(1) noise + 1 % outliers")
+    if args.variants:
+        variants({
+            "development": real, "held-out": heldout, "fresh": fresh,
+            "confirmation": confirm, "synthetic": synthetic,
+        })
+        false_alarms()
     if not args.no_timing:
         timing()
 
