@@ -276,6 +276,15 @@ def _at(t: float | None) -> float:
     return t
 
 
+def _duration(seconds: float) -> str:
+    """`40 s`, `12 min`, `3.0 h`."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _evidence(cp: ChangePoint) -> Evidence:
     return Evidence(_r(cp.statistic, 3), _r(cp.threshold, 3), cp.p_value if math.isfinite(cp.p_value) else None)
 
@@ -347,6 +356,9 @@ class GroupMonitor:
         self.settled: dict[str, dict[str, list[Any]]] = {}
         self._dirty: set[str] = set()
         self._gauges: dict[str, ClosedWindow] = {}  # segment -> newest window, for export_metrics
+        #: group -> channel -> the delay jump seen (`_delay_signal`): [p95 before, after, at,
+        #: alert document of its own incident or None]
+        self.delay_jumps: dict[str, dict[str, list[Any]]] = {}
 
     # ---- persistence ----------------------------------------------------------------------
     def take_changes(self, prefix: str) -> dict[str, Any]:
@@ -366,6 +378,7 @@ class GroupMonitor:
                     "last": self.last_window.get(group, -1),
                     "acked": self.acked.get(group, {}),
                     "settled": self.settled.get(group, {}),
+                    "delay_jumps": self.delay_jumps.get(group, {}),
                 }
         self._dirty = set()
         return out
@@ -388,6 +401,8 @@ class GroupMonitor:
                     self.acked[group] = dict(value["acked"])
                 if value.get("settled"):
                     self.settled[group] = dict(value["settled"])
+                if value.get("delay_jumps"):
+                    self.delay_jumps[group] = {ch: list(v) for ch, v in value["delay_jumps"].items()}
 
     # ---- the per-window step --------------------------------------------------------------
     def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = (),
@@ -424,6 +439,7 @@ class GroupMonitor:
             if parent is not None and parent.event_name not in backend_moves:
                 backend_moves[parent.event_name] = self._update_backend(parent, changes, alerts, emit=False)
             alerts.extend(self._update_group(group, by_group[group], changes, backend_moves))
+            alerts.extend(self._delay_signal(group, by_group[group], changes))
         # an incident joined in the step that opened it is sent once, naming every segment
         last = {a.alert_id: a for a in alerts if a.status == "firing"}
         out: list[Alert] = []
@@ -580,6 +596,85 @@ class GroupMonitor:
             incidents[key] = {"segment_key": named, "metric": alert.metric, "alert": alert.to_dict()}
             alerts.append(alert)
         return alerts
+
+    # ---- delayed channels (docs/detection.md, "Delayed and batch channels") ---------------
+    #: a channel's delay jumped when the 95th percentile of its last hours is this many times
+    #: the one over the days before, and at least `DELAY_JUMP_MIN_S` longer
+    DELAY_JUMP_FACTOR = 4.0
+    DELAY_JUMP_MIN_S = 1800.0
+    #: ... with at least this many (decayed) events of the last hours behind it
+    DELAY_JUMP_MIN_WEIGHT = 5.0
+
+    def _delay_signal(self, group: str, windows: list[ClosedWindow], changes: list[Mapping[str, Any]]) -> list[Alert]:
+        """A jump in a channel's reporting delay is its own signal, `delayed_events`.
+
+        The window assembler learns each channel's delay (`ClosedWindow.delay_p95` at the
+        platform level: p95 over the days before, p95 of the last hours). On a jump, an open
+        incident of the group (the channel's events stopped arriving on time: a drop) is
+        re-sent with `delayed_events` first, naming the delay before and after; without one,
+        the jump opens its own alert (metric `delay_p95:<channel>`), resolved once the learned
+        delay has caught up (windows now wait for it) or the delay is back."""
+        parent = next((w for w in windows if w.level == "platform"), None)
+        if parent is None or not parent.delay_p95:
+            return []
+        jumps = self.delay_jumps.setdefault(group, {})
+        alerts: list[Alert] = []
+        at = float(parent.window_end)
+        for ch, (before, recent, weight) in sorted(parent.delay_p95.items()):
+            jumped = (recent >= self.DELAY_JUMP_FACTOR * before and recent - before >= self.DELAY_JUMP_MIN_S
+                      and weight >= self.DELAY_JUMP_MIN_WEIGHT)
+            seen = jumps.get(ch)
+            if seen is not None:
+                if recent < 2.0 * before or at - float(seen[2]) > 7 * 86_400.0:
+                    del jumps[ch]  # learned (the windows wait for it now) or back
+                    self._dirty.add(group)
+                    if seen[3] is not None:
+                        alerts.append(Alert.from_dict(seen[3]).resolved(current=round(recent, 1), detected_at=at))
+                continue
+            if not jumped:
+                continue
+            cause = Cause("delayed_events", 1.0,
+                          f"{parent.platform} {ch} events arrive later: p95 delay {_duration(before)} -> "
+                          f"{_duration(recent)} ({parent.late_events} arrived after their window was judged); "
+                          f"not lost: windows of {group} now wait up to {_duration(max(recent, parent.judged_after_s))}")
+            self._dirty.add(group)
+            updated = self._lead_with_cause(group, cause)
+            if updated is not None:
+                jumps[ch] = [before, recent, at, None]
+                alerts.append(updated)
+                continue
+            seg = Segment(parent.platform, parent.event_name, "*", "*")
+            change_at = max(0.0, at - recent)
+            alert = Alert(
+                alert_id=_alert_id(group, "delay", ch, parent.window_start), status="firing", segment=seg,
+                metric=f"delay_p95:{ch}", direction="inflation", baseline=round(before, 1), current=round(recent, 1),
+                baseline_interval=(None, None), change_at=change_at, detected_at=at, verdict="tracking_gap",
+                likely_causes=(cause,),
+                nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s,
+                                                  max(self.config.nearby_after_s, recent), float(self.config.window_s))),
+                localisation=Localisation(moved=(), steady=(), alarming=(seg.key,)), reconciliation=(),
+                evidence=Evidence(round(recent / max(before, 1.0), 3), self.DELAY_JUMP_FACTOR, None),
+            )
+            jumps[ch] = [before, recent, at, alert.to_dict()]
+            alerts.append(alert)
+        return alerts
+
+    def _lead_with_cause(self, group: str, cause: Cause) -> Alert | None:
+        """Re-send the group's open incident (or the one it joined) with `cause` first."""
+        for inc in self.incidents.get(group, {}).values():
+            owner = inc
+            if "joined" in inc:
+                o_group, o_key = inc["joined"]
+                owner = self.incidents.get(o_group, {}).get(o_key, {})
+                self._dirty.add(o_group)
+            if "alert" not in owner:
+                continue
+            alert = Alert.from_dict(owner["alert"])
+            others = tuple(c for c in alert.likely_causes if c.cause != cause.cause)
+            alert = dataclasses.replace(alert, likely_causes=(cause, *others))
+            owner["alert"] = alert.to_dict()
+            return alert
+        return None
 
     # ---- people and plans (docs/oncall.md) ------------------------------------------------
     def _close_incident(self, group: str, key: str, at: float) -> None:

@@ -290,8 +290,8 @@ SCENARIOS: dict[str, Scenario] = {
             "the google_ads offline lead import moves to a nightly batch (02:00 UTC): leads arrive "
             "up to a day late, none is lost",
             (Effect("batch", 1.0, "google_ads", "lead", "import", duration_s=DAY_S),),
-            ("google_ads", "lead", "*", "*"), "inflation", "tracking_gap", "delayed_events",
-            "delayed_events",
+            ("google_ads", "lead", "*", "*"), "drop", "tracking_gap", "delayed_events",
+            "count_ratio",
             ("crm_change", 30, "crm-sync", "CRM export moved to the nightly batch job (02:00 UTC)",
              {"platform": "google_ads"}),
             unchanged=("google_ads|purchase|*|*", "meta|lead|*|*"),
