@@ -604,39 +604,47 @@ class GroupMonitor:
     DELAY_JUMP_MIN_S = 1800.0
     #: ... with at least this many (decayed) events of the last hours behind it
     DELAY_JUMP_MIN_WEIGHT = 5.0
+    #: a delay incident stays open this long after the jump (the group's drops join it)
+    DELAY_INCIDENT_S = 2 * 86_400.0
 
     def _delay_signal(self, group: str, windows: list[ClosedWindow], changes: list[Mapping[str, Any]]) -> list[Alert]:
         """A jump in a channel's reporting delay is its own signal, `delayed_events`.
 
         The window assembler learns each channel's delay (`ClosedWindow.delay_p95` at the
-        platform level: p95 over the days before, p95 of the last hours). On a jump, an open
-        incident of the group (the channel's events stopped arriving on time: a drop) is
-        re-sent with `delayed_events` first, naming the delay before and after; without one,
-        the jump opens its own alert (metric `delay_p95:<channel>`), resolved once the learned
-        delay has caught up (windows now wait for it) or the delay is back."""
+        platform level: p95 over the days before, p95 of the last hours). A jump is seen when
+        the delayed events arrive. An open incident of the group (the channel's events stopped
+        arriving on time: a drop) is then re-sent with `delayed_events` first, naming the delay
+        before and after. Without one, the jump opens its own incident (metric
+        `delay_p95:<channel>`, direction drop: the conversions reach their windows late), which
+        the group's drops join while it is open: until the learned delay has had
+        `DELAY_INCIDENT_S` to catch up (a nightly batch shows its full delay only at its second
+        run) or the delay is back."""
         parent = next((w for w in windows if w.level == "platform"), None)
         if parent is None or not parent.delay_p95:
             return []
         jumps = self.delay_jumps.setdefault(group, {})
+        incidents = self.incidents.setdefault(group, {})
         alerts: list[Alert] = []
         at = float(parent.window_end)
         for ch, (before, recent, weight) in sorted(parent.delay_p95.items()):
-            jumped = (recent >= self.DELAY_JUMP_FACTOR * before and recent - before >= self.DELAY_JUMP_MIN_S
-                      and weight >= self.DELAY_JUMP_MIN_WEIGHT)
             seen = jumps.get(ch)
             if seen is not None:
-                if recent < 2.0 * before or at - float(seen[2]) > 7 * 86_400.0:
-                    del jumps[ch]  # learned (the windows wait for it now) or back
+                if recent < 2.0 * float(seen[0]) or at - float(seen[2]) > self.DELAY_INCIDENT_S:
+                    del jumps[ch]  # back, or learned: the windows wait for it now
                     self._dirty.add(group)
-                    if seen[3] is not None:
-                        alerts.append(Alert.from_dict(seen[3]).resolved(current=round(recent, 1), detected_at=at))
+                    key = seen[3]
+                    if key is not None and key in incidents and "alert" in incidents[key]:
+                        doc = incidents[key]["alert"]
+                        self._close_incident(group, key, at)
+                        alerts.append(Alert.from_dict(doc).resolved(current=round(recent, 1), detected_at=at))
                 continue
-            if not jumped:
+            if not (recent >= self.DELAY_JUMP_FACTOR * before and recent - before >= self.DELAY_JUMP_MIN_S
+                    and weight >= self.DELAY_JUMP_MIN_WEIGHT):
                 continue
             cause = Cause("delayed_events", 1.0,
                           f"{parent.platform} {ch} events arrive later: p95 delay {_duration(before)} -> "
                           f"{_duration(recent)} ({parent.late_events} arrived after their window was judged); "
-                          f"not lost: windows of {group} now wait up to {_duration(max(recent, parent.judged_after_s))}")
+                          f"not lost: the windows of {group} wait for the learned delay")
             self._dirty.add(group)
             updated = self._lead_with_cause(group, cause)
             if updated is not None:
@@ -645,17 +653,20 @@ class GroupMonitor:
                 continue
             seg = Segment(parent.platform, parent.event_name, "*", "*")
             change_at = max(0.0, at - recent)
+            key = "conversions|drop"
             alert = Alert(
                 alert_id=_alert_id(group, "delay", ch, parent.window_start), status="firing", segment=seg,
-                metric=f"delay_p95:{ch}", direction="inflation", baseline=round(before, 1), current=round(recent, 1),
+                metric=f"delay_p95:{ch}", direction="drop", baseline=round(before, 1), current=round(recent, 1),
                 baseline_interval=(None, None), change_at=change_at, detected_at=at, verdict="tracking_gap",
                 likely_causes=(cause,),
                 nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s,
                                                   max(self.config.nearby_after_s, recent), float(self.config.window_s))),
                 localisation=Localisation(moved=(), steady=(), alarming=(seg.key,)), reconciliation=(),
                 evidence=Evidence(round(recent / max(before, 1.0), 3), self.DELAY_JUMP_FACTOR, None),
+                incident_key=_alert_id(group, key, seg.key),
             )
-            jumps[ch] = [before, recent, at, alert.to_dict()]
+            incidents[key] = {"segment_key": seg.key, "metric": alert.metric, "alert": alert.to_dict()}
+            jumps[ch] = [before, recent, at, key]
             alerts.append(alert)
         return alerts
 
