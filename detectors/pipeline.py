@@ -124,6 +124,10 @@ class PipelineConfig:
     #: window's end) counts in its own window when it arrived within its channel's learned
     #: delay; a platform's windows are judged at most this long after they end
     max_delay_s: float = 26 * 3600.0
+    #: a platform event without `arrived_at` arrived at its record's timestamp (the worker's
+    #: Kafka CreateTime / LogAppendTime); off: at its place in the arrival order. Backtest
+    #: reads files, which carry `arrived_at` or nothing (docs/events.md)
+    record_timestamp_arrival: bool = False
     topics: Topics = field(default_factory=Topics)
 
     @property
@@ -252,8 +256,12 @@ class IngestStage:
         return BACKEND if topic == self.config.topics.backend else PLATFORM
 
     def process_batch(self, topic: str, p: int, offsets: Sequence[int], keys: Sequence[bytes | None],
-                      values: Sequence[bytes | None], now: float, outbox: Outbox) -> BatchTally:
-        """Validate and count one chunk of one source partition; persist its state once."""
+                      values: Sequence[bytes | None], now: float, outbox: Outbox,
+                      timestamps: Sequence[int | None] | None = None) -> BatchTally:
+        """Validate and count one chunk of one source partition; persist its state once.
+
+        `timestamps`: the records' timestamps (ms), the arrival of platform events without
+        `arrived_at` when `record_timestamp_arrival` is on."""
         kind = self.input_of(topic)
         st = self.state(p)
         parse = parse_backend_fast if kind == BACKEND else parse_platform_fast
@@ -262,12 +270,18 @@ class IngestStage:
         tally = BatchTally(consumed=len(offsets))
         dlq = self.config.topics.dlq
         parsed: list[tuple[int, Any, Any, Any]] = []  # (offset, event or None, key, value)
-        for offset, key, value in zip(offsets, keys, values, strict=True):
+        stamps = timestamps if kind == PLATFORM and self.config.record_timestamp_arrival else None
+        for i, (offset, key, value) in enumerate(zip(offsets, keys, values, strict=True)):
             if offset <= applied_through:
                 tally.redelivered += 1  # seen before a restart: already in the counts
                 continue
             try:
-                parsed.append((offset, parse(value), None, None))
+                ev: Any = parse(value)
+                if stamps is not None and ev.arrived_at is None:  # platform events only
+                    stamp = stamps[i]
+                    if stamp is not None and stamp > 0:
+                        ev = ev._replace(arrived_at=stamp / 1000.0)
+                parsed.append((offset, ev, None, None))
             except InvalidEvent as exc:
                 parsed.append((offset, None, key, (value, exc)))
         # the dedupe memory looks the whole chunk's ids up at once

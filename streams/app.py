@@ -52,7 +52,7 @@ def pipeline_config(s: Settings, detect: bool = True) -> PipelineConfig:
         change_lookback_s=s.change_lookback_days * 86_400, detect=detect,
         max_input_skew_s=s.max_input_skew_seconds, max_platforms=s.max_platforms,
         max_event_names=s.max_event_names, max_message_bytes=s.max_message_bytes,
-        max_delay_s=s.max_delay_seconds,
+        max_delay_s=s.max_delay_seconds, record_timestamp_arrival=s.record_timestamp_arrival,
         topics=Topics(backend=s.backend_topic, platform=s.platform_topic, partials=s.partials_topic,
                       windows=s.windows_topic, alerts=s.alerts_topic, dlq=s.dlq_topic),
     )
@@ -291,7 +291,8 @@ class GapwatchWorker:
             if self._stale(event.message):
                 continue
             batch = event.value
-            self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values)
+            self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values,
+                                      batch.timestamps)
             await self._flush()
 
     def _stale(self, message: Any) -> bool:
@@ -306,8 +307,9 @@ class GapwatchWorker:
                  message.topic, message.partition, self._stale_dropped)
         return True
 
-    def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any]) -> None:
-        tally = self.ingest.process_batch(topic, p, offsets, keys, values, time.monotonic(), self._outbox)
+    def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any],
+                             timestamps: list[Any] | None = None) -> None:
+        tally = self.ingest.process_batch(topic, p, offsets, keys, values, time.monotonic(), self._outbox, timestamps)
         self._take_effects()
         self._count_batch(topic, tally)
 

@@ -31,6 +31,7 @@ class Settings:
     window_seconds: int = field(default=300, metadata={"help": "window size in seconds of event time"})
     allowed_lateness_seconds: float = field(default=120.0, metadata={"help": "how late (event time) an event may be and still count in its window"})
     max_delay_seconds: float = field(default=26 * 3600.0, metadata={"help": "the longest reporting delay waited for: a platform event later than the allowed lateness but within its channel's learned delay (at most this) counts in its own window; a platform's windows are judged at most this long after they end (0: no corrections, late is late)"})
+    record_timestamp_arrival: bool = field(default=False, metadata={"help": "measure a platform event's reporting delay from its Kafka record timestamp when it has no arrived_at (off: from the arrival order); a replay that re-publishes old events must then keep their timestamps"})
     dedupe_horizon_seconds: float = field(default=86_400.0, metadata={"help": "how long (event time) event and order ids are remembered for dedupe and order matching"})
     metrics_port: int = field(default=6066, metadata={"help": "port of the worker's web server: /metrics, /healthz, /readyz, POST /changes"})
     web_host: str = field(default="127.0.0.1", metadata={"help": "address the web server binds to (0.0.0.0 in containers)"})
