@@ -52,7 +52,7 @@ def pipeline_config(s: Settings, detect: bool = True) -> PipelineConfig:
         change_lookback_s=s.change_lookback_days * 86_400, detect=detect,
         max_input_skew_s=s.max_input_skew_seconds, max_platforms=s.max_platforms,
         max_event_names=s.max_event_names, max_message_bytes=s.max_message_bytes,
-        max_delay_s=s.max_delay_seconds, record_timestamp_arrival=s.record_timestamp_arrival,
+        max_delay_s=s.max_delay_seconds, record_timestamp_arrival=s.arrival_time == "record",
         topics=Topics(backend=s.backend_topic, platform=s.platform_topic, partials=s.partials_topic,
                       windows=s.windows_topic, alerts=s.alerts_topic, dlq=s.dlq_topic),
     )
