@@ -359,6 +359,9 @@ class GroupMonitor:
         #: group -> channel -> the delay jump seen (`_delay_signal`): [p95 before, after, at,
         #: alert document of its own incident or None]
         self.delay_jumps: dict[str, dict[str, list[Any]]] = {}
+        #: group -> [incident key, firing alert document, resolved at] of its last drop that
+        #: resolved: delayed events arriving later may show it was their delay (`_delay_signal`)
+        self.delay_resolved: dict[str, list[Any]] = {}
 
     # ---- persistence ----------------------------------------------------------------------
     def take_changes(self, prefix: str) -> dict[str, Any]:
@@ -379,6 +382,7 @@ class GroupMonitor:
                     "acked": self.acked.get(group, {}),
                     "settled": self.settled.get(group, {}),
                     "delay_jumps": self.delay_jumps.get(group, {}),
+                    "delay_resolved": self.delay_resolved.get(group),
                 }
         self._dirty = set()
         return out
@@ -403,6 +407,8 @@ class GroupMonitor:
                     self.settled[group] = dict(value["settled"])
                 if value.get("delay_jumps"):
                     self.delay_jumps[group] = {ch: list(v) for ch, v in value["delay_jumps"].items()}
+                if value.get("delay_resolved"):
+                    self.delay_resolved[group] = list(value["delay_resolved"])
 
     # ---- the per-window step --------------------------------------------------------------
     def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = (),
@@ -438,7 +444,10 @@ class GroupMonitor:
             parent = next((w for w in by_group[group] if w.level == "platform"), None)
             if parent is not None and parent.event_name not in backend_moves:
                 backend_moves[parent.event_name] = self._update_backend(parent, changes, alerts, emit=False)
-            alerts.extend(self._update_group(group, by_group[group], changes, backend_moves))
+            open_before = {k: inc["alert"] for k, inc in self.incidents.get(group, {}).items() if "alert" in inc}
+            group_alerts = self._update_group(group, by_group[group], changes, backend_moves)
+            self._remember_resolved(group, open_before, group_alerts)
+            alerts.extend(group_alerts)
             alerts.extend(self._delay_signal(group, by_group[group], changes))
         # an incident joined in the step that opened it is sent once, naming every segment
         last = {a.alert_id: a for a in alerts if a.status == "firing"}
@@ -651,6 +660,19 @@ class GroupMonitor:
                 jumps[ch] = [before, recent, at, None]
                 alerts.append(updated)
                 continue
+            memo = self.delay_resolved.pop(group, None)
+            if memo is not None and float(memo[1]["change_at"]) >= at - recent - 2 * self.config.window_s:
+                # a drop that began within the delayed span and resolved when the first
+                # delayed events came back in time: it was the delay. The same incident fires
+                # again with the cause, and stays open while the learned delay catches up
+                key, doc = memo[0], memo[1]
+                alert = Alert.from_dict(doc)
+                alert = dataclasses.replace(alert, likely_causes=(cause, *(c for c in alert.likely_causes
+                                                                           if c.cause != cause.cause)))
+                incidents[key] = {"segment_key": alert.segment.key, "metric": alert.metric, "alert": alert.to_dict()}
+                jumps[ch] = [before, recent, at, key]
+                alerts.append(alert)
+                continue
             seg = Segment(parent.platform, parent.event_name, "*", "*")
             change_at = max(0.0, at - recent)
             key = "conversions|drop"
@@ -669,6 +691,17 @@ class GroupMonitor:
             jumps[ch] = [before, recent, at, key]
             alerts.append(alert)
         return alerts
+
+    def _remember_resolved(self, group: str, open_before: Mapping[str, Any], alerts: list[Alert]) -> None:
+        """Keep the last drop of the group that resolved in this step (see `delay_resolved`)."""
+        resolved = {a.alert_id: a for a in alerts if a.status == "resolved"}
+        for key, doc in open_before.items():
+            if doc["alert_id"] in resolved and doc["direction"] == "drop" and key not in self.incidents.get(group, {}):
+                self.delay_resolved[group] = [key, doc, resolved[doc["alert_id"]].detected_at]
+                self._dirty.add(group)
+        memo = self.delay_resolved.get(group)
+        if memo is not None and alerts and max(a.detected_at for a in alerts) - float(memo[2]) > self.DELAY_INCIDENT_S:
+            del self.delay_resolved[group]
 
     def _lead_with_cause(self, group: str, cause: Cause) -> Alert | None:
         """Re-send the group's open incident (or the one it joined) with `cause` first."""
