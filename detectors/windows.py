@@ -1220,8 +1220,8 @@ class WindowAssembler:
 
     def hold_s(self, group: str) -> int:
         """How long after its end a window of `group` is judged: its channels' learned delay
-        past the allowed lateness, in whole windows (plus the one its corrections arrive in),
-        at most `max_delay_s`."""
+        past the allowed lateness in whole windows, plus one (a correction is sent when the
+        window it arrived in closes), at most `max_delay_s`."""
         learner = self.delays.get(group)
         if learner is None:
             return 0
@@ -1229,7 +1229,7 @@ class WindowAssembler:
         if delay <= self.allowed_lateness_s:
             return 0
         size = self.window_s
-        return (math.ceil((delay - self.allowed_lateness_s) / size) + 1) * size
+        return (int((delay - self.allowed_lateness_s) // size) + 1) * size
 
     def add_backend(self, partition: int, window_start: int, leaves: Mapping[str, list[Any]],
                     groups: Iterable[str] = ()) -> bool:
