@@ -90,7 +90,9 @@ def main() -> int:
     ap.add_argument("--speedup", type=float, default=3000.0, help="event-time seconds per wall second")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--kill-every", type=float, default=45.0, help="wall seconds between SIGKILLs")
+    ap.add_argument("--kill-every", type=float, default=45.0,
+                    help="wall seconds between SIGKILLs; 0: no kills, RSS sampled once per day of event time "
+                         "(is RSS flat once the dedupe horizon has passed?)")
     ap.add_argument("--window", type=int, default=300)
     ap.add_argument("--lateness", type=float, default=900.0)
     ap.add_argument("--scenario", default="steady")
@@ -120,10 +122,19 @@ def main() -> int:
 
         threading.Thread(target=producer, daemon=True).start()
         t0 = time.monotonic()
-        print(f"{'t s':>6} {'killed':>6} {'recovery s':>10}  RSS MB per worker", flush=True)
+        if args.kill_every > 0:
+            print(f"{'t s':>6} {'killed':>6} {'recovery s':>10}  RSS MB per worker", flush=True)
         victim = 0
         recoveries: list[float] = []
-        while not done.wait(args.kill_every):
+        if args.kill_every <= 0:
+            print(f"{'t s':>6} {'event day':>9}  RSS MB per worker (no kills)", flush=True)
+            day_s = 86400.0 / args.speedup
+            day = 0
+            while not done.wait(day_s):
+                day += 1
+                rss = "  ".join(f"{rss_mb(x.proc.pid):7.1f}" for x in workers if x.proc is not None)
+                print(f"{time.monotonic() - t0:6.0f} {day:>9}  {rss}", flush=True)
+        while args.kill_every > 0 and not done.wait(args.kill_every):
             w = workers[victim]
             w.kill9()
             w.stop()
