@@ -27,7 +27,15 @@ from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.alert import Alert
-from detectors.pipeline import BACKEND, PLATFORM, AssembleStage, IngestStage, Outbox, PipelineConfig, Send
+from detectors.pipeline import (
+    BACKEND,
+    PLATFORM,
+    AssembleStage,
+    IngestStage,
+    Outbox,
+    PipelineConfig,
+    Send,
+)
 from detectors.windows import ClosedWindow
 from streams.broker import ensure_topics, free_port
 
