@@ -276,6 +276,19 @@ class BatchMessageConsumer(FastDrainConsumer):
         await thread.call_thread(call)
 
     def ack(self, message) -> bool:
+        app = self.app
+        if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+            # Not acked: a message the stream skipped during or after a rebalance (flow
+            # suspended from the revoke to the end of recovery, or fetched in an older
+            # generation), or dropped as stale by the worker (streams/app.py `_stale`). Faust's
+            # stream iterator acks the messages it skips "so the lag does not grow", but they
+            # were never processed; and from the revoke to the seek after recovery the consumer
+            # has forgotten its committed offsets, so `_new_offset` cannot see the gap before
+            # them: the commit timer commits past them and the seek skips them (events lost,
+            # issue 13). Left unacked they are fetched again from the committed offset (by this
+            # worker or the new owner); one processed just before the revoke is then recognised
+            # as redelivered (stage A offsets, stage B `seen`).
+            return False
         batch = message.value
         if not isinstance(batch, RecordBatch):
             return super().ack(message)
