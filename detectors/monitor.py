@@ -113,9 +113,14 @@ class MonitorConfig:
             window_seconds=float(self.window_s),
             false_alarms_per_segment_per_30_days=self.false_alarms_per_30_days / self.detectors_per_group,
             min_relative_change=dict(self.min_relative_change).get(metric, 0.0),
+            # ~0 in a healthy shop: a thin baseline of them is an upper bound (RatioDetectorConfig)
+            rare_events=metric in RARE_METRICS,
         )
 
 
+#: signals that count something rare in a healthy shop (duplicate triggers, conversions with
+#: no order behind them): their detectors judge inflations against an upper bound of a thin baseline
+RARE_METRICS = ("duplicate_rate", "unmatched_rate")
 _PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_rate", "value_ratio", "channel_ratio")
 #: delivery paths watched one by one at the platform level (`channel_ratio:<channel>`: that
 #: channel's events per backend conversion): a path that stops is found before the platform's
@@ -274,6 +279,41 @@ def _at(t: float | None) -> float:
     if t is None:  # the monitor passes `at=` to every detector update
         raise ValueError("a change point without its window time")
     return t
+
+
+#: the change time is searched from this long before the alarming run's start
+REFINE_S = 6 * 3600.0
+
+
+def _change_time(seg: _Segment, cp: ChangePoint) -> float:
+    """The window where the change most likely began: the arg-max over the windows from
+    `REFINE_S` before the alarming run's start to the alarm of the likelihood ratio of "the
+    ratio is the run's reference before k and one new level from k on" (Poisson; the
+    overdispersion scales it, the arg-max stays). The run's own start is where its CUSUM last
+    left zero: a stray event hours before a jump (one duplicate at 0.3 %) starts it early, and
+    a run that restarted starts it late.
+    """
+    start = _at(cp.change_at)
+    r0 = cp.ratio_before
+    if not (math.isfinite(r0) and r0 > 0.0) or cp.detected_at is None:
+        return start
+    rows = [r for r in seg.history if start - REFINE_S <= r[H_START] <= cp.detected_at]
+    up = cp.direction == "inflation"
+    best, best_at = 0.0, start
+    count = exposure = 0.0
+    for r in reversed(rows):
+        e, c = _signal(cp.metric, r, seg.unit)
+        count += c
+        exposure += e
+        if exposure <= 0.0:
+            continue
+        r1 = count / exposure
+        if (r1 > r0) != up:
+            continue
+        llr = (count * math.log(r1 / r0) if count > 0 else 0.0) - exposure * (r1 - r0)
+        if llr > best:
+            best, best_at = llr, float(r[H_START])
+    return best_at
 
 
 def _evidence(cp: ChangePoint) -> Evidence:
@@ -519,12 +559,29 @@ class GroupMonitor:
                     if "joined" in inc:
                         del incidents[key]
                         continue  # a member of another group's incident: that one resolves it
+                    child = self._still_moved(segs, seg.key, cp, inc["alert"]["direction"])
+                    if child is not None:
+                        # the platform's level came back while a child still carries the change
+                        # (a region's values, at an hour it has no orders): the incident goes
+                        # on there, and its alert names the child too
+                        inc["segment_key"] = child
+                        alert = Alert.from_dict(inc["alert"])
+                        affected = alert.affected or (alert.segment.key,)
+                        if child not in affected:
+                            alert = dataclasses.replace(alert, affected=(*affected, child))
+                            inc["alert"] = alert.to_dict()
+                            alerts.append(alert)  # the same alert_id: an update
+                        continue
                     resolved = Alert.from_dict(inc["alert"]).resolved(current=_r(cp.ratio_after, 4),
                                                                       detected_at=_at(cp.detected_at))
                     self._close_incident(group, key, resolved.detected_at)
                     self._release_members(group, key)
                     alerts.append(resolved)
-        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves and self._channel_known(seg, cp)]
+        # a move back toward the level before a segment's own open change, not past it, is
+        # that change settling (a partial return, or noise on a level still moved): never a
+        # new cause (a resolve, which goes most of the way back, is handled above)
+        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves and self._channel_known(seg, cp)
+               and not seg.detectors[cp.metric].settling]
         by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
         for item in new:
             by_incident.setdefault(_family(item[2].metric, item[2].direction), []).append(item)
@@ -755,6 +812,39 @@ class GroupMonitor:
                 best = (dt, o_group, key)
         return None if best is None else (best[1], best[2])
 
+    #: a child still carries the change when it stayed moved over at least this long
+    STILL_MOVED_S = 6 * 3600.0
+
+    def _still_moved(self, segs: Mapping[str, _Segment], key: str, cp: ChangePoint, direction: str) -> str | None:
+        """The child of platform segment `key` whose open change (in `direction`, on `cp`'s
+        signal) still holds over the windows since the parent's level came back (at least
+        `STILL_MOVED_S`): the child with the largest deficit, else None."""
+        if not key.endswith("|*|*"):
+            return None
+        prefix = key[: -len("*|*")]
+        since = min(_at(cp.change_at if cp.change_at is not None else cp.detected_at),
+                    _at(cp.detected_at) - self.STILL_MOVED_S)
+        sign = 1.0 if direction == "drop" else -1.0
+        best: tuple[float, str] | None = None
+        for k, child in segs.items():
+            if k == key or not k.startswith(prefix) or cp.metric not in child.detectors:
+                continue
+            det = child.detectors[cp.metric]
+            if det.incident_direction != direction:
+                continue
+            ref = det.reference_ratio
+            e, c = _signal(cp.metric, child.since(since), child.unit)
+            if not (math.isfinite(ref) and ref > 0.0) or e <= 0.0:
+                continue
+            now = c / e
+            low, high = rate_interval(c, e)
+            if sign * (1.0 - now / ref) < self.config.moved_min_change or low <= ref <= high:
+                continue
+            deficit = sign * (ref - now) * e
+            if best is None or deficit > best[0]:
+                best = (deficit, k)
+        return None if best is None else best[1]
+
     def _release_members(self, group: str, key: str) -> None:
         """An incident resolved: the segments that joined it from other groups are free again."""
         for o_group, incs in self.incidents.items():
@@ -772,7 +862,7 @@ class GroupMonitor:
         # break, and one that drifted up before it (hours earlier, on a slow drift) would put
         # the change, and with it the nearby changes, too early. A re-opened alarm carries no
         # change time: its detection time stands in
-        starts = [cp.change_at for _, _, cp in items if cp.change_at is not None]
+        starts = [_change_time(seg, cp) for seg, _, cp in items if cp.change_at is not None]
         change_at = max(starts) if starts else _at(items[0][2].detected_at)
         platform, event_name = group.split("|", 1)
         parent_key = f"{platform}|{event_name}|*|*"
