@@ -121,6 +121,11 @@ class MonitorConfig:
 #: signals that count something rare in a healthy shop (duplicate triggers, conversions with
 #: no order behind them): their detectors judge inflations against an upper bound of a thin baseline
 RARE_METRICS = ("duplicate_rate", "unmatched_rate")
+#: a cause whose evidence is a change event of these kinds: that change is named first
+CAUSE_CHANGE_KINDS: dict[str, tuple[str, ...]] = {"attribution_change": ("attribution_setting",)}
+#: rates whose denominator is the platform's conversions: when the conversions themselves move
+#: (a wrong trigger's extra ones), these fall with no cause of their own
+RATES_PER_CONVERSION = ("duplicate_rate", "unmatched_rate")
 _PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_rate", "value_ratio", "channel_ratio")
 #: delivery paths watched one by one at the platform level (`channel_ratio:<channel>`: that
 #: channel's events per backend conversion): a path that stops is found before the platform's
@@ -322,11 +327,13 @@ def _evidence(cp: ChangePoint) -> Evidence:
 
 def rank_changes(
     changes: Iterable[Mapping[str, Any]], change_at: float, segment: Segment,
-    before_s: float, after_s: float, resolution_s: float = 0.0,
+    before_s: float, after_s: float, resolution_s: float = 0.0, prefer_kinds: Sequence[str] = (),
 ) -> list[NearbyChange]:
     """Change events near `change_at`, best first: close in time (before beats after) and in scope.
 
     `change_at` is known to a window (`resolution_s`): a change inside that window counts as at it.
+    Changes of a kind in `prefer_kinds` (the kind the first cause names: an attribution change
+    is that cause's own evidence) count twice: at low volume the change time is known to hours.
 
     >>> seg = Segment("meta", "purchase", "safari", "*")
     >>> ranked = rank_changes([
@@ -349,7 +356,7 @@ def rank_changes(
         else:
             proximity = 0.5 * math.exp(-(dt - resolution_s) / 900.0)  # after: rarely its cause
         scope = ch.get("scope") or {}
-        fit = 1.0
+        fit = 2.0 if ch.get("kind") in prefer_kinds else 1.0
         for dim in ("platform", "browser", "region", "event_name"):
             want = scope.get(dim)
             if want:
@@ -587,8 +594,19 @@ class GroupMonitor:
             by_incident.setdefault(_family(item[2].metric, item[2].direction), []).append(item)
         # click-id coverage falling while the conversions themselves moved is a symptom inside
         # that incident (a wrong trigger's extra conversions carry no click id), not a second one
+        # the same for the other rates per platform conversion falling: a wrong trigger's extra
+        # conversions dilute the duplicate rate, a new level of conversions is their denominator
         if any(k.startswith("conversions|") for k in (*incidents, *by_incident)):
             by_incident.pop("click_id_coverage|drop", None)
+        conversions_moved = any(k.startswith("conversions|") for k in incidents) or any(
+            it[2].metric not in RATES_PER_CONVERSION
+            for k, its in by_incident.items() if k.startswith("conversions|") for it in its)
+        if conversions_moved and "conversions|drop" in by_incident:
+            rest = [it for it in by_incident["conversions|drop"] if it[2].metric not in RATES_PER_CONVERSION]
+            if rest:
+                by_incident["conversions|drop"] = rest
+            else:
+                del by_incident["conversions|drop"]
         # a move back on a signal whose opposite incident is still open belongs to that
         # incident (the level is settling), not to a new cause
         open_on = {inc["metric"] for inc in incidents.values()}
@@ -939,7 +957,8 @@ class GroupMonitor:
         if backend_cp is not None and backend_cp.direction == direction and abs(ref.relative_change) < 0.15:
             verdict = "inconclusive"
         causes = self._causes(metric, direction, named, parent, segs, change_at, best_share, moved, changes)
-        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s, float(cfg.window_s))
+        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s, float(cfg.window_s),
+                              prefer_kinds=CAUSE_CHANGE_KINDS.get(causes[0].cause, ()))
         alert = Alert(
             alert_id=_alert_id(group, metric, direction, named, change_at),
             status="firing",
@@ -1054,7 +1073,10 @@ class GroupMonitor:
         if not rates:
             return []
         fell = {ch: r for ch, r in rates.items() if r[1] < 0.5 * r[0]}
-        held = {ch: r for ch, r in rates.items() if r[1] >= 0.85 * r[0]}
+        # held: not below 85 % of its rate before by more than its sampling error (a few
+        # windows after a break at 400 orders a day carry a dozen events a channel)
+        held = {ch: r for ch, r in rates.items() if ch not in fell
+                and rate_interval(after.get(ch, 0.0), b_after)[1] >= 0.85 * r[0]}
 
         def text(chs: Mapping[str, tuple[float, float]]) -> str:
             return ", ".join(f"{ch} {r0:.2f} -> {r1:.2f} ({r1 / r0 - 1:+.0%})" for ch, (r0, r1) in chs.items())
