@@ -830,18 +830,16 @@ class GroupMonitor:
                 best = (dt, o_group, key)
         return None if best is None else (best[1], best[2])
 
-    #: a child still carries the change when it stayed moved over at least this long
-    STILL_MOVED_S = 6 * 3600.0
-
     def _still_moved(self, segs: Mapping[str, _Segment], key: str, cp: ChangePoint, direction: str) -> str | None:
         """The child of platform segment `key` whose open change (in `direction`, on `cp`'s
-        signal) still holds over the windows since the parent's level came back (at least
-        `STILL_MOVED_S`): the child with the largest deficit, else None."""
+        signal) still holds, significantly, over the windows since the parent's level came
+        back: the child with the largest deficit, else None."""
         if not key.endswith("|*|*"):
             return None
         prefix = key[: -len("*|*")]
-        since = min(_at(cp.change_at if cp.change_at is not None else cp.detected_at),
-                    _at(cp.detected_at) - self.STILL_MOVED_S)
+        # the windows since the parent's level came back (never those before: a fix seen by
+        # the parent first must not read as a child still broken), at least one
+        since = _at(cp.change_at if cp.change_at is not None else cp.detected_at)
         sign = 1.0 if direction == "drop" else -1.0
         best: tuple[float, str] | None = None
         for k, child in segs.items():
