@@ -101,6 +101,9 @@ class PlatformEvent(NamedTuple):
     region: str
     consent_denied: bool
     has_click_ids: bool
+    #: when the event reached the pipeline (optional `arrived_at`, epoch s or ISO-8601): the
+    #: reporting delay is measured from it, else from the input's arrival order (docs/events.md)
+    arrived_at: float | None = None
 
 
 class ChangeEvent(NamedTuple):
@@ -419,7 +422,24 @@ def parse_platform(raw: bytes | str | None) -> PlatformEvent:
         normalise_region(obj.get("region")),
         _consent_denied(obj),
         _click_ids(obj),
+        _arrived_at(obj.get("arrived_at")),
     )
+
+
+def _arrived_at(raw: Any) -> float | None:
+    """The optional arrival time; anything that is not a time is ignored (None), never rejected.
+
+    >>> _arrived_at(1767607200), _arrived_at("2026-01-05T10:00:00Z"), _arrived_at("soon"), _arrived_at(None)
+    (1767607200.0, 1767607200.0, None, None)
+    """
+    if raw is None:
+        return None
+    if (type(raw) is float or type(raw) is int) and MIN_TS <= raw < MAX_TS:
+        return float(raw)
+    try:
+        return parse_time(raw, "arrived_at")
+    except InvalidEvent:
+        return None
 
 
 CHANGE_KINDS = (
@@ -688,4 +708,8 @@ def _platform_fast(obj: dict[str, Any]) -> PlatformEvent:
         cur = _currency_cache.get(currency) if type(currency) is str else None
         if cur is None:
             cur = _currency(obj)
-    return _new_platform((p, c, name, event_id, order_id, ts, value, cur, browser, region, denied, has_clicks))
+    arrived = get("arrived_at")
+    if arrived is not None:
+        arrived = _arrived_at(arrived)
+    return _new_platform((p, c, name, event_id, order_id, ts, value, cur, browser, region, denied, has_clicks,
+                          arrived))

@@ -321,6 +321,15 @@ def _change_time(seg: _Segment, cp: ChangePoint) -> float:
     return best_at
 
 
+def _duration(seconds: float) -> str:
+    """`40 s`, `12 min`, `3.0 h`."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _evidence(cp: ChangePoint) -> Evidence:
     return Evidence(_r(cp.statistic, 3), _r(cp.threshold, 3), cp.p_value if math.isfinite(cp.p_value) else None)
 
@@ -394,6 +403,12 @@ class GroupMonitor:
         self.settled: dict[str, dict[str, list[Any]]] = {}
         self._dirty: set[str] = set()
         self._gauges: dict[str, ClosedWindow] = {}  # segment -> newest window, for export_metrics
+        #: group -> channel -> the delay jump seen (`_delay_signal`): [p95 before, after, at,
+        #: alert document of its own incident or None]
+        self.delay_jumps: dict[str, dict[str, list[Any]]] = {}
+        #: group -> [incident key, firing alert document, resolved at] of its last drop that
+        #: resolved: delayed events arriving later may show it was their delay (`_delay_signal`)
+        self.delay_resolved: dict[str, list[Any]] = {}
 
     # ---- persistence ----------------------------------------------------------------------
     def take_changes(self, prefix: str) -> dict[str, Any]:
@@ -413,6 +428,8 @@ class GroupMonitor:
                     "last": self.last_window.get(group, -1),
                     "acked": self.acked.get(group, {}),
                     "settled": self.settled.get(group, {}),
+                    "delay_jumps": self.delay_jumps.get(group, {}),
+                    "delay_resolved": self.delay_resolved.get(group),
                 }
         self._dirty = set()
         return out
@@ -435,6 +452,10 @@ class GroupMonitor:
                     self.acked[group] = dict(value["acked"])
                 if value.get("settled"):
                     self.settled[group] = dict(value["settled"])
+                if value.get("delay_jumps"):
+                    self.delay_jumps[group] = {ch: list(v) for ch, v in value["delay_jumps"].items()}
+                if value.get("delay_resolved"):
+                    self.delay_resolved[group] = list(value["delay_resolved"])
 
     # ---- the per-window step --------------------------------------------------------------
     def on_windows(self, windows: Sequence[ClosedWindow], changes: Iterable[Mapping[str, Any]] = (),
@@ -470,7 +491,11 @@ class GroupMonitor:
             parent = next((w for w in by_group[group] if w.level == "platform"), None)
             if parent is not None and parent.event_name not in backend_moves:
                 backend_moves[parent.event_name] = self._update_backend(parent, changes, alerts, emit=False)
-            alerts.extend(self._update_group(group, by_group[group], changes, backend_moves))
+            open_before = {k: inc["alert"] for k, inc in self.incidents.get(group, {}).items() if "alert" in inc}
+            group_alerts = self._update_group(group, by_group[group], changes, backend_moves)
+            self._remember_resolved(group, open_before, group_alerts)
+            alerts.extend(group_alerts)
+            alerts.extend(self._delay_signal(group, by_group[group], changes))
         # an incident joined in the step that opened it is sent once, naming every segment
         last = {a.alert_id: a for a in alerts if a.status == "firing"}
         out: list[Alert] = []
@@ -655,6 +680,120 @@ class GroupMonitor:
             incidents[key] = {"segment_key": named, "metric": alert.metric, "alert": alert.to_dict()}
             alerts.append(alert)
         return alerts
+
+    # ---- delayed channels (docs/detection.md, "Delayed and batch channels") ---------------
+    #: a channel's delay jumped when the 95th percentile of its last hours is this many times
+    #: the one over the days before, and at least `DELAY_JUMP_MIN_S` longer
+    DELAY_JUMP_FACTOR = 4.0
+    DELAY_JUMP_MIN_S = 1800.0
+    #: ... with at least this many (decayed) events of the last hours behind it
+    DELAY_JUMP_MIN_WEIGHT = 5.0
+    #: a delay incident stays open this long after the jump (the group's drops join it)
+    DELAY_INCIDENT_S = 2 * 86_400.0
+
+    def _delay_signal(self, group: str, windows: list[ClosedWindow], changes: list[Mapping[str, Any]]) -> list[Alert]:
+        """A jump in a channel's reporting delay is its own signal, `delayed_events`.
+
+        The window assembler learns each channel's delay (`ClosedWindow.delay_p95` at the
+        platform level: p95 over the days before, p95 of the last hours). A jump is seen when
+        the delayed events arrive. An open incident of the group (the channel's events stopped
+        arriving on time: a drop) is then re-sent with `delayed_events` first, naming the delay
+        before and after. Without one, the jump opens its own incident (metric
+        `delay_p95:<channel>`, direction drop: the conversions reach their windows late), which
+        the group's drops join while it is open: until the learned delay has had
+        `DELAY_INCIDENT_S` to catch up (a nightly batch shows its full delay only at its second
+        run) or the delay is back."""
+        parent = next((w for w in windows if w.level == "platform"), None)
+        if parent is None or not parent.delay_p95:
+            return []
+        jumps = self.delay_jumps.setdefault(group, {})
+        incidents = self.incidents.setdefault(group, {})
+        alerts: list[Alert] = []
+        at = float(parent.window_end)
+        for ch, (before, recent, weight) in sorted(parent.delay_p95.items()):
+            seen = jumps.get(ch)
+            if seen is not None:
+                if recent < 2.0 * float(seen[0]) or at - float(seen[2]) > self.DELAY_INCIDENT_S:
+                    del jumps[ch]  # back, or learned: the windows wait for it now
+                    self._dirty.add(group)
+                    key = seen[3]
+                    if key is not None and key in incidents and "alert" in incidents[key]:
+                        doc = incidents[key]["alert"]
+                        self._close_incident(group, key, at)
+                        alerts.append(Alert.from_dict(doc).resolved(current=round(recent, 1), detected_at=at))
+                continue
+            if not (recent >= self.DELAY_JUMP_FACTOR * before and recent - before >= self.DELAY_JUMP_MIN_S
+                    and weight >= self.DELAY_JUMP_MIN_WEIGHT):
+                continue
+            cause = Cause("delayed_events", 1.0,
+                          f"{parent.platform} {ch} events arrive later: p95 delay {_duration(before)} -> "
+                          f"{_duration(recent)} ({parent.late_events} arrived after their window was judged); "
+                          f"not lost: the windows of {group} wait for the learned delay")
+            self._dirty.add(group)
+            updated = self._lead_with_cause(group, cause)
+            if updated is not None:
+                jumps[ch] = [before, recent, at, None]
+                alerts.append(updated)
+                continue
+            memo = self.delay_resolved.pop(group, None)
+            if memo is not None and float(memo[1]["change_at"]) >= at - recent - 2 * self.config.window_s:
+                # a drop that began within the delayed span and resolved when the first
+                # delayed events came back in time: it was the delay. The same incident fires
+                # again with the cause, and stays open while the learned delay catches up
+                key, doc = memo[0], memo[1]
+                alert = Alert.from_dict(doc)
+                alert = dataclasses.replace(alert, likely_causes=(cause, *(c for c in alert.likely_causes
+                                                                           if c.cause != cause.cause)))
+                incidents[key] = {"segment_key": alert.segment.key, "metric": alert.metric, "alert": alert.to_dict()}
+                jumps[ch] = [before, recent, at, key]
+                alerts.append(alert)
+                continue
+            seg = Segment(parent.platform, parent.event_name, "*", "*")
+            change_at = max(0.0, at - recent)
+            key = "conversions|drop"
+            alert = Alert(
+                alert_id=_alert_id(group, "delay", ch, parent.window_start), status="firing", segment=seg,
+                metric=f"delay_p95:{ch}", direction="drop", baseline=round(before, 1), current=round(recent, 1),
+                baseline_interval=(None, None), change_at=change_at, detected_at=at, verdict="tracking_gap",
+                likely_causes=(cause,),
+                nearby_changes=tuple(rank_changes(changes, change_at, seg, self.config.nearby_before_s,
+                                                  max(self.config.nearby_after_s, recent), float(self.config.window_s))),
+                localisation=Localisation(moved=(), steady=(), alarming=(seg.key,)), reconciliation=(),
+                evidence=Evidence(round(recent / max(before, 1.0), 3), self.DELAY_JUMP_FACTOR, None),
+                incident_key=_alert_id(group, key, seg.key),
+            )
+            incidents[key] = {"segment_key": seg.key, "metric": alert.metric, "alert": alert.to_dict()}
+            jumps[ch] = [before, recent, at, key]
+            alerts.append(alert)
+        return alerts
+
+    def _remember_resolved(self, group: str, open_before: Mapping[str, Any], alerts: list[Alert]) -> None:
+        """Keep the last drop of the group that resolved in this step (see `delay_resolved`)."""
+        resolved = {a.alert_id: a for a in alerts if a.status == "resolved"}
+        for key, doc in open_before.items():
+            if doc["alert_id"] in resolved and doc["direction"] == "drop" and key not in self.incidents.get(group, {}):
+                self.delay_resolved[group] = [key, doc, resolved[doc["alert_id"]].detected_at]
+                self._dirty.add(group)
+        memo = self.delay_resolved.get(group)
+        if memo is not None and alerts and max(a.detected_at for a in alerts) - float(memo[2]) > self.DELAY_INCIDENT_S:
+            del self.delay_resolved[group]
+
+    def _lead_with_cause(self, group: str, cause: Cause) -> Alert | None:
+        """Re-send the group's open incident (or the one it joined) with `cause` first."""
+        for inc in self.incidents.get(group, {}).values():
+            owner = inc
+            if "joined" in inc:
+                o_group, o_key = inc["joined"]
+                owner = self.incidents.get(o_group, {}).get(o_key, {})
+                self._dirty.add(o_group)
+            if "alert" not in owner:
+                continue
+            alert = Alert.from_dict(owner["alert"])
+            others = tuple(c for c in alert.likely_causes if c.cause != cause.cause)
+            alert = dataclasses.replace(alert, likely_causes=(cause, *others))
+            owner["alert"] = alert.to_dict()
+            return alert
+        return None
 
     # ---- people and plans (docs/oncall.md) ------------------------------------------------
     def _close_incident(self, group: str, key: str, at: float) -> None:

@@ -41,6 +41,7 @@ from detectors.windows import (
     PartitionWindows,
     WindowAssembler,
     WindowConfig,
+    group_of,
     split_platform_by_group,
 )
 
@@ -119,13 +120,21 @@ class PipelineConfig:
     #: the largest message the producer may send (its max_request_size): state items and
     #: partials are cut into pieces well below it
     max_message_bytes: int = 1024 * 1024
+    #: the longest reporting delay waited for: a platform event up to this late (past its
+    #: window's end) counts in its own window when it arrived within its channel's learned
+    #: delay; a platform's windows are judged at most this long after they end
+    max_delay_s: float = 26 * 3600.0
+    #: a platform event without `arrived_at` arrived at its record's timestamp (the worker's
+    #: Kafka CreateTime / LogAppendTime); off: at its place in the arrival order. Backtest
+    #: reads files, which carry `arrived_at` or nothing (docs/events.md)
+    record_timestamp_arrival: bool = False
     topics: Topics = field(default_factory=Topics)
 
     @property
     def window_config(self) -> WindowConfig:
         return WindowConfig(window_s=self.window_s, allowed_lateness_s=self.allowed_lateness_s,
                             dedupe_horizon_s=self.dedupe_horizon_s, max_platforms=self.max_platforms,
-                            max_event_names=self.max_event_names,
+                            max_event_names=self.max_event_names, max_delay_s=self.max_delay_s,
                             max_records_per_item=max(16, self.max_message_bytes // (2 * MAX_RECORD_BYTES)),
                             max_leaves_per_item=max(16, self.max_message_bytes // (2 * MAX_LEAF_BYTES)))
 
@@ -247,8 +256,12 @@ class IngestStage:
         return BACKEND if topic == self.config.topics.backend else PLATFORM
 
     def process_batch(self, topic: str, p: int, offsets: Sequence[int], keys: Sequence[bytes | None],
-                      values: Sequence[bytes | None], now: float, outbox: Outbox) -> BatchTally:
-        """Validate and count one chunk of one source partition; persist its state once."""
+                      values: Sequence[bytes | None], now: float, outbox: Outbox,
+                      timestamps: Sequence[int | None] | None = None) -> BatchTally:
+        """Validate and count one chunk of one source partition; persist its state once.
+
+        `timestamps`: the records' timestamps (ms), the arrival of platform events without
+        `arrived_at` when `record_timestamp_arrival` is on."""
         kind = self.input_of(topic)
         st = self.state(p)
         parse = parse_backend_fast if kind == BACKEND else parse_platform_fast
@@ -257,12 +270,18 @@ class IngestStage:
         tally = BatchTally(consumed=len(offsets))
         dlq = self.config.topics.dlq
         parsed: list[tuple[int, Any, Any, Any]] = []  # (offset, event or None, key, value)
-        for offset, key, value in zip(offsets, keys, values, strict=True):
+        stamps = timestamps if kind == PLATFORM and self.config.record_timestamp_arrival else None
+        for i, (offset, key, value) in enumerate(zip(offsets, keys, values, strict=True)):
             if offset <= applied_through:
                 tally.redelivered += 1  # seen before a restart: already in the counts
                 continue
             try:
-                parsed.append((offset, parse(value), None, None))
+                ev: Any = parse(value)
+                if stamps is not None and ev.arrived_at is None:  # platform events only
+                    stamp = stamps[i]
+                    if stamp is not None and stamp > 0:
+                        ev = ev._replace(arrived_at=stamp / 1000.0)
+                parsed.append((offset, ev, None, None))
             except InvalidEvent as exc:
                 parsed.append((offset, None, key, (value, exc)))
         # the dedupe memory looks the whole chunk's ids up at once
@@ -360,11 +379,24 @@ class IngestStage:
         n = self.n_partitions
         topic = self.config.topics.partials
         dumps = orjson.dumps
+        delays = partial.delays or {}
         for start, group, leaves in split_platform_by_group(partial.platform):
             outbox.send(topic, group.encode(), dumps({
                 "kind": "platform", "source_partition": partial.partition, "window_start": start,
-                "group": group, "leaves": leaves,
+                "group": group, "leaves": leaves, "delays": delays.get(start, {}).get(group, {}),
             }), group_partition(group, n))
+        # corrections: delayed events of closed windows that arrived while `arrived` was open
+        for arrived, leaves in sorted((partial.late or {}).items()):
+            by_own: dict[tuple[int, str], dict[str, list[Any]]] = {}
+            for key, c in leaves.items():
+                own_start, _, leaf = key.partition("@")
+                by_own.setdefault((int(own_start), group_of(leaf)), {})[leaf] = c
+            for (own, group), part in sorted(by_own.items()):
+                outbox.send(topic, group.encode(), dumps({
+                    "kind": "late", "source_partition": partial.partition, "window_start": own,
+                    "arrived": arrived, "group": group, "leaves": part,
+                    "delays": delays.get(arrived, {}).get(f"{own}@{group}", {}),
+                }), group_partition(group, n))
         # one message per window (a backfill closes thousands of windows in one tick): the
         # backend counts and the groups with data, which every partition needs
         groups: dict[int, set[str]] = {}
@@ -413,7 +445,8 @@ class AssembleStage:
         asm = self.assemblers.get(k)
         if asm is None:
             n = self.n_partitions
-            asm = WindowAssembler(n, self.config.window_s, owns_group=lambda g: group_partition(g, n) == k)
+            asm = WindowAssembler(n, self.config.window_s, owns_group=lambda g: group_partition(g, n) == k,
+                                  allowed_lateness_s=self.config.allowed_lateness_s, max_delay_s=self.config.max_delay_s)
             items = self._load(k)
             asm.restore(f"{k}:", items)
             self.assemblers[k] = asm
@@ -438,7 +471,11 @@ class AssembleStage:
                 doc = orjson.loads(value)
                 kind = doc["kind"]
                 if kind == "platform":
-                    asm.add_platform(int(doc["source_partition"]), int(doc["window_start"]), doc["group"], doc["leaves"])
+                    asm.add_platform(int(doc["source_partition"]), int(doc["window_start"]), doc["group"], doc["leaves"],
+                                     doc.get("delays") or {})
+                elif kind == "late":
+                    asm.add_late(int(doc["source_partition"]), int(doc["window_start"]), int(doc["arrived"]),
+                                 doc["group"], doc["leaves"], doc.get("delays") or {})
                 elif kind == "backend":
                     asm.add_backend(int(doc["source_partition"]), int(doc["window_start"]), doc["leaves"],
                                     doc.get("groups", ()))

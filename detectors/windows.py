@@ -45,6 +45,8 @@ __all__ = [
     "PLATFORM_FIELDS",
     "segment_key",
     "group_of",
+    "delay_bucket",
+    "DELAY_BUCKETS",
 ]
 
 JSON = Any
@@ -70,6 +72,28 @@ MAX_BACKEND_LEAF_BYTES = 160
 MAX_CHANNELS = 16
 #: the name every platform or event name beyond its cap is counted under
 OTHER = "other"
+#: reporting delays are counted in half-octave buckets: bucket 0 holds delays <= 1 s, bucket i
+#: delays in (2^((i-1)/2), 2^(i/2)] s, the last one everything beyond 2^18 s (73 h)
+DELAY_BUCKETS = 37
+#: `channel:bucket` counters kept apart per group and window (more count under `other`): a
+#: group's delays take at most (48 + 37) x ~30 bytes, counted as 3 leaves in item pieces
+MAX_DELAY_KEYS = 48
+
+
+def delay_bucket(delay_s: float) -> int:
+    """Half-octave bucket of a reporting delay in seconds.
+
+    >>> delay_bucket(0.2), delay_bucket(1.0), delay_bucket(1.2), delay_bucket(100.0), delay_bucket(1e9)
+    (0, 0, 1, 14, 36)
+    """
+    if delay_s <= 1.0:
+        return 0
+    return min(DELAY_BUCKETS - 1, math.ceil(2.0 * math.log2(delay_s) - 1e-9))
+
+
+def delay_edge(bucket: int) -> float:
+    """Upper edge in seconds of a delay bucket (`delay_bucket(delay_edge(i)) == i`)."""
+    return float(2.0 ** (bucket / 2.0))
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,12 @@ class WindowConfig:
     #: bounds on one stored item: records of a dedupe delta, leaves of a window piece
     max_records_per_item: int = 1000
     max_leaves_per_item: int = 500
+    #: a platform event later than the allowed lateness but at most this late (event time of
+    #: its input's newest event against its own window's end) still counts in its own window:
+    #: it is sent as a correction of that window when the window it arrived in closes (stage B
+    #: decides whether it arrived within its channel's delay; see docs/architecture.md,
+    #: "Delayed channels"). 0 turns corrections off (every late event is only counted late)
+    max_delay_s: float = 26 * 3600.0
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -108,13 +138,18 @@ class Partial(NamedTuple):
     """What stage A hands to stage B when partition `partition` closes windows.
 
     `backend` and `platform` map window_start -> leaf -> counters; `closed_through` says every
-    window ending at or before it is complete for this partition.
+    window ending at or before it is complete for this partition. `delays`: window_start ->
+    group -> reporting delays (`channel:bucket` -> events). `late`: corrections, arrival window
+    -> `own_start@leaf` -> counters of the delayed events of window `own_start` that arrived
+    while the arrival window was open (their delays under `own_start@group` in `delays`).
     """
 
     partition: int
     closed_through: float
     backend: dict[int, dict[str, list[float]]]
     platform: dict[int, dict[str, list[Any]]]
+    delays: dict[int, dict[str, dict[str, int]]] | None = None
+    late: dict[int, dict[str, list[Any]]] | None = None
 
 
 #: dedupe keys are 64-bit xxh3 hashes (stable across processes, unlike `hash()`): two different
@@ -385,6 +420,10 @@ class PartitionWindows:
         self.duplicate_events: dict[tuple[str, str], int] = {}  # (platform, event_name) -> triggers
         self._size = config.window_s
         self._lateness = config.allowed_lateness_s
+        self._max_delay = config.max_delay_s
+        #: the own window of the last event counted as a correction (None: on time or late)
+        self.own_window: int | None = None
+        self.counted_in = 0  # the open window the last event was counted in
 
     # ---- dedupe memory --------------------------------------------------------------------
     #: keys are masked to this many bits (tests narrow it to measure the false-positive rate)
@@ -461,7 +500,11 @@ class PartitionWindows:
         return True
 
     def _window_for(self, topic: str, ts: float) -> tuple[dict[str, dict[str, Any]], bool]:
-        """The open window that an event of time `ts` counts in, and whether it is late."""
+        """The open window that an event of time `ts` counts in, and whether it is late.
+
+        A platform event later than the lateness but within `max_delay_s` is not late: it counts
+        in the open window it arrived in, under its own window's start (`self.own_window`), and
+        goes to stage B as a correction of its own window when that window closes."""
         max_ts = self.max_ts
         newest = max_ts[topic]
         if ts > newest:
@@ -476,7 +519,14 @@ class PartitionWindows:
             limit = self.closed_through
         late = start + size <= limit
         self.last_late = late
-        if late:
+        self.own_window = None
+        if late and topic == "p" and start + size > limit - self._max_delay:
+            # delayed, not late: a correction of its own window, carried by its arrival window
+            self.late_events += 1
+            self.own_window = start
+            start = int(limit // size) * size
+            late = self.last_late = False
+        elif late:
             self.late_events += 1
             # counted as late in the oldest window still open, never lost
             start = int(max(self.closed_through, start) // size) * size
@@ -485,7 +535,8 @@ class PartitionWindows:
         self._dirty.add(start)
         window = self.windows.get(start)
         if window is None:
-            window = self.windows[start] = {"b": {}, "p": {}, "c": {}}
+            window = self.windows[start] = {"b": {}, "p": {}, "c": {}, "d": {}}
+        self.counted_in = start
         return window, late
 
     def add_backend(self, offset: int, ev: BackendEvent, key: int | None = None) -> bool:
@@ -535,6 +586,30 @@ class PartitionWindows:
         leaf = f"{ev.platform}|{ev.event_name}|{ev.browser}|{ev.region}"
         leaf_events = self.leaf_events
         leaf_events[leaf] = leaf_events.get(leaf, 0) + 1
+        # the reporting delay per group and channel, in log buckets: the event's `arrived_at`
+        # against its own time; without it, from the arrival order: 0 on time, and for a
+        # correction how many windows after its own it arrived (the input's newest event time
+        # would depend on how events are spread over partitions; whole windows rarely do)
+        own = self.own_window
+        arrived = ev.arrived_at
+        if arrived is not None:
+            delay = arrived - ev.ts
+        else:
+            delay = 0.0 if own is None else float(self.counted_in - own)
+        group = f"{ev.platform}|{ev.event_name}"
+        conv_bucket = None
+        if own is not None:
+            # a correction of window `own`, kept in its arrival window under `own@`
+            leaf = f"{own}@{leaf}"
+            group = f"{own}@{group}"
+            conv_bucket = self.counted_in  # matched against the backend when it closes
+        delays = window.setdefault("d", {}).get(group)
+        if delays is None:
+            delays = window["d"][group] = {}
+        hkey = f"{ev.channel}:{delay_bucket(delay)}"
+        if hkey not in delays and len(delays) >= MAX_DELAY_KEYS:
+            hkey = f"{OTHER}:{delay_bucket(delay)}"  # bounded: at most MAX_DELAY_KEYS + DELAY_BUCKETS
+        delays[hkey] = delays.get(hkey, 0) + 1
         counters = window["p"].get(leaf)
         if counters is None:
             counters = window["p"][leaf] = [0] * N_PLATFORM
@@ -596,8 +671,9 @@ class PartitionWindows:
             # matched against the backend when the window closes (see close): by then every
             # backend order up to the window's end has been read, whatever the interleaving
             okey, bkey = keys[1], keys[2]
-            self.conversions.setdefault(bucket, []).append((leaf, bkey))
-            self._delta["c"].append((leaf, bkey, bucket))
+            cb = bucket if conv_bucket is None else conv_bucket
+            self.conversions.setdefault(cb, []).append((leaf, bkey))
+            self._delta["c"].append((leaf, bkey, cb))
             first = self._orders.get(okey)
             if first is None:
                 self._orders.put(okey, key, bucket)
@@ -641,6 +717,8 @@ class PartitionWindows:
             return None
         backend: dict[int, dict[str, list[float]]] = {}
         platform: dict[int, dict[str, list[Any]]] = {}
+        delays: dict[int, dict[str, dict[str, int]]] = {}
+        late: dict[int, dict[str, list[Any]]] = {}
         for start in sorted(self.windows):
             if start + size > through:
                 break
@@ -657,11 +735,18 @@ class PartitionWindows:
             if window["b"]:
                 backend[start] = window["b"]
             if window["p"]:
-                platform[start] = {leaf: c + [window["c"][leaf]] for leaf, c in window["p"].items()}
+                platform[start] = {leaf: c + [window["c"][leaf]] for leaf, c in window["p"].items() if "@" not in leaf}
+                corrections = {leaf: c + [window["c"][leaf]] for leaf, c in window["p"].items() if "@" in leaf}
+                if corrections:
+                    late[start] = corrections
+                if not platform[start]:
+                    del platform[start]
+            if window.get("d"):
+                delays[start] = window["d"]
         self.closed_through = through
         self._meta_dirty = True
         self._expire(through - self.config.dedupe_horizon_s)
-        return Partial(self.partition, through, backend, platform)
+        return Partial(self.partition, through, backend, platform, delays, late)
 
     def _expire(self, cutoff: float) -> None:
         """Forget dedupe memory older than the horizon (bounded memory).
@@ -928,14 +1013,17 @@ def _split_windows(windows: Mapping[int, Mapping[str, Any]], limit: int) -> list
     for start in sorted(windows):
         w = windows[start]
         key = str(start)
-        target: dict[str, dict[str, Any]] = {"b": {}, "p": {}, "c": {}}
+        target: dict[str, dict[str, Any]] = {"b": {}, "p": {}, "c": {}, "d": {}}
         piece[key] = target
+        # a group's delays (at most MAX_CHANNELS x DELAY_BUCKETS counters) go with its first piece
+        target["d"] = dict(w.get("d", {}))
+        n += 3 * len(target["d"])
         for part in ("b", "p"):
             for leaf, counters in w[part].items():
                 if n >= limit:
                     pieces.append(piece)
                     piece, n = {}, 0
-                    piece[key] = target = {"b": {}, "p": {}, "c": {}}
+                    piece[key] = target = {"b": {}, "p": {}, "c": {}, "d": {}}
                 target[part][leaf] = counters
                 if part == "p":
                     target["c"][leaf] = w["c"][leaf]
@@ -951,9 +1039,10 @@ def _merge_window_pieces(pieces: Iterable[Mapping[str, Any]]) -> dict[int, dict[
             have = out.get(int(k))
             if have is None:
                 out[int(k)] = w
+                w.setdefault("d", {})
             else:
-                for part in ("b", "p", "c"):
-                    have[part].update(w[part])
+                for part in ("b", "p", "c", "d"):
+                    have.setdefault(part, {}).update(w.get(part, {}))
     return out
 
 
@@ -988,6 +1077,13 @@ class ClosedWindow:
     platform_events: int = 0
     platform_channels: dict[str, int] = field(default_factory=dict)
     late_events: int = 0
+    #: platform level only: this window's reporting delays (`channel:bucket` -> events, see
+    #: `delay_bucket`), the learned delays per channel `[p95 over days before this window,
+    #: p95 of the last hours, weight of the last hours]` and how long after its end the
+    #: window was judged (its channels' learned delay, in whole windows)
+    platform_delays: dict[str, int] = field(default_factory=dict)
+    delay_p95: dict[str, list[float]] = field(default_factory=dict)
+    judged_after_s: int = 0
 
     @property
     def segment_key(self) -> str:
@@ -1018,6 +1114,9 @@ class ClosedWindow:
             "platform_events": self.platform_events,
             "platform_channels": self.platform_channels,
             "late_events": self.late_events,
+            "platform_delays": self.platform_delays,
+            "delay_p95": self.delay_p95,
+            "judged_after_s": self.judged_after_s,
         }
 
     @classmethod
@@ -1052,8 +1151,17 @@ class WindowAssembler:
     """
 
     def __init__(self, n_sources: int, window_s: int, group_ttl_s: float = 7 * 86_400.0,
-                 owns_group: Any = None, max_gap_s: float = 86_400.0) -> None:
+                 owns_group: Any = None, max_gap_s: float = 86_400.0, allowed_lateness_s: float = 120.0,
+                 max_delay_s: float = 26 * 3600.0) -> None:
         self.max_gap_s = max_gap_s
+        self.allowed_lateness_s = allowed_lateness_s
+        self.max_delay_s = max_delay_s
+        #: window_start -> groups still to judge (the window closed; their channels' delay has
+        #: not passed yet)
+        self.pending: dict[int, list[str]] = {}
+        #: group -> learned delays, corrections that came after their window was judged
+        self.delays: dict[str, DelayLearner] = {}
+        self._delays_dirty: set[str] = set()
         self.n_sources = n_sources
         self.window_s = window_s
         self.group_ttl_s = group_ttl_s
@@ -1068,8 +1176,60 @@ class WindowAssembler:
         self._stored: dict[int, set[str]] = {}  # window_start -> parts with a stored item
         self._closed_stored: list[tuple[int, str]] = []  # stored items of windows closed since
 
-    def add_platform(self, partition: int, window_start: int, group: str, leaves: Mapping[str, list[Any]]) -> bool:
-        return self._add(partition, window_start, group, leaves)
+    def add_platform(self, partition: int, window_start: int, group: str, leaves: Mapping[str, list[Any]],
+                     delays: Mapping[str, int] | None = None) -> bool:
+        if not self._add(partition, window_start, group, leaves):
+            return False
+        if delays:
+            _add_counts(self.open[window_start].setdefault("d", {}).setdefault(group, {}), delays)
+        return True
+
+    def add_late(self, partition: int, window_start: int, arrived: int, group: str,
+                 leaves: Mapping[str, list[Any]], delays: Mapping[str, int] | None = None) -> bool:
+        """A correction: delayed events of `group` in window `window_start` that reached
+        `partition` while its window `arrived` was open (sent when that one closed).
+
+        Kept with its window until the group's judgement, which takes it when `arrived` closed
+        within the group's delay; one that comes after the judgement is counted as late in
+        the group's next judged window (`late_events`), never dropped silently."""
+        size = self.window_s
+        if arrived + size <= self.markers.get(partition, NEG_INF):
+            return False  # re-sent: that partition had closed its arrival window already
+        part = f"{group}@{arrived}"
+        if window_start + size > self.closed_through or group in self.pending.get(window_start, ()):
+            window = self._window(window_start)
+            seen = window["seen"].setdefault(part, [])
+            if partition in seen:
+                return False
+            seen.append(partition)
+            entry = window.setdefault("l", {}).setdefault(part, {"leaves": {}, "delays": {}})
+            _merge(entry["leaves"], leaves)
+            _add_counts(entry["delays"], delays or {})
+            self._dirty.add((window_start, part))
+            return True
+        learner = self._learner(group)
+        return learner.add_beyond([f"{partition}:{window_start}"], arrived,
+                                  sum(int(c[P_EVENTS]) for c in leaves.values()), delays or {})
+
+    def _learner(self, group: str) -> DelayLearner:
+        learner = self.delays.get(group)
+        if learner is None:
+            learner = self.delays[group] = DelayLearner(self.window_s)
+        self._delays_dirty.add(group)
+        return learner
+
+    def hold_s(self, group: str) -> int:
+        """How long after its end a window of `group` is judged: its channels' learned delay
+        past the allowed lateness in whole windows, plus one (a correction is sent when the
+        window it arrived in closes), at most `max_delay_s`."""
+        learner = self.delays.get(group)
+        if learner is None:
+            return 0
+        delay = min(learner.delay_s(), self.max_delay_s)
+        if delay <= self.allowed_lateness_s:
+            return 0
+        size = self.window_s
+        return (int((delay - self.allowed_lateness_s) // size) + 1) * size
 
     def add_backend(self, partition: int, window_start: int, leaves: Mapping[str, list[Any]],
                     groups: Iterable[str] = ()) -> bool:
@@ -1137,12 +1297,33 @@ class WindowAssembler:
             self.open.setdefault(start, {"b": {}, "p": {}, "seen": {}})
             start += self.window_s
         for start in sorted(self.open):
-            if start + self.window_s > through:
-                break
-            window = self.open.pop(start)
-            self._meta_dirty = True
-            self._closed_stored.extend((start, part) for part in self._stored.pop(start, ()))
-            out.append(self._build(start, window))
+            end = start + self.window_s
+            window = self.open[start]
+            closing = start not in self.pending
+            if closing:
+                if end > through:
+                    break
+                groups, live = self._groups_at(start, window)
+                pending = sorted(groups)
+            else:
+                pending, live = self.pending[start], set()
+            # a group's windows are judged in order, each once its channels' delay has passed
+            ready = [g for g in pending if end + self.hold_s(g) <= through]
+            rest = [g for g in pending if g not in ready]
+            if closing or ready:
+                out.append(self._build(start, window, ready, live if closing else None))
+                self._meta_dirty = True
+            if rest:
+                self.pending[start] = rest
+                # what the judged groups held is no longer needed
+                stored = self._stored.get(start, set())
+                for part in [p for p in stored if p.rpartition("@")[0] in ready or p in ready]:
+                    stored.discard(part)
+                    self._closed_stored.append((start, part))
+            else:
+                self.pending.pop(start, None)
+                del self.open[start]
+                self._closed_stored.extend((start, part) for part in self._stored.pop(start, ()))
         if through > self.closed_through:
             self.closed_through = through
             self._meta_dirty = True
@@ -1151,17 +1332,8 @@ class WindowAssembler:
                 del self.groups[g]
         return out
 
-    def _build(self, start: int, window: Mapping[str, Any]) -> list[ClosedWindow]:
-        end = start + self.window_s
-        segments: dict[tuple[str, str, str, str], ClosedWindow] = {}
-
-        def seg(platform: str, event_name: str, level: str, browser: str, region: str) -> ClosedWindow:
-            k = (platform, event_name, browser, region)
-            w = segments.get(k)
-            if w is None:
-                w = segments[k] = ClosedWindow(platform, event_name, browser, region, level, start, end)
-            return w
-
+    def _groups_at(self, start: int, window: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+        """(groups owned here to judge in this window, groups live anywhere), when it closes."""
         # The groups of this window: those with data in it, and those with data in a window
         # closed before it, at most `group_ttl_s` ago. Windows close in order and each is
         # complete when it closes, so this depends on the data alone, never on how many
@@ -1177,11 +1349,61 @@ class WindowAssembler:
         groups = live
         if self.owns_group is not None:
             groups = {g for g in groups if self.owns_group(g)}
+        return groups, live
+
+    def _build(self, start: int, window: dict[str, Any], groups: Iterable[str], live: set[str] | None) -> list[ClosedWindow]:
+        """The segment windows of `groups` (judged now) and, when the window closes now (`live`:
+        the groups live anywhere), the backend series."""
+        end = start + self.window_s
+        segments: dict[tuple[str, str, str, str], ClosedWindow] = {}
+
+        def seg(platform: str, event_name: str, level: str, browser: str, region: str) -> ClosedWindow:
+            k = (platform, event_name, browser, region)
+            w = segments.get(k)
+            if w is None:
+                w = segments[k] = ClosedWindow(platform, event_name, browser, region, level, start, end)
+            return w
+
+        groups = sorted(groups)
+        judged = set(groups)
+        holds = {g: self.hold_s(g) for g in groups}
         by_event_name: dict[str, list[str]] = {}
-        for g in sorted(groups):
+        for g in groups:
             platform, event_name = g.split("|", 1)
             by_event_name.setdefault(event_name, []).append(platform)
+        # the judged groups' leaves, with the corrections that arrived within their delay;
+        # later ones wait, counted as late, for the group's next judged window
+        leaves_now: dict[str, list[Any]] = {}
         for leaf, c in window["p"].items():
+            if group_of(leaf) in judged:
+                leaves_now[leaf] = c
+        delays_now: dict[str, dict[str, int]] = {g: dict(window.get("d", {}).get(g, {})) for g in groups}
+        late_now: dict[str, int] = {}
+        for part, entry in sorted(window.get("l", {}).items()):
+            g, _, arrived = part.rpartition("@")
+            if g not in judged:
+                continue
+            if int(arrived) + self.window_s <= end + holds[g]:
+                for leaf, c in entry["leaves"].items():
+                    have = leaves_now.get(leaf)
+                    if have is None:
+                        leaves_now[leaf] = [dict(x) if isinstance(x, dict) else x for x in c]
+                    else:
+                        if have is window["p"].get(leaf):
+                            have = leaves_now[leaf] = [dict(x) if isinstance(x, dict) else x for x in have]
+                        _merge({leaf: have}, {leaf: c})
+                _add_counts(delays_now[g], entry["delays"])
+            else:
+                self._learner(g).add_beyond([f"{p}:{start}" for p in window["seen"].get(part, [])], int(arrived),
+                                            sum(int(c[P_EVENTS]) for c in entry["leaves"].values()), entry["delays"])
+        for g in groups:
+            learner = self.delays.get(g)
+            if learner is not None and learner.beyond:
+                n, extra = learner.take_beyond(end + holds[g])
+                if n:
+                    late_now[g] = n
+                    _add_counts(delays_now[g], extra)
+        for leaf, c in leaves_now.items():
             platform, event_name, browser, region = leaf.split("|")
             for level, b, r in _rollup_keys(browser, region):
                 w = seg(platform, event_name, level, b, r)
@@ -1209,10 +1431,24 @@ class WindowAssembler:
                     w.backend_value += c[B_VALUE]
                     w.backend_consent_denied += int(c[B_DENIED])
                     w.late_events += int(c[B_LATE])
-        # A group owned here with no data at all in this window still gets its parent window.
+        # A group owned here with no data at all in this window still gets its parent window;
+        # it carries the group's delays, and they teach the group's learner
         for g in groups:
             platform, event_name = g.split("|", 1)
-            seg(platform, event_name, "platform", "*", "*")
+            parent = seg(platform, event_name, "platform", "*", "*")
+            parent.late_events += late_now.get(g, 0)
+            parent.platform_delays = delays_now[g]
+            parent.judged_after_s = holds[g]
+            if delays_now[g] or g in self.delays:
+                parent.delay_p95 = self._learner(g).update(start, delays_now[g])
+        for g in groups:  # judged: its leaves are not needed any more
+            window.setdefault("d", {}).pop(g, None)
+            for part in [p for p in window.get("l", {}) if p.rpartition("@")[0] == g]:
+                del window["l"][part]
+        for leaf in [leaf for leaf in window["p"] if group_of(leaf) in judged]:
+            del window["p"][leaf]
+        if live is None:
+            return [segments[k] for k in sorted(segments)]
         # The backend series itself, once per event name (by its owner): business reality.
         backend_names = {leaf.split("|", 1)[0] for leaf in window["b"]} | {g.split("|", 1)[1] for g in live}
         for event_name in backend_names:
@@ -1249,25 +1485,40 @@ class WindowAssembler:
             groups: dict[str, dict[str, list[Any]]] | None = None
             stored = self._stored.setdefault(start, set())
             for part in sorted(by_window[start]):
+                delays: dict[str, int] | None = None
                 if part == BACKEND_PART:
                     leaves = window["b"]
+                elif "@" in part:  # a correction
+                    entry = window.get("l", {}).get(part)
+                    if entry is None:
+                        continue  # taken by its group's judgement already
+                    leaves, delays = entry["leaves"], entry["delays"]
                 else:
                     if groups is None:
                         groups = {}
                         for leaf, c in window["p"].items():
                             groups.setdefault(group_of(leaf), {})[leaf] = c
                     leaves = groups.get(part, {})
+                    delays = window.get("d", {}).get(part)
                 item = {"seen": window["seen"][part], "leaves": leaves}
+                if delays:
+                    item["delays"] = delays
                 if part == BACKEND_PART and window.get("g"):
                     item["groups"] = sorted(window["g"])
                 out[f"{prefix}o:{start}:{part}"] = item
                 stored.add(part)
+        # each group's learned delays (idempotent per window: a crash before the meta that
+        # re-judges a window does not learn it twice)
+        for g in sorted(self._delays_dirty):
+            out[f"{prefix}dl:{g}"] = self.delays[g].to_dict()
+        self._delays_dirty = set()
         if self._meta_dirty:
             self._meta_dirty = False
             out[f"{prefix}a"] = {
                 "markers": {str(k): v for k, v in self.markers.items()},
                 "closed_through": None if self.closed_through == NEG_INF else self.closed_through,
                 "groups": self.groups,
+                "pending": {str(k): v for k, v in self.pending.items()},
             }
         for start, part in self._closed_stored:
             out[f"{prefix}o:{start}:{part}"] = None
@@ -1280,6 +1531,7 @@ class WindowAssembler:
             self.markers = {int(k): v for k, v in value["markers"].items()}
             self.closed_through = NEG_INF if value["closed_through"] is None else value["closed_through"]
             self.groups = dict(value["groups"])
+            self.pending = {int(k): list(v) for k, v in value.get("pending", {}).items()}
             for k, window in value.get("open", {}).items():  # one value held every open window
                 seen: dict[str, list[int]] = {}
                 for partition, group in window["seen"]:
@@ -1289,16 +1541,27 @@ class WindowAssembler:
                 self._dirty.update((start, part) for part in seen)
                 self._meta_dirty = True
         item_prefix = f"{prefix}o:"
+        learner_prefix = f"{prefix}dl:"
+        for key, item in items.items():
+            if item is not None and key.startswith(learner_prefix):
+                self.delays[key[len(learner_prefix):]] = DelayLearner.from_dict(self.window_s, item)
         for key, item in items.items():
             if item is None or not key.startswith(item_prefix):
                 continue
             k, _, part = key[len(item_prefix):].partition(":")
             start = int(k)
-            if start + self.window_s <= self.closed_through:
+            owner = part.rpartition("@")[0] or part
+            if start + self.window_s <= self.closed_through and owner not in self.pending.get(start, ()):
                 self._closed_stored.append((start, part))  # closed; the crash cut its deletion
                 continue
             window = self._window(start)
             window["seen"][part] = list(item["seen"])
+            if "@" in part:
+                window.setdefault("l", {})[part] = {"leaves": item["leaves"], "delays": item.get("delays", {})}
+                self._stored.setdefault(start, set()).add(part)
+                continue
+            if item.get("delays"):
+                window.setdefault("d", {})[part] = item["delays"]
             (window["b"] if part == BACKEND_PART else window["p"]).update(item["leaves"])
             if item.get("groups"):
                 window["g"] = set(item["groups"])
@@ -1327,3 +1590,113 @@ def split_platform_by_group(platform: Mapping[int, Mapping[str, list[Any]]]) -> 
             by_group.setdefault(group_of(leaf), {})[leaf] = c
         for group, part in by_group.items():
             yield start, group, part
+
+
+def _add_counts(into: dict[str, int], counts: Mapping[str, int]) -> None:
+    for k, n in counts.items():
+        into[k] = into.get(k, 0) + n
+
+
+def _quantile_s(hist: Mapping[str, float], q: float) -> float | None:
+    """The upper edge of the bucket holding quantile `q` of a sparse delay histogram."""
+    total = sum(hist.values())
+    if total <= 0:
+        return None
+    acc = 0.0
+    for bucket in sorted(hist, key=int):
+        acc += hist[bucket]
+        if acc >= q * total - 1e-9:
+            return delay_edge(int(bucket))
+    return delay_edge(max(int(b) for b in hist))
+
+
+class DelayLearner:
+    """The reporting delays of one group's channels, learned from the windows judged.
+
+    Per channel two sparse histograms over the half-octave buckets of `delay_bucket`: one
+    over the last days (weights decay by e^(-window/3 d) per judged window) whose 95th
+    percentile is the channel's delay, and one over the last hours (6 h) that shows a jump.
+    Memory: at most (48 + 37) channel buckets x 2 histograms x ~12 bytes of JSON per group
+    (~2 kB; ~300 bytes for two channels), plus the corrections that came after their window
+    was judged, kept until the group's next judgement takes them (a few per group).
+    """
+
+    LONG_S = 3 * 86_400.0
+    RECENT_S = 6 * 3600.0
+    QUANTILE = 0.95
+    #: a channel's delay counts once this much (decayed) weight is behind it
+    MIN_WEIGHT = 5.0
+
+    def __init__(self, window_s: int) -> None:
+        self.window_s = window_s
+        self.long: dict[str, dict[str, float]] = {}  # channel -> bucket -> weight
+        self.recent: dict[str, dict[str, float]] = {}
+        #: arrival window -> {"n": events, "d": delays, "seen": ["partition:own window", ...]}
+        self.beyond: dict[str, dict[str, Any]] = {}
+        self.last = -1  # the newest window learned (idempotent per window)
+
+    def add_beyond(self, seen_ids: list[str], arrived: int, n: int, delays: Mapping[str, int]) -> bool:
+        entry = self.beyond.setdefault(str(arrived), {"n": 0, "d": {}, "seen": []})
+        if any(i in entry["seen"] for i in seen_ids):
+            return False
+        entry["seen"].extend(seen_ids)
+        entry["n"] += n
+        _add_counts(entry["d"], delays)
+        return True
+
+    def take_beyond(self, through: float) -> tuple[int, dict[str, int]]:
+        """The late corrections whose arrival window closed by `through`: (events, delays)."""
+        n = 0
+        delays: dict[str, int] = {}
+        for arrived in sorted((a for a in self.beyond if int(a) + self.window_s <= through), key=int):
+            entry = self.beyond.pop(arrived)
+            n += entry["n"]
+            _add_counts(delays, entry["d"])
+        return n, delays
+
+    def delay_s(self) -> float:
+        """The delay to wait for: the largest channel's 95th percentile over the last days."""
+        out = 0.0
+        for hist in self.long.values():
+            if sum(hist.values()) >= self.MIN_WEIGHT:
+                out = max(out, _quantile_s(hist, self.QUANTILE) or 0.0)
+        return out
+
+    def update(self, start: int, delays: Mapping[str, int]) -> dict[str, list[float]]:
+        """Learn one judged window's delays; per channel [p95 over days before it, p95 of the
+        last hours with it, weight of the last hours]."""
+        before = {ch: _quantile_s(h, self.QUANTILE) for ch, h in self.long.items()
+                  if sum(h.values()) >= self.MIN_WEIGHT}
+        if start > self.last:
+            self.last = start
+            for hists, tau in ((self.long, self.LONG_S), (self.recent, self.RECENT_S)):
+                factor = math.exp(-self.window_s / tau)
+                for ch in list(hists):
+                    hist = {b: w * factor for b, w in hists[ch].items() if w * factor >= 1e-3}
+                    if hist:
+                        hists[ch] = hist
+                    else:
+                        del hists[ch]
+                for key, n in delays.items():
+                    ch, _, bucket = key.rpartition(":")
+                    hist = hists.setdefault(ch, {})
+                    hist[bucket] = hist.get(bucket, 0.0) + n
+        out: dict[str, list[float]] = {}
+        for ch, hist in sorted(self.recent.items()):
+            p_before = before.get(ch)
+            p_recent = _quantile_s(hist, self.QUANTILE)
+            if p_before is not None and p_recent is not None:
+                out[ch] = [p_before, p_recent, round(sum(hist.values()), 3)]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"long": self.long, "recent": self.recent, "beyond": self.beyond, "last": self.last}
+
+    @classmethod
+    def from_dict(cls, window_s: int, d: Mapping[str, Any]) -> DelayLearner:
+        self = cls(window_s)
+        self.long = {ch: dict(h) for ch, h in d.get("long", {}).items()}
+        self.recent = {ch: dict(h) for ch, h in d.get("recent", {}).items()}
+        self.beyond = {a: {"n": e["n"], "d": dict(e["d"]), "seen": list(e["seen"])} for a, e in d.get("beyond", {}).items()}
+        self.last = int(d.get("last", -1))
+        return self

@@ -52,6 +52,7 @@ def pipeline_config(s: Settings, detect: bool = True) -> PipelineConfig:
         change_lookback_s=s.change_lookback_days * 86_400, detect=detect,
         max_input_skew_s=s.max_input_skew_seconds, max_platforms=s.max_platforms,
         max_event_names=s.max_event_names, max_message_bytes=s.max_message_bytes,
+        max_delay_s=s.max_delay_seconds, record_timestamp_arrival=s.arrival_time == "record",
         topics=Topics(backend=s.backend_topic, platform=s.platform_topic, partials=s.partials_topic,
                       windows=s.windows_topic, alerts=s.alerts_topic, dlq=s.dlq_topic),
     )
@@ -290,7 +291,8 @@ class GapwatchWorker:
             if self._stale(event.message):
                 continue
             batch = event.value
-            self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values)
+            self.process_source_batch(batch.topic, batch.partition, batch.offsets, batch.keys, batch.values,
+                                      batch.timestamps)
             await self._flush()
 
     def _stale(self, message: Any) -> bool:
@@ -305,8 +307,9 @@ class GapwatchWorker:
                  message.topic, message.partition, self._stale_dropped)
         return True
 
-    def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any]) -> None:
-        tally = self.ingest.process_batch(topic, p, offsets, keys, values, time.monotonic(), self._outbox)
+    def process_source_batch(self, topic: str, p: int, offsets: list[int], keys: list[Any], values: list[Any],
+                             timestamps: list[Any] | None = None) -> None:
+        tally = self.ingest.process_batch(topic, p, offsets, keys, values, time.monotonic(), self._outbox, timestamps)
         self._take_effects()
         self._count_batch(topic, tally)
 
@@ -444,6 +447,14 @@ class GapwatchWorker:
                 ratio(w, "count_ratio").set(w.platform_count / w.backend_count)
             if w.backend_value > 0:
                 ratio(w, "value_ratio").set(w.platform_value / w.backend_value)
+            if w.level == "platform":
+                platform, event_name = mt.platform_cap(w.platform), mt.event_name_cap(w.event_name)
+                if w.late_events:
+                    mt.late_in_windows.labels(platform=platform, event_name=event_name).inc(w.late_events)
+                mt.judged_after.labels(platform=platform, event_name=event_name).set(w.judged_after_s)
+                for channel, (p95, _recent, _weight) in w.delay_p95.items():
+                    mt.channel_delay.labels(platform=platform, event_name=event_name,
+                                            channel=mt.channel_cap(channel)).set(p95)
         for level, n in levels.items():
             mt.windows_closed.labels(level=level).inc(n)
         for alert in result.alerts:

@@ -30,6 +30,8 @@ class Settings:
     broker: str = field(default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap HOST:PORT (comma-separated for several)"})
     window_seconds: int = field(default=300, metadata={"help": "window size in seconds of event time"})
     allowed_lateness_seconds: float = field(default=120.0, metadata={"help": "how late (event time) an event may be and still count in its window"})
+    max_delay_seconds: float = field(default=26 * 3600.0, metadata={"help": "the longest reporting delay waited for: a platform event later than the allowed lateness but within its channel's learned delay (at most this) counts in its own window; a platform's windows are judged at most this long after they end (0: no corrections, late is late)"})
+    arrival_time: str = field(default="order", metadata={"help": "what a platform event without arrived_at says about when it arrived, for its reporting delay: 'order' (its place in the arrival order) or 'record' (its Kafka record timestamp; a replay that re-publishes old events must keep their timestamps)"})
     dedupe_horizon_seconds: float = field(default=86_400.0, metadata={"help": "how long (event time) event and order ids are remembered for dedupe and order matching"})
     metrics_port: int = field(default=6066, metadata={"help": "port of the worker's web server: /metrics, /healthz, /readyz, POST /changes"})
     web_host: str = field(default="127.0.0.1", metadata={"help": "address the web server binds to (0.0.0.0 in containers)"})
@@ -85,6 +87,10 @@ class Settings:
             raise ConfigError("window_seconds must be > 0")
         if self.allowed_lateness_seconds < 0:
             raise ConfigError("allowed_lateness_seconds must be >= 0")
+        if self.max_delay_seconds < 0:
+            raise ConfigError("max_delay_seconds must be >= 0")
+        if self.arrival_time not in ("order", "record"):
+            raise ConfigError(f"arrival_time must be 'order' or 'record', got {self.arrival_time!r}")
         if not (0 <= self.metrics_port < 65536):
             raise ConfigError("metrics_port must be a TCP port")
         if self.false_alarms_per_30_days <= 0:

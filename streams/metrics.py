@@ -58,9 +58,13 @@ class Metrics:
         self.alerts = Counter("gapwatch_alerts", "Alerts emitted", ["platform", "verdict", "direction", "status"], registry=r)
         self.change_events = Counter("gapwatch_change_events", "Change events received", ["kind"], registry=r)
         self.change_ts = Gauge("gapwatch_change_event_timestamp_seconds", "Time of the last change of this kind and service (Grafana annotations)", ["kind", "service"], registry=r)
+        self.late_in_windows = Counter("gapwatch_window_late_events", "Platform events counted late in a closed platform window: arrived after their own window was judged (beyond their channel's learned delay) or beyond max_delay_seconds; in the window's late_events, not in its counts", ["platform", "event_name"], registry=r)
+        self.channel_delay = Gauge("gapwatch_channel_delay_seconds", "Learned reporting delay of a platform's channel (95th percentile over the last days)", ["platform", "event_name", "channel"], registry=r)
+        self.judged_after = Gauge("gapwatch_window_judged_after_seconds", "How long after its end a platform's window is judged (its channels' learned delay, at most max_delay_seconds)", ["platform", "event_name"], registry=r)
         self.build_info = Gauge("gapwatch_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=_version()).set(1)
         self.service_cap = LabelCap(50)
+        self.channel_cap = LabelCap(32)
 
     def seg_labels(self, w: ClosedWindow) -> dict[str, str]:
         return {

@@ -147,7 +147,8 @@ class Effect:
     Business events, every platform following (real, never a tracking gap): surge (orders
     and leads x `prob` for `duration_s`: an email blast), lull (x `prob` < 1 for
     `duration_s`: a holiday). batch: the channel uploads once every `duration_s` (at
-    ``NIGHTLY_BATCH_AT_S`` into the UTC day for daily batches) instead of live.
+    ``NIGHTLY_BATCH_AT_S`` into the UTC day for daily batches) instead of live. delay: the
+    channel's events arrive `duration_s` (up to a sixth more) after they happened: queued, none lost.
     early_trigger (wrong trigger: the platform also fires for `prob` x as many checkouts that
     never become an order, with an order_id the backend never sees and no click id),
     value_scale (the channel sends value x `prob` in `region`: a wrong currency or unit),
@@ -290,11 +291,22 @@ SCENARIOS: dict[str, Scenario] = {
             "the google_ads offline lead import moves to a nightly batch (02:00 UTC): leads arrive "
             "up to a day late, none is lost",
             (Effect("batch", 1.0, "google_ads", "lead", "import", duration_s=DAY_S),),
-            ("google_ads", "lead", "*", "*"), "inflation", "tracking_gap", "delayed_events",
-            "delayed_events",
+            ("google_ads", "lead", "*", "*"), "drop", "tracking_gap", "delayed_events",
+            "count_ratio",
             ("crm_change", 30, "crm-sync", "CRM export moved to the nightly batch job (02:00 UTC)",
              {"platform": "google_ads"}),
             unchanged=("google_ads|purchase|*|*", "meta|lead|*|*"),
+        ),
+        Scenario(
+            "delayed_events",
+            "meta Conversions API events go through a retry queue after a gateway release: they "
+            "arrive 3 h late (none is lost); the pixel keeps firing",
+            (Effect("delay", 1.0, "meta", "purchase", "capi", duration_s=3 * 3600.0),),
+            ("meta", "purchase", "*", "*"), "drop", "tracking_gap", "delayed_events",
+            "channel_ratio:capi",
+            ("deploy", 20, "capi-gateway", "capi-gateway: server events sent through the retry queue",
+             {"platform": "meta"}),
+            unchanged=("google_ads|purchase|*|*", "ga4|purchase|*|*", "tiktok|purchase|*|*"),
         ),
         Scenario(
             "broken_dedupe",
@@ -706,6 +718,10 @@ def _platform_events(
                     period = eff.duration_s or DAY_S
                     batched = _batch_arrival(aux_rng, conv.occ, period, NIGHTLY_BATCH_AT_S if period >= DAY_S else 0.0)
                     arrival = np.where(after, np.maximum(arrival, batched), arrival)
+                elif eff.kind == "delay" and _matches(eff, platform, conv.event_name, ch.name):
+                    # queued: every event arrives `duration_s` (+ up to a sixth more) late
+                    late_by = (eff.duration_s or 3600.0) * (1.0 + aux_rng.random(n) / 6.0)
+                    arrival = np.where(after, np.maximum(arrival, conv.occ + late_by), arrival)
             u_effect = rng.random(n)
             natural_dup = rng.random(n) < NATURAL_DUPLICATE
             retry_delay = rng.lognormal(math.log(30.0), 1.0, n)

@@ -91,10 +91,8 @@ def backtest_alerts(sim: Any) -> list[dict[str, Any]]:
 
 
 #: scenarios whose known answer needs what the pipeline does not do yet (see BENCHMARKS.md,
-#: "Business reality and scenarios on realistic traffic"): delay learning
-PENDING = {
-    "import_nightly": "learning channel delays (issue 10 point 3): a nightly batch reads as a crm_import drop",
-}
+#: "Business reality and scenarios on realistic traffic")
+PENDING: dict[str, str] = {}
 #: (scenario, orders per day) not met yet at that size, and why (measured: bench_scenarios.py)
 PENDING_AT_SIZE = {
     ("business_drop", 400): "the backend check (BackendDetector) does not confirm this -40 % business "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -120,11 +119,8 @@ def test_long_series_is_fast_and_finds_its_changes() -> None:
     rng = np.random.default_rng(7)
     n = 100_000
     x = piecewise(n, [(0, 0.0, 0.0), (30_000, 3.0, 0.0), (70_000, 1.0, 0.0)]) + ar1(rng, n, 0.5)
-    start = time.perf_counter()
-    found = change_points(x)
-    elapsed = time.perf_counter() - start
-    assert near(found, [30_000, 70_000], tolerance=5)
-    assert elapsed < 20.0  # a few seconds on the shared 2-core machine; generous here
+    # (its runtime is measured in tests/bench/bench_detect.py, not asserted here)
+    assert near(change_points(x), [30_000, 70_000], tolerance=5)
 
 
 def test_grid_search_agrees_with_exact_search() -> None:
@@ -182,15 +178,45 @@ def test_a_seasonal_cycle_is_no_change_but_a_shift_within_it_is() -> None:
     assert near(change_points(shifted), [150, 250])
 
 
-def test_curves_option_smooth_curvature_is_no_change_but_a_sharp_turn_is() -> None:
+def test_smooth_growth_is_no_change_but_a_jump_or_turn_on_it_is() -> None:
     # a slowly accelerating growth (a parabola) in mildly correlated noise: straight pieces
-    # fit it better than one line, but a curve explains it without a change
+    # fit it better than one line, but one curve over the whole series explains it (the
+    # default's last model-selection step); a jump or a turn on the same curve is kept
     rng = np.random.default_rng(13)
     t = np.arange(600.0)
     for _ in range(3):
         x = 300.0 + 0.05 * t + 1.5e-4 * t * t + ar1(rng, 600, 0.3, 0.3)
-        assert len(trend_change_points(t, x)) >= 2  # the default cuts it into lines
+        assert len(trend_change_points(t, x, smooth_null=False)) >= 2  # lines without it
+        assert trend_change_points(t, x) == []
         assert trend_change_points(t, x, curves=True) == []
+        jump = x + np.where(t >= 400, 3.0, 0.0)
+        assert 400 in trend_change_points(t, jump)
+        # rises, then falls back: the peak is kept (the curve on either side may be cut into
+        # lines)
+        turn = x[np.where(t < 300, t, 599 - t).astype(int)]
+        assert any(abs(c - 300) <= 2 for c in trend_change_points(t, turn))
+
+
+def test_effective_n_option_keeps_autocorrelated_noise_unsplit_and_finds_steps() -> None:
+    # log n_eff per parameter (off by default): a lower charge on correlated noise, still no
+    # change in long AR(0.8) noise around a trend, and both steps found within 2 (the third
+    # seed's noise has a wander at 403 that the default takes for a change too)
+    rng = np.random.default_rng(14)
+    t = np.arange(500.0)
+    extra = 0
+    for _ in range(3):
+        calm = 0.01 * t + ar1(rng, 500, 0.8)
+        assert trend_change_points(t, calm, effective_n=True) == []
+        steps = calm + np.where(t >= 150, 4.0, 0.0) - np.where(t >= 350, 4.0, 0.0)
+        found = trend_change_points(t, steps, effective_n=True)
+        assert all(any(abs(f - c) <= 2 for f in found) for c in (150, 350)), found
+        extra += len(found) - 2
+    assert extra <= 1
+
+
+def test_curves_option_smooth_curvature_is_no_change_but_a_sharp_turn_is() -> None:
+    rng = np.random.default_rng(13)
+    t = np.arange(600.0)
     v = np.where(t < 300, 0.05 * t, 15.0 - 0.05 * (t - 300)) + rng.normal(0, 0.5, 600)
     assert near(trend_change_points(t, v, curves=True), [300])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -99,7 +100,7 @@ def test_pair_duplicate_and_broken_dedupe() -> None:
 
 
 def test_lateness_counts_late_events_in_the_oldest_open_window() -> None:
-    pw = PartitionWindows(0, CFG)
+    pw = PartitionWindows(0, replace(CFG, max_delay_s=0))  # no corrections: late is late
     pw.add_backend(0, be("a", T + 10))
     pw.add_platform(0, pe("a", T + 10))
     pw.add_backend(1, be("b", T + 100))  # watermark min(b, p) - 30: platform still at T+10
@@ -120,6 +121,86 @@ def test_lateness_counts_late_events_in_the_oldest_open_window() -> None:
     pw.add_backend(3, be("late-b", T + 5))
     assert pw.windows[T + 120]["b"]["purchase|chrome|eu"][3] == 1
     assert pw.close() is None  # nothing advanced
+
+
+def test_a_delayed_platform_event_is_a_correction_of_its_own_window() -> None:
+    pw = PartitionWindows(0, replace(CFG, max_delay_s=3600))
+    pw.add_backend(0, be("a", T + 10))
+    pw.add_platform(0, pe("a", T + 10))
+    pw.add_platform(1, pe("c", T + 200))
+    pw.add_backend(1, be("c", T + 200))
+    first = pw.close()
+    assert first is not None and first.closed_through == T + 120
+    # window T is closed; an event of it arrives (within max_delay): counted in its arrival
+    # window T+120 under `T@leaf`, with its delay in whole windows (no arrived_at)
+    pw.add_platform(2, pe("late-import", T + 5, "import", order_id="a"))
+    assert not pw.last_late and pw.own_window == T
+    c = leaf(pw, T + 120, f"{T}@meta|purchase|chrome|eu")
+    assert (c[P_COUNT], c[P_LATE], c[P_EVENTS]) == (1, 0, 1)
+    assert pw.windows[T + 120]["d"][f"{T}@meta|purchase"] == {"import:14": 1}  # 120 s: bucket 14
+    # an `arrived_at` gives the delay itself: 2 h 5 min is bucket 26 (2^12.5 < 7500 <= 2^13)
+    pw.add_platform(3, pe("late-capi", T + 6, "capi")._replace(arrived_at=T + 7506))
+    assert pw.windows[T + 120]["d"][f"{T}@meta|purchase"] == {"import:14": 1, "capi:26": 1}
+    # beyond max_delay: late, as before
+    pw.add_platform(4, pe("c2", T + 4000))
+    pw.add_backend(2, be("c2", T + 4000))
+    pw.add_platform(5, pe("ancient", T + 1))
+    assert pw.last_late and pw.own_window is None
+    partial = pw.close()
+    assert partial is not None and partial.late is not None and partial.delays is not None
+    fixes = partial.late[T + 120]
+    assert fixes[f"{T}@meta|purchase|chrome|eu"][P_COUNT] == 2
+    assert fixes[f"{T}@meta|purchase|chrome|eu"][P_MATCHED] == 1  # order a is in the backend
+    assert all("@" not in k for w in partial.platform.values() for k in w)
+    assert partial.delays[T + 120][f"{T}@meta|purchase"] == {"import:14": 1, "capi:26": 1}
+
+
+def test_a_group_is_judged_after_its_learned_delay_with_its_corrections() -> None:
+    """Stage B: a group whose channel reports windows late is judged that much later, with the
+    delayed events in their own window; corrections after its judgement are late, counted."""
+    W = 60
+    asm = WindowAssembler(1, W, allowed_lateness_s=30, max_delay_s=3600)
+    group, key = "google_ads|lead", "google_ads|lead|chrome|eu"
+
+    def leaves() -> dict[str, list[Any]]:
+        return {key: [1, 10.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, {"import": 1}]}
+
+    def window(start: int, on_time: bool, late: int | None = None) -> list[ClosedWindow]:
+        """Window `start` closes at partition 0; a correction of window `late` arrived in it."""
+        asm.add_backend(0, start, {"lead|chrome|eu": [1, 10.0, 0, 0]}, [group])
+        if on_time:
+            asm.add_platform(0, start, group, leaves(), {"import:0": 1})
+        if late is not None:
+            asm.add_late(0, late, start, group, leaves(), {"import:19": 1})
+        asm.add_marker(0, start + W)
+        return [w for ws in asm.close_ready() for w in ws if w.segment_key == "google_ads|lead|*|*"]
+
+    # no delay learned: judged at once
+    assert [w.judged_after_s for i in range(-6, 1) for w in window(T + i * W, True)] == [0] * 7
+    # the import now arrives 5 windows late: its windows are judged empty until the delayed
+    # events arrive, which count as late (late_events) and teach the delay
+    judged = []
+    for i in range(1, 13):
+        judged += window(T + i * W, False, T + (i - 5) * W if i > 5 else None)
+    assert judged[0].platform_count == 0 and judged[0].judged_after_s == 0
+    assert sum(w.late_events for w in judged) >= 1
+    hold = asm.hold_s(group)
+    assert hold >= 5 * W
+    assert any(p95[1] > p95[0] for w in judged for p95 in w.delay_p95.values())  # the jump shows
+    # now a window waits for its delay: not judged when it closes ...
+    s = T + 13 * W
+    assert all(w.window_start < s for w in window(s, False, s - 5 * W))
+    assert s in asm.pending
+    # ... and judged `hold` after its end, with its delayed conversion counted in it
+    later: list[ClosedWindow] = []
+    for i in range(1, hold // W + 2):
+        later += window(s + i * W, False, s + (i - 5) * W)
+    first = next(w for w in later if w.window_start == s)
+    assert first.platform_count == 1 and first.late_events == 0 and first.judged_after_s == hold
+    # restore gives the same state
+    again = WindowAssembler(1, W, allowed_lateness_s=30, max_delay_s=3600)
+    again.restore("", asm.take_changes(""))
+    assert again.pending == asm.pending and again.hold_s(group) == hold
 
 
 def test_the_watermark_waits_for_the_slower_input_unless_idle() -> None:
