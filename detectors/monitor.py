@@ -113,9 +113,19 @@ class MonitorConfig:
             window_seconds=float(self.window_s),
             false_alarms_per_segment_per_30_days=self.false_alarms_per_30_days / self.detectors_per_group,
             min_relative_change=dict(self.min_relative_change).get(metric, 0.0),
+            # ~0 in a healthy shop: a thin baseline of them is an upper bound (RatioDetectorConfig)
+            rare_events=metric in RARE_METRICS,
         )
 
 
+#: signals that count something rare in a healthy shop (duplicate triggers, conversions with
+#: no order behind them): their detectors judge inflations against an upper bound of a thin baseline
+RARE_METRICS = ("duplicate_rate", "unmatched_rate")
+#: a cause whose evidence is a change event of these kinds: that change is named first
+CAUSE_CHANGE_KINDS: dict[str, tuple[str, ...]] = {"attribution_change": ("attribution_setting",)}
+#: rates whose denominator is the platform's conversions: when the conversions themselves move
+#: (a wrong trigger's extra ones), these fall with no cause of their own
+RATES_PER_CONVERSION = ("duplicate_rate", "unmatched_rate")
 _PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_rate", "value_ratio", "channel_ratio")
 #: delivery paths watched one by one at the platform level (`channel_ratio:<channel>`: that
 #: channel's events per backend conversion): a path that stops is found before the platform's
@@ -276,6 +286,41 @@ def _at(t: float | None) -> float:
     return t
 
 
+#: the change time is searched from this long before the alarming run's start
+REFINE_S = 6 * 3600.0
+
+
+def _change_time(seg: _Segment, cp: ChangePoint) -> float:
+    """The window where the change most likely began: the arg-max over the windows from
+    `REFINE_S` before the alarming run's start to the alarm of the likelihood ratio of "the
+    ratio is the run's reference before k and one new level from k on" (Poisson; the
+    overdispersion scales it, the arg-max stays). The run's own start is where its CUSUM last
+    left zero: a stray event hours before a jump (one duplicate at 0.3 %) starts it early, and
+    a run that restarted starts it late.
+    """
+    start = _at(cp.change_at)
+    r0 = cp.ratio_before
+    if not (math.isfinite(r0) and r0 > 0.0) or cp.detected_at is None:
+        return start
+    rows = [r for r in seg.history if start - REFINE_S <= r[H_START] <= cp.detected_at]
+    up = cp.direction == "inflation"
+    best, best_at = 0.0, start
+    count = exposure = 0.0
+    for r in reversed(rows):
+        e, c = _signal(cp.metric, r, seg.unit)
+        count += c
+        exposure += e
+        if exposure <= 0.0:
+            continue
+        r1 = count / exposure
+        if (r1 > r0) != up:
+            continue
+        llr = (count * math.log(r1 / r0) if count > 0 else 0.0) - exposure * (r1 - r0)
+        if llr > best:
+            best, best_at = llr, float(r[H_START])
+    return best_at
+
+
 def _duration(seconds: float) -> str:
     """`40 s`, `12 min`, `3.0 h`."""
     if seconds < 120:
@@ -291,11 +336,13 @@ def _evidence(cp: ChangePoint) -> Evidence:
 
 def rank_changes(
     changes: Iterable[Mapping[str, Any]], change_at: float, segment: Segment,
-    before_s: float, after_s: float, resolution_s: float = 0.0,
+    before_s: float, after_s: float, resolution_s: float = 0.0, prefer_kinds: Sequence[str] = (),
 ) -> list[NearbyChange]:
     """Change events near `change_at`, best first: close in time (before beats after) and in scope.
 
     `change_at` is known to a window (`resolution_s`): a change inside that window counts as at it.
+    Changes of a kind in `prefer_kinds` (the kind the first cause names: an attribution change
+    is that cause's own evidence) count twice: at low volume the change time is known to hours.
 
     >>> seg = Segment("meta", "purchase", "safari", "*")
     >>> ranked = rank_changes([
@@ -318,7 +365,7 @@ def rank_changes(
         else:
             proximity = 0.5 * math.exp(-(dt - resolution_s) / 900.0)  # after: rarely its cause
         scope = ch.get("scope") or {}
-        fit = 1.0
+        fit = 2.0 if ch.get("kind") in prefer_kinds else 1.0
         for dim in ("platform", "browser", "region", "event_name"):
             want = scope.get(dim)
             if want:
@@ -544,19 +591,47 @@ class GroupMonitor:
                     if "joined" in inc:
                         del incidents[key]
                         continue  # a member of another group's incident: that one resolves it
+                    child = self._still_moved(segs, seg.key, cp, inc["alert"]["direction"])
+                    if child is not None:
+                        # the platform's level came back while a child still carries the change
+                        # (a region's values, at an hour it has no orders): the incident goes
+                        # on there, and its alert names the child too
+                        inc["segment_key"] = child
+                        alert = Alert.from_dict(inc["alert"])
+                        affected = alert.affected or (alert.segment.key,)
+                        if child not in affected:
+                            alert = dataclasses.replace(alert, affected=(*affected, child))
+                            inc["alert"] = alert.to_dict()
+                            alerts.append(alert)  # the same alert_id: an update
+                        continue
                     resolved = Alert.from_dict(inc["alert"]).resolved(current=_r(cp.ratio_after, 4),
                                                                       detected_at=_at(cp.detected_at))
                     self._close_incident(group, key, resolved.detected_at)
                     self._release_members(group, key)
                     alerts.append(resolved)
-        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves and self._channel_known(seg, cp)]
+        # a move back toward the level before a segment's own open change, not past it, is
+        # that change settling (a partial return, or noise on a level still moved): never a
+        # new cause (a resolve, which goes most of the way back, is handled above)
+        new = [(seg, w, cp) for seg, w, cp in fired if not cp.resolves and self._channel_known(seg, cp)
+               and not seg.detectors[cp.metric].settling]
         by_incident: dict[str, list[tuple[_Segment, ClosedWindow, ChangePoint]]] = {}
         for item in new:
             by_incident.setdefault(_family(item[2].metric, item[2].direction), []).append(item)
         # click-id coverage falling while the conversions themselves moved is a symptom inside
         # that incident (a wrong trigger's extra conversions carry no click id), not a second one
+        # the same for the other rates per platform conversion falling: a wrong trigger's extra
+        # conversions dilute the duplicate rate, a new level of conversions is their denominator
         if any(k.startswith("conversions|") for k in (*incidents, *by_incident)):
             by_incident.pop("click_id_coverage|drop", None)
+        conversions_moved = any(k.startswith("conversions|") for k in incidents) or any(
+            it[2].metric not in RATES_PER_CONVERSION
+            for k, its in by_incident.items() if k.startswith("conversions|") for it in its)
+        if conversions_moved and "conversions|drop" in by_incident:
+            rest = [it for it in by_incident["conversions|drop"] if it[2].metric not in RATES_PER_CONVERSION]
+            if rest:
+                by_incident["conversions|drop"] = rest
+            else:
+                del by_incident["conversions|drop"]
         # a move back on a signal whose opposite incident is still open belongs to that
         # incident (the level is settling), not to a new cause
         open_on = {inc["metric"] for inc in incidents.values()}
@@ -894,6 +969,37 @@ class GroupMonitor:
                 best = (dt, o_group, key)
         return None if best is None else (best[1], best[2])
 
+    def _still_moved(self, segs: Mapping[str, _Segment], key: str, cp: ChangePoint, direction: str) -> str | None:
+        """The child of platform segment `key` whose open change (in `direction`, on `cp`'s
+        signal) still holds, significantly, over the windows since the parent's level came
+        back: the child with the largest deficit, else None."""
+        if not key.endswith("|*|*"):
+            return None
+        prefix = key[: -len("*|*")]
+        # the windows since the parent's level came back (never those before: a fix seen by
+        # the parent first must not read as a child still broken), at least one
+        since = _at(cp.change_at if cp.change_at is not None else cp.detected_at)
+        sign = 1.0 if direction == "drop" else -1.0
+        best: tuple[float, str] | None = None
+        for k, child in segs.items():
+            if k == key or not k.startswith(prefix) or cp.metric not in child.detectors:
+                continue
+            det = child.detectors[cp.metric]
+            if det.incident_direction != direction:
+                continue
+            ref = det.reference_ratio
+            e, c = _signal(cp.metric, child.since(since), child.unit)
+            if not (math.isfinite(ref) and ref > 0.0) or e <= 0.0:
+                continue
+            now = c / e
+            low, high = rate_interval(c, e)
+            if sign * (1.0 - now / ref) < self.config.moved_min_change or low <= ref <= high:
+                continue
+            deficit = sign * (ref - now) * e
+            if best is None or deficit > best[0]:
+                best = (deficit, k)
+        return None if best is None else best[1]
+
     def _release_members(self, group: str, key: str) -> None:
         """An incident resolved: the segments that joined it from other groups are free again."""
         for o_group, incs in self.incidents.items():
@@ -911,7 +1017,7 @@ class GroupMonitor:
         # break, and one that drifted up before it (hours earlier, on a slow drift) would put
         # the change, and with it the nearby changes, too early. A re-opened alarm carries no
         # change time: its detection time stands in
-        starts = [cp.change_at for _, _, cp in items if cp.change_at is not None]
+        starts = [_change_time(seg, cp) for seg, _, cp in items if cp.change_at is not None]
         change_at = max(starts) if starts else _at(items[0][2].detected_at)
         platform, event_name = group.split("|", 1)
         parent_key = f"{platform}|{event_name}|*|*"
@@ -988,7 +1094,8 @@ class GroupMonitor:
         if backend_cp is not None and backend_cp.direction == direction and abs(ref.relative_change) < 0.15:
             verdict = "inconclusive"
         causes = self._causes(metric, direction, named, parent, segs, change_at, best_share, moved, changes)
-        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s, float(cfg.window_s))
+        nearby = rank_changes(changes, change_at, segment, cfg.nearby_before_s, cfg.nearby_after_s, float(cfg.window_s),
+                              prefer_kinds=CAUSE_CHANGE_KINDS.get(causes[0].cause, ()))
         alert = Alert(
             alert_id=_alert_id(group, metric, direction, named, change_at),
             status="firing",
@@ -1103,7 +1210,10 @@ class GroupMonitor:
         if not rates:
             return []
         fell = {ch: r for ch, r in rates.items() if r[1] < 0.5 * r[0]}
-        held = {ch: r for ch, r in rates.items() if r[1] >= 0.85 * r[0]}
+        # held: not below 85 % of its rate before by more than its sampling error (a few
+        # windows after a break at 400 orders a day carry a dozen events a channel)
+        held = {ch: r for ch, r in rates.items() if ch not in fell
+                and rate_interval(after.get(ch, 0.0), b_after)[1] >= 0.85 * r[0]}
 
         def text(chs: Mapping[str, tuple[float, float]]) -> str:
             return ", ".join(f"{ch} {r0:.2f} -> {r1:.2f} ({r1 / r0 - 1:+.0%})" for ch, (r0, r1) in chs.items())

@@ -99,6 +99,13 @@ class RatioDetectorConfig:
     min_relative_change: float = 0.0
     #: members whose per-window information exceeds this are idle (a smaller one is as fast)
     max_member_info: float = 10.0
+    #: the counted thing is rare in a healthy segment (duplicate triggers, conversions with no
+    #: order): its baseline may never hold ``min_baseline_events``, and a rate of ~0 is then
+    #: known only as an upper bound. While the baseline holds fewer events than that (after the
+    #: warm-up, and with ``min_baseline_exposure`` of exposure), inflations are tested against
+    #: that bound taken as known (events + 2 sqrt(events) + 2: ~95 %), drops not at all
+    rare_events: bool = False
+    min_baseline_exposure: float = 200.0
     #: callers (the seasonal profile) stop learning while the evidence is at least this; the
     #: baseline itself never freezes: each CUSUM run is tested against the baseline from
     #: before it, and a baseline frozen while evidence builds learns only from the windows
@@ -283,6 +290,24 @@ class RatioDetector:
         return self._alarm_direction
 
     @property
+    def incident_direction(self) -> Direction | None:
+        """Direction of the open incident (``None`` when none is open)."""
+        return self._incident_direction if self.in_alarm else None
+
+    @property
+    def settling(self) -> bool:
+        """True while the pending alarm moves an open incident's level back toward its
+        reference without passing it (a partial return, or the noise of a level still moved):
+        part of that incident, not a new change."""
+        if self._state != "pending" or self._pending_kind != "move":
+            return False
+        if self._alarm_direction == self._incident_direction or not math.isfinite(self._reference_ratio):
+            return False
+        if self._incident_direction == "inflation":
+            return self._claimed >= self._reference_ratio
+        return self._claimed <= self._reference_ratio
+
+    @property
     def recovered(self) -> bool:
         """True after an alarm was resolved or withdrawn and no new alarm is open."""
         return self._alarms > 0 and not self.in_alarm
@@ -350,6 +375,16 @@ class RatioDetector:
         effective = p * p / (var * phi)
         return rate_interval(effective, b * effective / p)
 
+    def _sparse(self) -> bool:
+        """A rare-event rate whose baseline is still thin (see ``rare_events``)."""
+        cfg = self.config
+        return (
+            cfg.rare_events
+            and self._updates >= self._warmup_windows
+            and self._base_p < cfg.min_baseline_events
+            and self._base_b >= cfg.min_baseline_exposure
+        )
+
     def _ready(self) -> bool:
         return (
             self._updates >= self._warmup_windows
@@ -379,7 +414,7 @@ class RatioDetector:
         pending = False
         if self._state == "pending":
             result = self._test_alarm(index, backend, platform, at)
-        elif self._base_b > 0.0 and self._base_p > 0.0:
+        elif self._base_b > 0.0 and (self._base_p > 0.0 or self._sparse()):
             result, pending = self._detect(index, backend, platform, at)
         if result is None or self._state != "pending":
             self._learn(backend, platform, freeze_baseline=pending)
@@ -564,13 +599,20 @@ class RatioDetector:
     ) -> tuple[ChangePoint | None, bool]:
         cfg = self.config
         lam = self._decay
-        rho0 = self.baseline_ratio
+        sparse = self._sparse()
+        # the reference a new run is tested against: the baseline, or (a thin rare-event
+        # baseline) its upper bound, taken as known
+        base = (self._base_p, self._base_b, self._base_var)
+        if sparse:
+            base = (self._base_p + 2.0 * math.sqrt(self._base_p) + 2.0, self._base_b, 0.0)
+        rho0 = max(base[0], 0.5) / base[1]
         mu0 = rho0 * backend
         alpha = self.dispersion
         inv_alpha = 1.0 / alpha if alpha > 1e-12 else 0.0
-        ready = self._ready()
+        ready = self._ready() or sparse
         baseline_se = math.sqrt(
-            self._baseline_rel_var() * (1.0 + alpha * self._mean_mu) + self._drift_lag**2
+            (0.0 if sparse else self._baseline_rel_var()) * (1.0 + alpha * self._mean_mu)
+            + self._drift_lag**2
         )
 
         # idle rules: a baseline too uncertain for the member's change, or so much
@@ -584,6 +626,7 @@ class RatioDetector:
                     ready
                     and baseline_se <= cfg.max_baseline_error * abs(m.log_factor)
                     and abs(m.log_factor) >= min_log_factor
+                    and (m.log_factor > 0 or not sparse)
                 )
                 if m.active and kept_first and m.info > cfg.max_member_info:
                     m.active = False
@@ -622,7 +665,7 @@ class RatioDetector:
                 # larger one restart often, and the live baseline has meanwhile learnt part of
                 # the change; a running member's reference predates its run
                 m.ref_index, m.ref_p, m.ref_b, m.ref_var = oldest.get(
-                    m.log_factor > 0, (index, self._base_p, self._base_b, self._base_var)
+                    m.log_factor > 0, (index, *base)
                 )
             # the run is tested against the baseline from before it started
             mu_ref = max(m.ref_p, 0.5) / m.ref_b * backend

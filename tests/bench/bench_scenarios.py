@@ -13,7 +13,11 @@ worker's windowing and detection). Per scenario and size, over the seeds:
 * false / 30 d: firing alerts of any verdict outside the incident (before the break, or on
   a platform / event name the truth does not move), per 30 days of traffic; promotion and
   holiday count their business_change notices apart (``notices``);
-* alerts / incident: firing alerts inside the incident's scope, per detected incident.
+* alerts / incident: firing alerts inside the incident's scope, per detected incident;
+* known answer: runs that pass the integration test's own check (``check_alerts`` in
+  tests/integration/test_scenarios.py: segment, direction, first cause, first nearby change,
+  change time within 2 h, one alert; no alert of any verdict on steady, no gap on promotion /
+  holiday); the failures are listed under the table with the check's message.
 
 Part ``calibration``: the business check alone (``BackendDetector`` configured exactly as
 ``GroupMonitor`` configures it) on the simulator's backend series for steady, promotion and
@@ -50,6 +54,7 @@ from detectors.monitor import MonitorConfig  # noqa: E402
 from detectors.pipeline import Backtest, PipelineConfig  # noqa: E402
 from detectors.seasonal import BackendDetector, BackendDetectorConfig  # noqa: E402
 from streams.simulate import DEFAULT_START, SCENARIOS, backend_conversions, generate  # noqa: E402
+from tests.integration.test_scenarios import check_alerts  # noqa: E402
 
 DAY_S = 86400.0
 
@@ -69,6 +74,11 @@ def run_scenario(scenario: str, size: float, seed: int, days: float, window_s: i
         pipe.add_change(change)
     pipe.run((orjson.dumps(e) for e in sim.backend), (orjson.dumps(e) for e in sim.platform))
     truth = sim.truth
+    try:
+        check_alerts([a.to_dict() for a in pipe.alerts], truth)
+        check = ""
+    except AssertionError as exc:
+        check = (str(exc).splitlines() or ["assertion"])[0][:200]
     # one incident = one alert_id: a platform joining it re-sends the id (keep the first
     # detection time, the latest content)
     first_seen: dict[str, float] = {}
@@ -82,7 +92,7 @@ def run_scenario(scenario: str, size: float, seed: int, days: float, window_s: i
     change_at = truth["change_at"]
     out: dict[str, Any] = {"scenario": scenario, "size": size, "seed": seed, "days": days,
                            "detected": None, "delay_h": None, "cause_ok": None, "nearby_ok": None,
-                           "false": 0, "notices": 0, "incident_alerts": 0}
+                           "false": 0, "notices": 0, "incident_alerts": 0, "check": check}
     if change_at is None:  # steady
         out["false"] = len(firing)
         return out
@@ -142,9 +152,10 @@ def scenarios_table(args: argparse.Namespace) -> list[str]:
         f"scenarios: {args.seeds} seeds x {args.days:g} days (break at 0.75), window {args.window_seconds} s, "
         "realistic noise",
         "",
-        "| scenario | orders/day | detected | delay min (median, max) | cause | nearby | false / 30 d | notices | alerts / incident |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | orders/day | detected | delay min (median, max) | cause | nearby | false / 30 d | notices | alerts / incident | known answer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    failures = []
     for (scenario, size), rs in sorted(rows.items(), key=lambda kv: (list(SCENARIOS).index(kv[0][0]), kv[0][1])):
         n = len(rs)
         days = sum(r["days"] for r in rs)
@@ -160,8 +171,12 @@ def scenarios_table(args: argparse.Namespace) -> list[str]:
             nearby = f"{sum(bool(r['nearby_ok']) for r in found)}/{n}"
             per_incident = f"{statistics.mean(r['incident_alerts'] for r in found):.1f}" if found else "-"
         notices = f"{sum(r['notices'] for r in rs)}/{n}" if SCENARIOS[scenario].effects and rs[0]["detected"] is None else "-"
+        known = f"{sum(not r['check'] for r in rs)}/{n}"
         lines.append(f"| {scenario} | {size:,.0f} | {det} | {delay} | {cause} | {nearby} | {false_rate:.1f} | "
-                     f"{notices} | {per_incident} |")
+                     f"{notices} | {per_incident} | {known} |")
+        failures += [f"* {scenario} {size:,.0f} seed {r['seed']}: {r['check']}" for r in rs if r["check"]]
+    if failures:
+        lines += ["", "known answer not met:", *failures]
     return lines
 
 

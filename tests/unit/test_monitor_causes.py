@@ -3,9 +3,12 @@ per-channel counts or other event names. Synthetic closed windows, no pipeline."
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from detectors.monitor import GroupMonitor, MonitorConfig
+from detectors.changepoint import ChangePoint
+from detectors.monitor import GroupMonitor, MonitorConfig, _change_time, _row, _Segment
 from detectors.windows import ClosedWindow
 
 WINDOW_S = 3600
@@ -91,3 +94,20 @@ def test_renamed_event_is_event_definition_drift_naming_both() -> None:
     top = firing[0]["likely_causes"][0]
     assert top["cause"] == "event_definition_drift", firing[0]["likely_causes"]
     assert "'purchase'" in top["evidence"] and "'order_complete'" in top["evidence"]
+
+
+def test_change_time_is_where_the_likelihood_peaks_not_where_the_run_began() -> None:
+    # one stray duplicate at window 30 started the alarming run; the rate jumps at window 40
+    seg = _Segment("meta|purchase|*|*", MonitorConfig(window_s=WINDOW_S))
+    for i in range(48):
+        seg.history.append(_row(ClosedWindow(
+            "meta", "purchase", "*", "*", "platform", i * WINDOW_S, (i + 1) * WINDOW_S,
+            backend_count=100, platform_count=80, platform_duplicates=1 if i == 30 else 25 if i >= 40 else 0)))
+    cp = ChangePoint("duplicate_rate", "inflation", 41, 30, 0.003, 0.001, 0.006, 0.2, 0.15, 0.25,
+                     statistic=20.0, threshold=10.0, p_value=1e-6, change_at=30.0 * WINDOW_S,
+                     detected_at=41.0 * WINDOW_S)
+    assert _change_time(seg, cp) == 40 * WINDOW_S
+    # a run that began late (the detector was not ready) is moved back to the jump too
+    late = dataclasses.replace(cp, change_index=43, change_at=43.0 * WINDOW_S, detected_at=45.0 * WINDOW_S)
+    assert _change_time(seg, late) == 40 * WINDOW_S
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -201,3 +202,53 @@ def test_pending_state_round_trips() -> None:
     assert restored.to_dict() == detector.to_dict() and restored.alarm_state == "pending"
     rest = data[split:]
     assert [restored.update(b, p) for b, p in rest] == [detector.update(b, p) for b, p in rest]
+
+
+# a rate of rare events (duplicate triggers, conversions with no order): ~15 conversions an
+# hour, one false alarm per 300 days, and only a doubling matters (as the monitor sets it)
+RARE = RatioDetectorConfig(window_seconds=3600, false_alarms_per_segment_per_30_days=0.1,
+                           min_relative_change=1.0, rare_events=True)
+
+
+def rare_stream(seed: int, n: int, before: float, after: float, change: int, volume: float = 15.0):
+    """Conversions ~ Poisson(volume); the rare ones ~ Binomial(conversions, rate)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        conversions = int(rng.poisson(volume))
+        yield conversions, int(rng.binomial(conversions, after if i >= change else before))
+
+
+def test_rare_event_rate_from_zero_is_found_at_once() -> None:
+    # five days without a duplicate: the baseline never holds 20 of them, its rate is known
+    # only as an upper bound; 30 % duplicates from window 120 are far above it
+    for seed in range(5):
+        found = run(RatioDetector(RARE), rare_stream(seed, 140, 0.0, 0.3, 120))
+        assert found and found[0].direction == "inflation" and not found[0].resolves, found
+        assert 120 <= found[0].detected_index <= 122 and abs(found[0].change_index - 120) <= 1
+    # without the mode the detector first waits for 20 duplicates in its baseline
+    slow = run(RatioDetector(dataclasses.replace(RARE, rare_events=False)), rare_stream(0, 140, 0.0, 0.3, 120))
+    assert not slow or slow[0].detected_index > 122
+
+
+def test_rare_event_rate_that_holds_stays_within_its_budget() -> None:
+    # 24 streams of 30 days at a budget of 0.1 per 30 days: ~2.4 false alarms expected in all
+    alarms = []
+    for seed in range(8):
+        for rate in (0.0, 0.003, 0.02):
+            alarms += [cp for cp in run(RatioDetector(RARE), rare_stream(seed, 24 * 30, rate, rate, 10**9))
+                       if not cp.resolves]
+    assert len(alarms) <= 5, alarms
+    # and the upper bound of a thin baseline raises no inflation of its own
+    assert [cp for cp in alarms if cp.direction == "inflation"] == []
+
+
+def test_a_partial_return_is_settling_and_a_move_past_the_reference_is_not() -> None:
+    for after, settling in ((1.2, True), (0.2, False)):
+        det = RatioDetector(HOUR)
+        seen = []
+        for b, p in stream(4, 700, 100, [(0, 0.5), (300, 1.5), (500, after)]):
+            cp = det.update(b, p)
+            if cp is not None:
+                seen.append((cp.direction, cp.resolves, det.settling))
+        assert seen[0] == ("inflation", False, False), seen
+        assert ("drop", False, settling) in seen[1:], seen
