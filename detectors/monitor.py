@@ -1019,6 +1019,12 @@ class GroupMonitor:
         # change time: its detection time stands in
         starts = [_change_time(seg, cp) for seg, _, cp in items if cp.change_at is not None]
         change_at = max(starts) if starts else _at(items[0][2].detected_at)
+        # what came before a person's verdict on this family (false alarm, expected) was
+        # judged: a new alarm starts after it, and is a new alert (a new id), never the judged
+        # one again (its feedback would close it again, silently, for ever)
+        judged = self.settled.get(group, {}).get(_family(metric, direction))
+        if judged is not None and change_at < float(judged[0]):
+            change_at = float(judged[0])
         platform, event_name = group.split("|", 1)
         parent_key = f"{platform}|{event_name}|*|*"
         parent = segs.get(parent_key)

@@ -171,6 +171,10 @@ def test_false_resolves_and_keeps_the_old_baseline() -> None:
     assert refire and refire[0].baseline is not None and alert.baseline is not None
     assert abs(refire[0].baseline - alert.baseline) < 0.1
     assert refire[0].incident_key == alert.incident_key
+    # a new alert, starting after the verdict: the judged one's feedback must not close it too
+    at = _feedback("false")[0]["at"]
+    assert refire[0].alert_id != alert.alert_id and refire[0].change_at >= at - WINDOW_S
+    assert not [a for a in alerts if a.alert_id == refire[0].alert_id and a.status == "resolved"]
 
 
 def _plan(size: str) -> dict[str, Any]:
