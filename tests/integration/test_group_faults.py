@@ -53,14 +53,6 @@ def _consumed(workers: list[WorkerProcess]) -> float:
     return total
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN LOSS, cause not fully found (issue 13 point 1). After the rebalance fixes (no processing nor ack of "
-    "messages handed out while Faust's flow is suspended) still 4 failures in 37 runs of seed 11, 0 in 11 of "
-    "seed 12 (load 5-8 on 2 cores). Measured in 2 failures with diagnostics: stage A sent the right platform "
-    "counts for every (source partition, window); the loss is in stage B's detection partition: the state the "
-    "new owner recovered after the first SIGKILL (closed_through minute 117 / 80) lacks the open-window items "
-    "of the ~9 windows right after it, whose partials precede the victim's last committed partials offset. "
-    "Lost (platform, sometimes backend too), never duplicated"))
 @pytest.mark.parametrize("seed", [11, 12])
 def test_a_group_with_joins_a_leave_and_three_kills_publishes_the_windows_of_one_run(
         broker: EmbeddedBroker, pool: WorkerPool, seed: int) -> None:
