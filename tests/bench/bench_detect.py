@@ -861,15 +861,20 @@ def _trend_variant(**options: bool) -> Callable[[np.ndarray], list[int]]:
 
 
 VARIANTS: dict[str, dict[str, bool]] = {
-    "second round (main)": {"smooth_null": False, "effective_n": False},
-    "+ smooth alternative (default)": {"smooth_null": True, "effective_n": False},
-    "+ smooth + log n_eff": {"smooth_null": True, "effective_n": True},
+    "second round": {"smooth_null": False, "effective_n": False},
+    "third round (main)": {},
+    "+ log n_eff": {"effective_n": True},
+    "+ noise cap": {"noise_cap": True},
+    "+ select": {"select": True},
+    "+ differenced": {"differenced": True},
+    "+ min segment 2 % of n": {"min_fraction": 0.02},
+    "+ min segment 4 % of n": {"min_fraction": 0.04},
 }
 
 
 def variants(sets: dict[str, list[Case]]) -> None:
     """Mean F1 / cover of the third round's option settings on every set (same run)."""
-    print("\n### Third-round variants (F1 / cover; series below the zero baseline's F1)\n")
+    print("\n### Variants (F1 / cover; series below the zero baseline's F1)\n")
     print("| variant | " + " | ".join(f"{k} ({len(v)})" for k, v in sets.items()) + " |")
     print("|---" * (len(sets) + 1) + "|")
     for label, options in VARIANTS.items():
@@ -886,25 +891,68 @@ def variants(sets: dict[str, list[Case]]) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
+FALSE_ALARM_VARIANTS = ("third round (main)", "+ log n_eff", "+ noise cap", "+ differenced",
+                        "+ min segment 2 % of n")
+
+
 def false_alarms(series: int = 40) -> None:
-    """False changes in pure AR(1) noise around a slight trend, default vs log n_eff."""
+    """False changes in pure AR(1) noise around a slight trend, per variant (same series)."""
     print(f"\n### False changes in pure AR(1) noise ({series} series a cell, all seeds fixed)\n")
-    print("| n | phi | default | log n_eff |")
-    print("|---:|---:|---:|---:|")
+    print("| n | phi | " + " | ".join(FALSE_ALARM_VARIANTS) + " |")
+    print("|---:|---:|" + "---:|" * len(FALSE_ALARM_VARIANTS))
     from detectors.trend_segments import trend_change_points
 
     for n in (12, 20, 40, 60, 200, 1000):
         t = np.arange(n, dtype=float)
         for phi in (0.0, 0.5, 0.8):
             counts = []
-            for effective_n in (False, True):
+            for label in FALSE_ALARM_VARIANTS:
                 rng = np.random.default_rng(1000 + n)
                 counts.append(sum(
-                    len(trend_change_points(t, _ar1(rng, n, phi, 1.0) + 0.01 * t,
-                                            effective_n=effective_n))
+                    len(trend_change_points(t, _ar1(rng, n, phi, 1.0) + 0.01 * t, **VARIANTS[label]))
                     for _ in range(series)
                 ))
-            print(f"| {n} | {phi} | {counts[0]} | {counts[1]} |")
+            print(f"| {n} | {phi} | " + " | ".join(str(c) for c in counts) + " |")
+
+
+CEILING_SCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 8.0)
+
+
+def ceiling(sets: dict[str, list[Case]]) -> None:
+    """What the real sets allow: the default's penalty tuned per series (an oracle, as the
+    Turing benchmark's "oracle" column: the best of a grid, F1 and cover chosen apart), one
+    penalty scale for a whole set (the best single default in hindsight), and the
+    annotators against each other (each one's changes scored as a detection, averaged)."""
+    from detectors.trend_segments import trend_change_points
+
+    print("\n### What the sets allow (F1 / cover)\n")
+    print("| set | default | best single scale (scale) | per-series oracle scale | annotators vs all |")
+    print("|---|---|---|---|---|")
+    for label, cases in sets.items():
+        if not cases:
+            continue
+        table = np.zeros((len(cases), len(CEILING_SCALES), 2))
+        people = []
+        for i, case in enumerate(cases):
+            keep = np.flatnonzero(~np.isnan(case.values))
+            y = case.values[keep]
+            for j, scale in enumerate(CEILING_SCALES):
+                found = [int(keep[c]) for c in trend_change_points(
+                    keep.astype(float), y, penalty_scale=scale)] if float(np.ptp(y)) > 0 else []
+                table[i, j] = (f1_score(case.annotations, found),
+                               covering(case.annotations, found, case.values.size))
+            people.append(np.mean([
+                (f1_score(case.annotations, list(a)), covering(case.annotations, list(a), case.values.size))
+                for a in case.annotations
+            ], axis=0))
+        default = table[:, CEILING_SCALES.index(1.0)].mean(axis=0)
+        per_scale = table.mean(axis=0)
+        best = int(np.argmax(per_scale[:, 0] + per_scale[:, 1]))
+        oracle = table.max(axis=1).mean(axis=0)
+        ann = np.mean(people, axis=0)
+        print(f"| {label} ({len(cases)}) | {default[0]:.3f} / {default[1]:.3f} | "
+              f"{per_scale[best, 0]:.3f} / {per_scale[best, 1]:.3f} ({CEILING_SCALES[best]}) | "
+              f"{oracle[0]:.3f} / {oracle[1]:.3f} | {ann[0]:.3f} / {ann[1]:.3f} |")
 
 
 def main() -> None:
@@ -921,6 +969,10 @@ def main() -> None:
     parser.add_argument(
         "--variants", action="store_true",
         help="also score the third round's option settings and count false alarms on noise",
+    )
+    parser.add_argument(
+        "--ceiling", action="store_true",
+        help="also print what per-series penalty tuning and the annotators themselves reach",
     )
     args = parser.parse_args()
     real = real_cases()
@@ -960,6 +1012,11 @@ def main() -> None:
             "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
         })
         false_alarms()
+    if args.ceiling:
+        ceiling({
+            "development": real, "held-out": heldout, "fresh": fresh,
+            "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
+        })
     if not args.no_timing:
         timing()
 
