@@ -603,15 +603,16 @@ def differenced_beats(
     return None
 
 
-def default_trend_penalty(n: int, phi: float = 0.0) -> float:
-    """``(p + 2) log n_eff`` with p = 1 (the new level); a segment's slope pays ``log n_eff``
+def default_trend_penalty(n: int, phi: float = 0.0, per_change: float = 3.0) -> float:
+    """``(p + 2) log n_eff`` with p = 1 (the new level): ``per_change = 3`` (MBIC-style;
+    ``2`` is plain BIC, the change's place and level); a segment's slope pays ``log n_eff``
     more. ``n_eff = n (1 - phi) / (1 + phi)`` for AR(1) noise of lag-1 correlation ``phi``
     (``effective_size``): ``n`` for independent noise.
 
     >>> round(default_trend_penalty(100), 2), round(default_trend_penalty(100, 2 / 3), 2)
     (13.82, 8.99)
     """
-    return 3.0 * math.log(effective_size(max(n, 2), phi))
+    return per_change * math.log(effective_size(max(n, 2), phi))
 
 
 def trend_change_points(
@@ -628,6 +629,7 @@ def trend_change_points(
     select: bool = False,
     differenced: bool = False,
     min_fraction: float = 0.0,
+    per_change: float = 3.0,
 ) -> list[int]:
     """Positions (into ``values``) where a new straight-line segment starts.
 
@@ -656,7 +658,10 @@ def trend_change_points(
         return []
     # log n per parameter; with effective_n, rounds after the first charge log n_eff, the
     # effective number of observations under the AR(1) noise of the last round's residuals
-    pen = penalty_scale * default_trend_penalty(int(x.size)) if penalty is None else float(penalty)
+    pen = (
+        penalty_scale * default_trend_penalty(int(x.size), per_change=per_change)
+        if penalty is None else float(penalty)
+    )
     slope_penalty = penalty_scale * math.log(x.size)
     slack = slope_penalty  # the largest slope charge: pruning stays exact
     floor = (RESOLUTION * float(np.ptp(x))) ** 2
@@ -685,7 +690,7 @@ def trend_change_points(
         phi_eff = phi if effective_n and phi > 2.0 / math.sqrt(x.size) else 0.0
         slope_penalty = penalty_scale * math.log(effective_size(int(x.size), phi_eff))
         if penalty is None:
-            pen = penalty_scale * default_trend_penalty(int(x.size), phi_eff)
+            pen = penalty_scale * default_trend_penalty(int(x.size), phi_eff, per_change)
         if math.isfinite(HUBER_K):
             fit = y - np.concatenate(residuals)
             r = x - fit

@@ -869,6 +869,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "+ differenced": {"differenced": True},
     "+ min segment 2 % of n": {"min_fraction": 0.02},
     "+ min segment 4 % of n": {"min_fraction": 0.04},
+    "BIC: 2 log n per change": {"per_change": 2.0},
 }
 
 
@@ -892,7 +893,7 @@ def variants(sets: dict[str, list[Case]]) -> None:
 
 
 FALSE_ALARM_VARIANTS = ("third round (main)", "+ log n_eff", "+ noise cap", "+ differenced",
-                        "+ min segment 2 % of n")
+                        "+ min segment 2 % of n", "BIC: 2 log n per change")
 
 
 def false_alarms(series: int = 40) -> None:
