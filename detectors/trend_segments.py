@@ -644,6 +644,14 @@ def trend_change_points(
     parameter pays ``log n_eff`` instead of ``log n`` (``effective_size``, from the
     residuals' AR(1) correlation); it raised the development set's scores but lowered the
     fresh set's and raised false alarms on short autocorrelated noise (BENCHMARKS.md).
+
+    Fourth-round options, all off by default (none helped out of sample, BENCHMARKS.md):
+    ``noise_cap`` (a round's noise variance never above the first residual estimate),
+    ``select`` (``select_changes``: backward elimination by ``innovation_bic``),
+    ``differenced`` (``differenced_beats``: a random walk with drift changes as the
+    alternative), ``min_fraction`` (shortest segment ``ceil(min_fraction * n)``),
+    ``per_change`` (``log n`` charges per change: 3 MBIC-style, 2 plain BIC) and
+    ``penalty_scale`` (every charge times it; the benchmark's per-series ceiling).
     """
     # a shortest segment of a share of the series: noise correlated over fewer points is
     # noise (the AR(1) cap grows with it)
