@@ -502,15 +502,117 @@ def smooth_beats(
     return smooth <= segmented
 
 
-def default_trend_penalty(n: int, phi: float = 0.0) -> float:
-    """``(p + 2) log n_eff`` with p = 1 (the new level); a segment's slope pays ``log n_eff``
+def _segment_innovations(
+    cost: LinearTrendCost, changes: list[int], phi: float | None
+) -> tuple[float, int, float]:
+    """Sum of squared AR(1) innovations of a segmentation's residuals, their count, and the
+    AR(1) coefficient used (the residuals' own lag-1 correlation, uncapped, when ``phi`` is
+    None). Innovations ``r[t] - phi r[t-1]`` are taken within segments."""
+    residuals = cost.residuals(changes)
+    if phi is None:
+        _, phi = residual_ar1(residuals, 0.999)
+    total, count = 0.0, 0
+    for r in residuals:
+        if r.size >= 2:
+            e = r[1:] - phi * r[:-1]
+            total += float(np.dot(e, e))
+            count += int(e.size)
+    return total, count, phi
+
+
+def innovation_bic(
+    cost: LinearTrendCost, changes: list[int], penalty: float, slope_penalty: float,
+    phi: float | None = None,
+) -> float:
+    """Gaussian BIC of a segmentation with AR(1) noise of free (uncapped) coefficient:
+    ``m log(RSS_innov / m)`` plus ``penalty`` per change and ``slope_penalty`` per sloped
+    segment (the search's count); the noise variance is profiled out, not fixed, so a
+    persistent, random-walk-like noise is weighed as noise rather than as segments."""
+    rss, m, _ = _segment_innovations(cost, changes, phi)
+    bounds = [0, *changes, int(cost.values.size)]
+    slopes = sum(cost.degree(a, b) > 0 for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    floor = (RESOLUTION * cost.value_scale) ** 2 * max(m, 1)
+    return m * math.log(max(rss, floor) / max(m, 1)) + penalty * len(changes) + slope_penalty * slopes
+
+
+def select_changes(
+    cost: LinearTrendCost, changes: list[int], penalty: float, slope_penalty: float
+) -> list[int]:
+    """Backward elimination by ``innovation_bic``: drop, one at a time, the change whose
+    removal lowers the BIC most, while one does (zero, one or several changes)."""
+    out = list(changes)
+    phi = _segment_innovations(cost, out, None)[2]
+    current = innovation_bic(cost, out, penalty, slope_penalty, phi)
+    while out:
+        scores = [
+            innovation_bic(cost, out[:k] + out[k + 1 :], penalty, slope_penalty, phi)
+            for k in range(len(out))
+        ]
+        k = int(np.argmin(scores))
+        if scores[k] >= current:
+            break
+        current = scores[k]
+        del out[k]
+    return out
+
+
+def differenced_beats(
+    times: FloatArray, y: FloatArray, changes: list[int], penalty: float, slope_penalty: float,
+    min_size: int,
+) -> list[int] | None:
+    """A difference-stationary alternative: the series as a random walk whose drift
+    changes (AR(1) increments, piecewise-constant mean: a change of drift is a change of
+    trend in the levels). Both models are weighed by ``innovation_bic`` (free AR(1)
+    coefficient, variance profiled out, the same charge per change). Returns the drift
+    changes (as level indices) when the random walk wins, else None."""
+    if y.size < 4 * min_size:
+        return None
+    level_cost = LinearTrendCost(times, y, 1.0, slope_penalty)
+    level_bic = innovation_bic(level_cost, changes, penalty, slope_penalty)
+    d = np.diff(y) / np.maximum(np.diff(times), 1e-12)
+    td = times[1:]
+    floor = (RESOLUTION * float(np.ptp(d) or 1.0)) ** 2
+    gamma0, phi = residual_ar1([d - np.median(d)], phi_cap(min_size))
+    variance = max(ar1_long_run_variance(gamma0, phi, phi_cap(min_size)), floor)
+    seen: list[list[int]] = []
+    drift: list[int] = []
+    for _ in range(MAX_ROUNDS):
+        # flat segments only: an infinite slope charge
+        dcost = LinearTrendCost(td, d, variance, math.inf)
+        drift = pelt(dcost, int(d.size), penalty, min_size, EXACT_LIMIT, 0.0)
+        if drift in seen:
+            break
+        seen.append(drift)
+        gamma0, phi = residual_ar1(dcost.residuals(drift), phi_cap(min_size))
+        variance = max(ar1_long_run_variance(gamma0, phi, phi_cap(min_size)), floor)
+    dcost = LinearTrendCost(td, d, 1.0, math.inf)
+    rss, m, phi_d = _segment_innovations(dcost, drift, None)
+    # adequacy: the random walk is an alternative only where the levels' noise is more
+    # persistent than the levels model can take as noise (phi above the cap) and its own
+    # increments are not (a smooth, integrated-twice series is neither model's noise)
+    phi_l = _segment_innovations(level_cost, changes, None)[2]
+    cap = phi_cap(min_size)
+    if not (phi_l > cap and phi_d <= cap):
+        return None
+    scale = max(m, 1)
+    diff_bic = m * math.log(max(rss, (RESOLUTION * level_cost.value_scale) ** 2 * scale) / scale)
+    diff_bic += penalty * len(drift)
+    # levels: first level and phi extra; random walk: first drift and phi: same count
+    if diff_bic < level_bic:
+        return [c + 1 for c in drift]
+    return None
+
+
+def default_trend_penalty(n: int, phi: float = 0.0, per_change: float = 3.0) -> float:
+    """``(p + 2) log n_eff`` with p = 1 (the new level): ``per_change = 3`` (MBIC-style;
+    ``2`` is plain BIC, the change's place and level); a segment's slope pays ``log n_eff``
     more. ``n_eff = n (1 - phi) / (1 + phi)`` for AR(1) noise of lag-1 correlation ``phi``
     (``effective_size``): ``n`` for independent noise.
 
     >>> round(default_trend_penalty(100), 2), round(default_trend_penalty(100, 2 / 3), 2)
     (13.82, 8.99)
     """
-    return 3.0 * math.log(effective_size(max(n, 2), phi))
+    return per_change * math.log(effective_size(max(n, 2), phi))
 
 
 def trend_change_points(
@@ -522,6 +624,12 @@ def trend_change_points(
     curves: bool = False,
     smooth_null: bool = True,
     effective_n: bool = False,
+    penalty_scale: float = 1.0,
+    noise_cap: bool = False,
+    select: bool = False,
+    differenced: bool = False,
+    min_fraction: float = 0.0,
+    per_change: float = 3.0,
 ) -> list[int]:
     """Positions (into ``values``) where a new straight-line segment starts.
 
@@ -536,7 +644,18 @@ def trend_change_points(
     parameter pays ``log n_eff`` instead of ``log n`` (``effective_size``, from the
     residuals' AR(1) correlation); it raised the development set's scores but lowered the
     fresh set's and raised false alarms on short autocorrelated noise (BENCHMARKS.md).
+
+    Fourth-round options, all off by default (none helped out of sample, BENCHMARKS.md):
+    ``noise_cap`` (a round's noise variance never above the first residual estimate),
+    ``select`` (``select_changes``: backward elimination by ``innovation_bic``),
+    ``differenced`` (``differenced_beats``: a random walk with drift changes as the
+    alternative), ``min_fraction`` (shortest segment ``ceil(min_fraction * n)``),
+    ``per_change`` (``log n`` charges per change: 3 MBIC-style, 2 plain BIC) and
+    ``penalty_scale`` (every charge times it; the benchmark's per-series ceiling).
     """
+    # a shortest segment of a share of the series: noise correlated over fewer points is
+    # noise (the AR(1) cap grows with it)
+    min_size = max(min_size, math.ceil(min_fraction * values.size))
     if values.size < 2 * min_size or float(np.ptp(values)) == 0.0:
         return []
     clean = ~outlier_mask(values)
@@ -547,14 +666,18 @@ def trend_change_points(
         return []
     # log n per parameter; with effective_n, rounds after the first charge log n_eff, the
     # effective number of observations under the AR(1) noise of the last round's residuals
-    pen = default_trend_penalty(int(x.size)) if penalty is None else float(penalty)
-    slope_penalty = math.log(x.size)
+    pen = (
+        penalty_scale * default_trend_penalty(int(x.size), per_change=per_change)
+        if penalty is None else float(penalty)
+    )
+    slope_penalty = penalty_scale * math.log(x.size)
     slack = slope_penalty  # the largest slope charge: pruning stays exact
     floor = (RESOLUTION * float(np.ptp(x))) ** 2
     cap = phi_cap(min_size)
     variance = max(variogram_long_run_variance(x, cap), floor)
     seen: list[list[int]] = []
     changes: list[int] = []
+    first_residual_variance = math.inf
     y = x  # pseudo-observations: the fit plus Huber-clipped residuals (a robust cost)
     for _ in range(MAX_ROUNDS):
         # drafts: a long series stays on the search's grid until the variance settles
@@ -566,12 +689,16 @@ def trend_change_points(
         residuals = cost.residuals(changes)
         gamma0, phi = residual_ar1(residuals, cap)
         variance = max(ar1_long_run_variance(gamma0, phi, cap), floor)
+        if noise_cap:
+            # a later round with fewer changes carries their misfit: never let it grow
+            first_residual_variance = min(first_residual_variance, variance)
+            variance = first_residual_variance
         # the correlation that shrinks n_eff must stand out from its sampling noise (its
         # standard error is about 1 / sqrt(n) on independent noise): two standard errors
         phi_eff = phi if effective_n and phi > 2.0 / math.sqrt(x.size) else 0.0
-        slope_penalty = math.log(effective_size(int(x.size), phi_eff))
+        slope_penalty = penalty_scale * math.log(effective_size(int(x.size), phi_eff))
         if penalty is None:
-            pen = default_trend_penalty(int(x.size), phi_eff)
+            pen = penalty_scale * default_trend_penalty(int(x.size), phi_eff, per_change)
         if math.isfinite(HUBER_K):
             fit = y - np.concatenate(residuals)
             r = x - fit
@@ -585,4 +712,10 @@ def trend_change_points(
         changes = drop_curvature(cost, changes, pen)
     if smooth_null and smooth_beats(t, y, changes, variance, pen, slope_penalty):
         changes = []
+    if select and changes:
+        changes = select_changes(cost, changes, pen, slope_penalty)
+    if differenced:
+        drift = differenced_beats(t, y, changes, pen, slope_penalty, min_size)
+        if drift is not None:
+            changes = drift
     return [int(keep[c]) for c in changes]

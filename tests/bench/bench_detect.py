@@ -31,9 +31,14 @@ detector ran on it, because the held-out set had been looked at twice by then. I
 (with a variant, log n_eff per parameter, since made an option) informed the choice of the
 default, so a fourth, confirmation set (``confirm_cases``: Danish deposit rate and prices,
 US M1, ten more fertility rates) was annotated and committed after that default was
-declared and before any detector ran on it.
+declared and before any detector ran on it. A fifth, final set (``final_cases``: series that
+ship as statsmodels' own test data) was annotated and committed alone in the fourth round,
+before any detector ran on it, and is scored only with ``--final`` (run once, after the
+round's default was declared). ``--ceiling`` prints what per-series penalty tuning and the
+annotators themselves reach.
 
-Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing] [--variants]
+Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing] [--variants] [--final]
+[--ceiling]
 """
 
 from __future__ import annotations
@@ -489,6 +494,191 @@ def confirm_cases() -> list[Case]:
     return cases
 
 
+def _month_of(year0: int, month0: int) -> Callable[[int, int], int]:
+    """Index of (year, month) in a monthly series that starts at (year0, month0)."""
+    return lambda year, month: (year - year0) * 12 + month - month0
+
+
+
+def _quarter60(year: int, quarter: int) -> int:
+    """Index in a quarterly series that starts in 1960Q1."""
+    return (year - 1960) * 4 + quarter - 1
+
+
+STATSMODELS_TESTS = "tsa/tests/results"
+
+
+def _statsmodels_file(relative: str) -> Path:
+    """A data file that ships inside the installed statsmodels package (its test data)."""
+    import statsmodels
+
+    return Path(statsmodels.__file__).parent / relative
+
+
+def final_cases() -> list[Case]:
+    """Fourth round's new, untouched set: real series shipped inside installed packages
+    (statsmodels' own test data and datasets), annotated from documented events and
+    committed alone before any detector ran on them. Run once, at the end of the round
+    (``--final``); nothing is chosen on it.
+
+    Index conventions as before: the first point of the new regime (the month or quarter
+    after a peak or trough, the first year after a documented break).
+    """
+    import pandas as pd
+    from statsmodels import datasets as sm
+
+    cases: list[Case] = []
+
+    def column(relative: str) -> np.ndarray:
+        return np.loadtxt(_statsmodels_file(relative), skiprows=1)
+
+    # Schwert (1987)'s monthly series (statsmodels' unit-root test data): unemployment
+    # 1948:01-1985:12, S&P 500 and Moody's BAA yield 1947:01-1985:12
+    m48, m47 = _month_of(1948, 1), _month_of(1947, 1)
+    nber_peaks_48 = [(1948, 11), (1953, 7), (1957, 8), (1960, 4), (1969, 12), (1973, 11),
+                     (1980, 1), (1981, 7)]
+    un_maxima = [(1949, 10), (1954, 9), (1958, 7), (1961, 5), (1971, 8), (1975, 5), (1980, 7),
+                 (1982, 12)]
+    after_peaks = tuple(m48(y, m) + 1 for y, m in nber_peaks_48)
+    cases.append(Case(
+        "unemployment_monthly", column(f"{STATSMODELS_TESTS}/UN.csv"),
+        (after_peaks, tuple(sorted(after_peaks + tuple(m48(y, m) + 1 for y, m in un_maxima)))),
+        "US unemployment rate, monthly 1948-1985 (Schwert 1987; statsmodels test data): the "
+        "month after each NBER business-cycle peak; second annotator adds the month after "
+        "each cycle's unemployment maximum (BLS: Oct 1949 7.9 %, Sep 1954, Jul 1958, May "
+        "1961, Aug 1971, May 1975 9.0 %, Jul 1980, Dec 1982 10.8 %)",
+    ))
+    bear = (m47(1973, 2), m47(1974, 11), m47(1982, 8))
+    cases.append(Case(
+        "sp500_monthly", column(f"{STATSMODELS_TESTS}/SP500.csv"),
+        (bear, tuple(sorted(bear + (m47(1968, 12), m47(1970, 6))))),
+        "S&P 500 index, monthly average 1947-1985 (Schwert 1987): the 1973-74 bear market "
+        "(peak 11 Jan 1973, trough 3 Oct 1974) and the bull market from 12 Aug 1982; second "
+        "annotator adds the 1968-70 bear market (peak 29 Nov 1968, trough 26 May 1970)",
+    ))
+    volcker = (m47(1979, 10), m47(1982, 8))
+    cases.append(Case(
+        "baa_monthly", column(f"{STATSMODELS_TESTS}/BAA.csv"),
+        (volcker, (m47(1966, 1),) + volcker),
+        "Moody's BAA corporate bond yield, monthly 1947-1985 (Schwert 1987): the Fed's "
+        "6 Oct 1979 change of operating procedure (Volcker) and the easing of summer 1982 "
+        "(discount-rate cuts from July, Mexico's default in August) after which long yields "
+        "fell; second annotator adds the start of the 1966 credit crunch (discount rate "
+        "raised Dec 1965)",
+    ))
+    # FRBNY nowcast data (statsmodels' dynamic-factor test data), FRED series 1985:01-2016:06
+    frbny = pd.read_csv(_statsmodels_file(
+        "tsa/statespace/tests/results/frbny_nowcast/Nowcasting/data/US/2016-06-29.csv"))
+    m85 = _month_of(1985, 1)
+    peaks_85 = (m85(1990, 8), m85(2001, 4), m85(2008, 1))
+    troughs_85 = (m85(1991, 4), m85(2001, 12), m85(2009, 7))
+    cases.append(Case(
+        "payrolls", frbny["PAYEMS"].to_numpy(float),
+        (peaks_85, tuple(sorted(peaks_85 + (m85(2003, 9), m85(2010, 3))))),
+        "US nonfarm payroll employment 1985-2016 (FRED PAYEMS): the month after the NBER "
+        "peaks (Jul 1990, Mar 2001, Dec 2007); second annotator adds the ends of the jobless "
+        "recoveries, the payroll troughs the BLS dates Aug 2003 and Feb 2010",
+    ))
+    un_max_85 = (m85(1992, 7), m85(2003, 7), m85(2009, 11))
+    cases.append(Case(
+        "unemployment_1985", frbny["UNRATE"].to_numpy(float),
+        (peaks_85, tuple(sorted(peaks_85 + un_max_85))),
+        "US unemployment rate 1985-2016 (FRED UNRATE): the month after the NBER peaks; second "
+        "annotator adds the month after each unemployment maximum (Jun 1992 7.8 %, Jun 2003 "
+        "6.3 %, Oct 2009 10.0 %)",
+    ))
+    cases.append(Case(
+        "industrial_production", frbny["INDPRO"].to_numpy(float),
+        (peaks_85, tuple(sorted(peaks_85 + troughs_85 + (m85(2015, 1),)))),
+        "US industrial production 1985-2016 (FRED INDPRO): the month after the NBER peaks; "
+        "second annotator adds the month after the NBER troughs (Mar 1991, Nov 2001, Jun "
+        "2009) and the fall from Dec 2014 with the oil-price collapse (Federal Reserve G.17)",
+    ))
+    cases.append(Case(
+        "cpi_1985", frbny["CPIAUCSL"].to_numpy(float),
+        ((m85(2008, 8),), (m85(1990, 8), m85(2008, 8), m85(2014, 8))),
+        "US consumer price index 1985-2016 (FRED CPIAUCSL): the fall of Aug-Dec 2008 with "
+        "the oil-price collapse after the July 2008 peak (BLS); second annotator adds the "
+        "Gulf War oil spike (Aug 1990) and the flat prices after the oil-price fall from "
+        "mid-2014",
+    ))
+    # manufacturing capacity utilisation 1972:01-2008:12 (statsmodels' state-space test data)
+    manufac = pd.read_stata(_statsmodels_file("tsa/statespace/tests/results/manufac.dta"))
+    m72 = _month_of(1972, 1)
+    peaks_72 = tuple(m72(y, m) + 1 for y, m in
+                     [(1973, 11), (1980, 1), (1981, 7), (1990, 7), (2001, 3), (2007, 12)])
+    troughs_72 = tuple(m72(y, m) + 1 for y, m in
+                       [(1975, 3), (1980, 7), (1982, 11), (1991, 3), (2001, 11), (2009, 6)])
+    cases.append(Case(
+        "capacity_utilisation", manufac["caputil"].to_numpy(float),
+        (peaks_72, tuple(sorted(peaks_72 + tuple(t for t in troughs_72 if t < len(manufac))))),
+        "US manufacturing capacity utilisation, monthly 1972-2008: the month after each NBER "
+        "peak; second annotator adds the month after each NBER trough in range",
+    ))
+    housing = pd.read_csv(_statsmodels_file("tsa/holtwinters/tests/results/housing-data.csv"))
+    m59 = _month_of(1959, 1)
+    bust = (m59(2006, 2), m59(2009, 5))
+    cases.append(Case(
+        "housing_starts", housing["HOUSTNSA"].to_numpy(float),
+        (bust, (m59(1973, 2),) + bust),
+        "US housing starts, monthly, not seasonally adjusted, 1959-2018 (FRED HOUSTNSA; "
+        "statsmodels' Holt-Winters test data): the housing bust, from the Jan 2006 peak to "
+        "the Apr 2009 trough (Census); second annotator adds the fall from the Jan 1973 peak "
+        "of the early-1970s boom",
+    ))
+    wpi = pd.read_csv(_statsmodels_file(
+        "tsa/statespace/tests/results/results_wpi1_ar3_stata.csv"))["wpi"].to_numpy(float)
+    oil = (_quarter60(1973, 4), _quarter60(1979, 1))
+    cases.append(Case(
+        "wholesale_prices", wpi, (oil, oil + (_quarter60(1986, 1),)),
+        "US wholesale price index, quarterly 1960-1990 (Stata's wpi1, statsmodels' SARIMAX "
+        "test data): the two oil shocks (the embargo from Oct 1973, the Iranian revolution "
+        "from Jan 1979); second annotator adds the oil-price collapse of early 1986",
+    ))
+    de = sm.interest_inflation.load_pandas().data
+    de_a = (_quarter72(1979, 1), _quarter72(1982, 1), _quarter72(1991, 1))
+    cases.append(Case(
+        "german_inflation", de["Dp"].to_numpy(float),
+        (de_a, tuple(sorted(de_a + (_quarter72(1973, 4), _quarter72(1993, 3))))),
+        "West German quarterly inflation (GDP deflator) 1972Q2-1998Q4 (Luetkepohl & "
+        "Kraetzig): the second oil shock (1979), the disinflation from 1982, the reunification "
+        "surge (1991-92); second annotator adds the first oil shock (Q4 1973) and the "
+        "Bundesbank's cooling of the reunification boom from 1993",
+    ))
+    # Nelson & Plosser (1982) annual series (statsmodels' ARIMA test data)
+    crash = "Perron (1989)'s Great Crash break: 1929, new regime from 1930"
+    cases.append(Case(
+        "real_gnp_np", column(f"{STATSMODELS_TESTS}/rgnp.csv"),
+        ((1930 - 1909,), (1930 - 1909, 1934 - 1909, 1946 - 1909)),
+        f"US log real GNP 1909-1970 (Nelson & Plosser 1982): {crash}; second annotator adds "
+        "the recovery after the 1933 trough and the post-war demobilisation fall of 1946",
+    ))
+    cases.append(Case(
+        "stock_prices_np", column(f"{STATSMODELS_TESTS}/stkprc.csv"),
+        ((1930 - 1871,), (1930 - 1871, 1937 - 1871)),
+        f"US log stock prices 1871-1970 (Nelson & Plosser 1982): {crash}; second annotator "
+        "adds the 1937 crash (Zivot & Andrews 1992 estimate a break in 1936)",
+    ))
+    cases.append(Case(
+        "gnp_deflator_np", column(f"{STATSMODELS_TESTS}/gnpdef.csv"),
+        ((1930 - 1889,), tuple(y - 1889 for y in (1916, 1921, 1930, 1934, 1941))),
+        f"US log GNP deflator 1889-1970 (Nelson & Plosser 1982): {crash}; second annotator "
+        "adds the First World War inflation (from 1916), the 1920-21 deflation, the reflation "
+        "after the 1933 devaluation and the Second World War inflation (from 1941)",
+    ))
+    lk = pd.read_stata(_statsmodels_file(f"{STATSMODELS_TESTS}/lutkepohl2.dta"))
+    de_peaks = (_quarter60(1966, 3), _quarter60(1973, 4), _quarter60(1980, 2))
+    cases.append(Case(
+        "german_investment", lk["inv"].to_numpy(float),
+        (de_peaks, tuple(sorted(de_peaks + (_quarter60(1967, 4), _quarter60(1975, 3))))),
+        "West German fixed investment, quarterly 1960-1982 (Luetkepohl 1993): the quarter "
+        "after the peaks of the three post-war recessions (1966-67, 1974-75, 1980-82; "
+        "Sachverstaendigenrat); second annotator adds the recoveries after the troughs of "
+        "1967 and 1975",
+    ))
+    return cases
+
+
 def _ar1(rng: np.random.Generator, n: int, phi: float, sd: float) -> np.ndarray:
     e = rng.normal(0.0, sd * math.sqrt(1.0 - phi * phi), n)
     out = np.empty(n)
@@ -676,15 +866,21 @@ def _trend_variant(**options: bool) -> Callable[[np.ndarray], list[int]]:
 
 
 VARIANTS: dict[str, dict[str, bool]] = {
-    "second round (main)": {"smooth_null": False, "effective_n": False},
-    "+ smooth alternative (default)": {"smooth_null": True, "effective_n": False},
-    "+ smooth + log n_eff": {"smooth_null": True, "effective_n": True},
+    "second round": {"smooth_null": False, "effective_n": False},
+    "third round (main)": {},
+    "+ log n_eff": {"effective_n": True},
+    "+ noise cap": {"noise_cap": True},
+    "+ select": {"select": True},
+    "+ differenced": {"differenced": True},
+    "+ min segment 2 % of n": {"min_fraction": 0.02},
+    "+ min segment 4 % of n": {"min_fraction": 0.04},
+    "BIC: 2 log n per change": {"per_change": 2.0},
 }
 
 
 def variants(sets: dict[str, list[Case]]) -> None:
     """Mean F1 / cover of the third round's option settings on every set (same run)."""
-    print("\n### Third-round variants (F1 / cover; series below the zero baseline's F1)\n")
+    print("\n### Variants (F1 / cover; series below the zero baseline's F1)\n")
     print("| variant | " + " | ".join(f"{k} ({len(v)})" for k, v in sets.items()) + " |")
     print("|---" * (len(sets) + 1) + "|")
     for label, options in VARIANTS.items():
@@ -701,25 +897,68 @@ def variants(sets: dict[str, list[Case]]) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
+FALSE_ALARM_VARIANTS = ("third round (main)", "+ log n_eff", "+ noise cap", "+ differenced",
+                        "+ min segment 2 % of n", "BIC: 2 log n per change")
+
+
 def false_alarms(series: int = 40) -> None:
-    """False changes in pure AR(1) noise around a slight trend, default vs log n_eff."""
+    """False changes in pure AR(1) noise around a slight trend, per variant (same series)."""
     print(f"\n### False changes in pure AR(1) noise ({series} series a cell, all seeds fixed)\n")
-    print("| n | phi | default | log n_eff |")
-    print("|---:|---:|---:|---:|")
+    print("| n | phi | " + " | ".join(FALSE_ALARM_VARIANTS) + " |")
+    print("|---:|---:|" + "---:|" * len(FALSE_ALARM_VARIANTS))
     from detectors.trend_segments import trend_change_points
 
     for n in (12, 20, 40, 60, 200, 1000):
         t = np.arange(n, dtype=float)
         for phi in (0.0, 0.5, 0.8):
             counts = []
-            for effective_n in (False, True):
+            for label in FALSE_ALARM_VARIANTS:
                 rng = np.random.default_rng(1000 + n)
                 counts.append(sum(
-                    len(trend_change_points(t, _ar1(rng, n, phi, 1.0) + 0.01 * t,
-                                            effective_n=effective_n))
+                    len(trend_change_points(t, _ar1(rng, n, phi, 1.0) + 0.01 * t, **VARIANTS[label]))
                     for _ in range(series)
                 ))
-            print(f"| {n} | {phi} | {counts[0]} | {counts[1]} |")
+            print(f"| {n} | {phi} | " + " | ".join(str(c) for c in counts) + " |")
+
+
+CEILING_SCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 8.0)
+
+
+def ceiling(sets: dict[str, list[Case]]) -> None:
+    """What the real sets allow: the default's penalty tuned per series (an oracle, as the
+    Turing benchmark's "oracle" column: the best of a grid, F1 and cover chosen apart), one
+    penalty scale for a whole set (the best single default in hindsight), and the
+    annotators against each other (each one's changes scored as a detection, averaged)."""
+    from detectors.trend_segments import trend_change_points
+
+    print("\n### What the sets allow (F1 / cover)\n")
+    print("| set | default | best single scale (scale) | per-series oracle scale | annotators vs all |")
+    print("|---|---|---|---|---|")
+    for label, cases in sets.items():
+        if not cases:
+            continue
+        table = np.zeros((len(cases), len(CEILING_SCALES), 2))
+        people = []
+        for i, case in enumerate(cases):
+            keep = np.flatnonzero(~np.isnan(case.values))
+            y = case.values[keep]
+            for j, scale in enumerate(CEILING_SCALES):
+                found = [int(keep[c]) for c in trend_change_points(
+                    keep.astype(float), y, penalty_scale=scale)] if float(np.ptp(y)) > 0 else []
+                table[i, j] = (f1_score(case.annotations, found),
+                               covering(case.annotations, found, case.values.size))
+            people.append(np.mean([
+                (f1_score(case.annotations, list(a)), covering(case.annotations, list(a), case.values.size))
+                for a in case.annotations
+            ], axis=0))
+        default = table[:, CEILING_SCALES.index(1.0)].mean(axis=0)
+        per_scale = table.mean(axis=0)
+        best = int(np.argmax(per_scale[:, 0] + per_scale[:, 1]))
+        oracle = table.max(axis=1).mean(axis=0)
+        ann = np.mean(people, axis=0)
+        print(f"| {label} ({len(cases)}) | {default[0]:.3f} / {default[1]:.3f} | "
+              f"{per_scale[best, 0]:.3f} / {per_scale[best, 1]:.3f} ({CEILING_SCALES[best]}) | "
+              f"{oracle[0]:.3f} / {oracle[1]:.3f} | {ann[0]:.3f} / {ann[1]:.3f} |")
 
 
 def main() -> None:
@@ -730,8 +969,16 @@ def main() -> None:
     )
     parser.add_argument("--why", action="store_true", help="print each real annotation's source")
     parser.add_argument(
+        "--final", action="store_true",
+        help="also score the fourth round's final set (run once, at the end of the round)",
+    )
+    parser.add_argument(
         "--variants", action="store_true",
         help="also score the third round's option settings and count false alarms on noise",
+    )
+    parser.add_argument(
+        "--ceiling", action="store_true",
+        help="also print what per-series penalty tuning and the annotators themselves reach",
     )
     args = parser.parse_args()
     real = real_cases()
@@ -757,14 +1004,25 @@ def main() -> None:
             print(f"- {case.name} (confirmation): {case.why}")
     if confirm:
         score(confirm, "Confirmation set: annotated after the default was declared, before any detector ran on it")
+    final = final_cases() if args.final else []
+    if args.why:
+        for case in final:
+            print(f"- {case.name} (final): {case.why}")
+    if final:
+        score(final, "Final set: fourth-round real series annotated and committed before any detector ran on them")
     synthetic = synthetic_cases()
     score(synthetic, "Synthetic: piecewise linear + AR(1) noise + 1 % outliers")
     if args.variants:
         variants({
             "development": real, "held-out": heldout, "fresh": fresh,
-            "confirmation": confirm, "synthetic": synthetic,
+            "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
         })
         false_alarms()
+    if args.ceiling:
+        ceiling({
+            "development": real, "held-out": heldout, "fresh": fresh,
+            "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
+        })
     if not args.no_timing:
         timing()
 

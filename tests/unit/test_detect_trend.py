@@ -230,3 +230,53 @@ def test_heavy_tailed_noise_does_not_open_segments() -> None:
         x = signal + np.random.default_rng(100 + seed).standard_t(3, 500)
         exact.append(near(change_points(x), [200, 350]))
     assert sum(exact) >= 8, exact
+
+
+def test_differenced_option_takes_a_random_walk_as_noise_and_keeps_a_trend_break() -> None:
+    # a random walk with drift: the levels model can only follow it with segments (phi is
+    # capped at 2/3); the random-walk alternative (free AR(1), variance profiled) wins and
+    # its drift has no change. A clear break of trend in AR(0.5) noise keeps the levels model
+    rng = np.random.default_rng(21)
+    t = np.arange(600.0)
+    pieces_default, pieces_differenced = 0, 0
+    for _ in range(5):
+        walk = np.cumsum(rng.normal(0.05, 1.0, 600))
+        pieces_default += len(trend_change_points(t, walk))
+        pieces_differenced += len(trend_change_points(t, walk, differenced=True))
+    assert pieces_differenced <= 1 < pieces_default, (pieces_differenced, pieces_default)
+    bend = np.where(t < 300, 0.05 * t, 15.0 - 0.05 * (t - 300)) + ar1(rng, 600, 0.5, 0.5)
+    assert near(trend_change_points(t, bend, differenced=True), [300])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"noise_cap": True}, {"select": True}, {"min_fraction": 0.02}, {"per_change": 2.0},
+     {"penalty_scale": 0.7}],
+)
+def test_fourth_round_options_still_find_clear_steps(options: dict[str, object]) -> None:
+    # each option (off by default) keeps two clear steps in AR(0.5) noise, within 2
+    rng = np.random.default_rng(22)
+    t = np.arange(400.0)
+    found_all = []
+    for _ in range(3):
+        x = np.where(t >= 150, 3.0, 0.0) - np.where(t >= 280, 3.0, 0.0) + ar1(rng, 400, 0.5)
+        found_all.append(trend_change_points(t, x, **options))  # type: ignore[arg-type]
+    assert sum(near(f, [150, 280]) for f in found_all) >= 2, found_all
+
+
+def test_select_option_never_adds_changes_and_min_fraction_bounds_segments() -> None:
+    rng = np.random.default_rng(23)
+    t = np.arange(500.0)
+    for _ in range(3):
+        x = np.cumsum(rng.normal(0.0, 1.0, 500))
+        assert set(trend_change_points(t, x, select=True)) <= set(trend_change_points(t, x))
+        bounds = [0, *trend_change_points(t, x, min_fraction=0.04), 500]
+        assert min(np.diff(bounds)) >= 20
+
+
+def test_penalty_scale_larger_means_fewer_changes_on_steps() -> None:
+    rng = np.random.default_rng(24)
+    t = np.arange(300.0)
+    x = np.repeat([0.0, 1.0, 0.0, 1.0], 75) + rng.normal(0, 0.4, 300)
+    counts = [len(trend_change_points(t, x, penalty_scale=s)) for s in (0.25, 1.0, 20.0)]
+    assert counts[0] >= counts[1] >= counts[2] and counts[2] < 3, counts
