@@ -229,7 +229,6 @@ class RatioDetector:
         mean_age = self._decay / (1.0 - self._decay)
         self._drift_per_window = cfg.drift_allowance_per_30_days * cfg.window_seconds / (30 * 86400.0)
         self._drift_lag = self._drift_per_window * mean_age
-        self._mean_age = mean_age
         self._arl0 = cfg.arl0
         self._members = [_Member(g) for g in LOG_FACTORS] + [_Member(-g) for g in LOG_FACTORS]
         self._index = 0
@@ -648,6 +647,8 @@ class RatioDetector:
                 up = m.log_factor > 0
                 if up not in oldest or m.ref_index < oldest[up][0]:
                     oldest[up] = (m.ref_index, m.ref_p, m.ref_b, m.ref_var)
+        # see _run_lag (inlined: this loop runs for every member on every window)
+        lag0, drift = self._drift_lag, self._drift_per_window
         for m in self._members:
             delta = mu0 * (m.factor - 1.0)
             if inv_alpha > 0.0:
@@ -691,7 +692,7 @@ class RatioDetector:
             # its error: sampling (the reference's own) and its lag behind an allowed drift,
             # which grows with the age of the run
             ref_rel_var = m.ref_var / (m.ref_p * m.ref_p) if m.ref_p > 0.0 else math.inf
-            lag = self._run_lag(m, index)
+            lag = lag0 + drift * (m.start - m.ref_index + 0.5 * (index - m.start + 1))
             se_sq = ref_rel_var * (1.0 + alpha * self._mean_mu) + lag * lag
             stat = _two_sample(m, 1.0 / max(se_sq, 1e-300))
             m.two_sample = stat
@@ -719,9 +720,8 @@ class RatioDetector:
         misses in tests/bench/bench_detectors.py at an unchanged false-alarm rate.)
         """
         run = index - m.start + 1
-        return self._drift_per_window * (
-            self._mean_age + max(m.start - m.ref_index, 0) + 0.5 * run
-        )
+        lag: float = self._drift_lag + self._drift_per_window * (m.start - m.ref_index + 0.5 * run)
+        return lag
 
     def _change_start(self, member: _Member, index: int) -> _Member:
         """Member whose run start best explains the change (max profile GLR of its run).
