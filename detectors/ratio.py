@@ -14,8 +14,9 @@ oldest running member of its direction started), so a change does not leak into 
 reference while evidence builds. ``alpha`` is a bounded, winsorised method-of-moments estimate
 on the same exponential weights. Each member's alarm statistic is a two-sample test of its run
 against its reference (the reference's sampling error and its lag behind an allowed drift are
-profiled out, see ``_two_sample``); its threshold comes from the false-alarm budget
-(``detectors.calibration``). Members whose change is below the baseline's resolution, or whose
+profiled out, see ``_two_sample``; the lag is the reference's own plus half the run, where a
+linear drift puts the run's mean, see ``_run_lag``); its threshold comes from the false-alarm
+budget (``detectors.calibration``). Members whose change is below the baseline's resolution, or whose
 per-window information is so high that a smaller member detects the same change as fast, stay
 idle.
 
