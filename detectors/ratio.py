@@ -16,9 +16,9 @@ on the same exponential weights. Each member's alarm statistic is a two-sample t
 against its reference (the reference's sampling error and its lag behind an allowed drift are
 profiled out, see ``_two_sample``; the lag is the reference's own plus half the run, where a
 linear drift puts the run's mean, see ``_run_lag``); its threshold comes from the false-alarm
-budget (``detectors.calibration``). Members whose change is below the baseline's resolution, or whose
-per-window information is so high that a smaller member detects the same change as fast, stay
-idle.
+budget (``detectors.calibration``). Members whose change is below the baseline's resolution,
+or whose per-window information is so high that a smaller member detects the same change as
+fast, stay idle.
 
 An alarm's life is explicit (``alarm_state``): an alarm is ``pending`` until a sequential test
 on the windows after it confirms the level it claimed (``confirmed``) or withdraws it (the
