@@ -83,6 +83,17 @@ def test_slow_drift_is_followed() -> None:
     assert detector.baseline_ratio == pytest.approx(0.7 * (1 + 0.1 * 1500 / 720), rel=0.03)
 
 
+def test_a_runs_drift_allowance_is_its_reference_lag_plus_half_the_run() -> None:
+    # a linear drift puts a run's mean half-way through the run: counting the whole run
+    # doubled the allowance's growth and hid small changes on long runs
+    detector = RatioDetector(HOUR)
+    member = detector._members[0]
+    member.ref_index, member.start = 100, 130
+    per_window = 0.1 * 3600 / (30 * 86400)
+    mean_age = detector._decay / (1 - detector._decay)
+    assert detector._run_lag(member, 229) == pytest.approx(per_window * (mean_age + 30 + 50))
+
+
 def test_recovery_resolves_the_alarm() -> None:
     detector = RatioDetector(HOUR)
     found = run(detector, stream(5, 700, 100, [(0, 0.8), (300, 0.4), (500, 0.8)]))
