@@ -1041,12 +1041,24 @@ class GroupMonitor:
         """Feed the pooled segments; a pooled alarm opens (or joins) one incident naming every
         platform whose own windows agree, a pooled resolution closes the incident it opened."""
         alerts: list[Alert] = []
-        for event_name, pseg, _start, cp in self.pooled.update(windows):
-            if cp.resolves:
+        for event_name, pseg, start, cp in self.pooled.update(windows):
+            if cp is None:
+                cp = pseg.waiting
+                if cp is None:
+                    continue
+                if not pseg.detector.in_alarm or start - _at(cp.change_at) > JOIN_S:
+                    pseg.waiting = None  # withdrawn, or the platforms never agreed
+                    continue
+                # the platforms' own evidence grows with every window: ask them again
+                cp = dataclasses.replace(cp, detected_at=float(start))
+            elif cp.resolves:
+                pseg.waiting = None
                 alerts.extend(self._pooled_resolve(pseg.key, cp))
                 continue
-            alert = self._pooled_alarm(event_name, pseg.key, pooled_change_time(pseg.history, cp), cp,
-                                       changes, backend_moves)
+            else:
+                cp = dataclasses.replace(cp, change_at=pooled_change_time(pseg.history, cp))
+            alert, done = self._pooled_alarm(event_name, pseg.key, _at(cp.change_at), cp, changes, backend_moves)
+            pseg.waiting = None if done else cp
             if alert is not None:
                 alerts.append(alert)
         return alerts
@@ -1075,14 +1087,17 @@ class GroupMonitor:
         return sorted(out, reverse=True)
 
     def _pooled_alarm(self, event_name: str, pooled_key: str, change_at: float, cp: ChangePoint,
-                      changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> Alert | None:
+                      changes: list[Mapping[str, Any]],
+                      backend_moves: Mapping[str, ChangePoint | None]) -> tuple[Alert | None, bool]:
+        """(the alert to send, if any; whether the alarm is dealt with: False while fewer than
+        two platforms agree, so it is asked again at the next pooled window)."""
         key = _family("count_ratio", cp.direction)
         dims = pooled_key.split("|")[2:]
         agree = self._agreeing(event_name, dims, change_at, cp.direction)
         if len(agree) < 2:
             # one platform (or none): a break of that platform alone, which its own detector
             # sees undiluted, or chance in the sum
-            return None
+            return None, False
         free: list[tuple[float, str, float]] = []
         owner: tuple[str, str] | None = None
         for item in agree:
@@ -1103,15 +1118,15 @@ class GroupMonitor:
             # purchases and leads): the platforms join it, as their own alarms would
             owner = self._open_incident_like(key, dims, change_at)
         if owner is not None:
-            return self._pooled_join(owner, key, free) if free else None
+            return (self._pooled_join(owner, key, free) if free else None), True
         if len(free) < 2:
-            return None
+            return None, True
         lead = free[0][1]
         segs = self.segments[lead]
         seg = segs[f"{lead}|{dims[0]}|{dims[1]}"]
         closed = self.settled.get(lead, {}).get(key)
         if closed is not None and change_at < float(closed[0]):
-            return None  # a change a person already judged on the leading platform
+            return None, True  # a change a person already judged on the leading platform
         det = seg.detectors["count_ratio"]
         ref = det.reference_ratio if det.in_alarm else det.baseline_ratio
         low, high = det.baseline_interval
@@ -1126,7 +1141,7 @@ class GroupMonitor:
         alert = dataclasses.replace(alert, incident_key=_alert_id(lead, key, named))
         alert, as_planned = self._against_plans(alert, key, changes)
         if as_planned:
-            return None  # a planned move: the platforms' own detectors give its notice
+            return None, True  # a planned move: the platforms' own detectors give its notice
         acked_at = self.acked.get(lead, {}).get(alert.incident_key)
         if acked_at is not None and alert.detected_at - acked_at <= self.config.refire_cooldown_s:
             alert = dataclasses.replace(alert, acknowledged=True)
@@ -1146,7 +1161,7 @@ class GroupMonitor:
             self.incidents.setdefault(group, {})[key] = {"segment_key": member, "metric": "count_ratio",
                                                          "joined": [lead, key], "change_at": change_at}
             self._dirty.add(group)
-        return alert
+        return alert, True
 
     def _open_incident_like(self, key: str, dims: Sequence[str], change_at: float) -> tuple[str, str] | None:
         """The open tracking-gap incident of signal family `key` on browser / region `dims`,

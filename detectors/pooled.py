@@ -56,6 +56,9 @@ class PooledSegment:
 
     def __init__(self, key: str, config: RatioDetectorConfig, state: Mapping[str, Any] | None = None) -> None:
         self.key = key
+        #: an alarm the platforms did not (yet) agree with: its change point, kept while the
+        #: detector stays in alarm, so their evidence can catch up (the monitor retries)
+        self.waiting: ChangePoint | None = None
         if state is None:
             self.detector = RatioDetector(config, metric="count_ratio")
             #: [window start, backend conversions, members' browser-tag events summed]
@@ -63,9 +66,14 @@ class PooledSegment:
         else:
             self.detector = RatioDetector.from_dict(dict(state["det"]))
             self.history = [list(r) for r in state["hist"]]
+            if state.get("wait"):
+                self.waiting = ChangePoint.from_dict(dict(state["wait"]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"det": self.detector.to_dict(), "hist": self.history}
+        out: dict[str, Any] = {"det": self.detector.to_dict(), "hist": self.history}
+        if self.waiting is not None:
+            out["wait"] = self.waiting.to_dict()
+        return out
 
     def update(self, start: int, backend: float, platform: float) -> ChangePoint | None:
         self.history.append([float(start), backend, platform])
@@ -123,14 +131,15 @@ class PooledSegments:
         self.pools[event_name] = _EventPool(state, self.config)
 
     # ---- the per-window step ----------------------------------------------------------------
-    def update(self, windows: Sequence[ClosedWindow]) -> list[tuple[str, PooledSegment, int, ChangePoint]]:
+    def update(self, windows: Sequence[ClosedWindow]) -> list[tuple[str, PooledSegment, int, ChangePoint | None]]:
         """Add the platform windows of one closed window (any groups); returns
-        `(event_name, segment, window start, change point)` of every pooled window completed."""
+        `(event_name, segment, window start, change point or None)` of every pooled window
+        completed."""
         by_name: dict[str, list[ClosedWindow]] = {}
         for w in windows:
             if w.level in POOLED_LEVELS and w.platform != "*":
                 by_name.setdefault(w.event_name, []).append(w)
-        out: list[tuple[str, PooledSegment, int, ChangePoint]] = []
+        out: list[tuple[str, PooledSegment, int, ChangePoint | None]] = []
         for event_name, ws in sorted(by_name.items()):
             pool = self.pools.get(event_name)
             if pool is None:
@@ -163,7 +172,7 @@ class PooledSegments:
             row[0] = max(row[0], float(w.backend_count))
             row[1] += float(w.platform_channels.get(POOLED_CHANNEL, 0))
 
-    def _flush(self, event_name: str, pool: _EventPool) -> list[tuple[PooledSegment, int, ChangePoint]]:
+    def _flush(self, event_name: str, pool: _EventPool) -> list[tuple[PooledSegment, int, ChangePoint | None]]:
         newest = max((v[0] for v in pool.seen.values()), default=-math.inf)
         members = sorted(p for p, (last, hold) in pool.seen.items()
                          if last >= newest - MEMBER_RECENT_S and hold <= self.max_hold_s)
@@ -178,7 +187,7 @@ class PooledSegments:
             pool.pending = {}
             pool.flushed = int(newest)
             return []  # one platform: its own detectors are the pool
-        out: list[tuple[PooledSegment, int, ChangePoint]] = []
+        out: list[tuple[PooledSegment, int, ChangePoint | None]] = []
         for text in sorted(pool.pending, key=int):
             start = int(text)
             entry = pool.pending[text]
@@ -194,9 +203,7 @@ class PooledSegments:
                     if backend <= 0:
                         continue
                     seg = pool.segments[key] = PooledSegment(key, self.config)
-                cp = seg.update(start, backend, platform)
-                if cp is not None:
-                    out.append((seg, start, cp))
+                out.append((seg, start, seg.update(start, backend, platform)))
         return out
 
     def accept_level(self, key: str) -> None:
