@@ -40,6 +40,8 @@ from detectors.alert import (
     Verdict,
 )
 from detectors.changepoint import ChangePoint, rate_interval
+from detectors.pooled import PooledSegments, agreement
+from detectors.pooled import change_time as pooled_change_time
 from detectors.ratio import RatioDetector, RatioDetectorConfig
 from detectors.seasonal import BackendDetector, BackendDetectorConfig
 from detectors.windows import ClosedWindow
@@ -105,6 +107,14 @@ class MonitorConfig:
     plan_window_s: float = 2 * 86_400.0
     #: a move matches the plan when |observed - expected| <= max(0.1, this x |expected|)
     plan_tolerance: float = 0.5
+    #: pooled evidence across platforms (detectors/pooled.py): per event name, a ratio
+    #: detector on every platform's browser-tag events summed, for the event name, each
+    #: browser and each region; budgeted like one platform's detectors (`detectors_per_group`)
+    pooled: bool = True
+    #: a platform is named in a pooled incident when its own windows since the pooled change
+    #: time carry this much evidence (nats, quasi-likelihood) in its direction: a one-sided
+    #: test at ~2 %; a pooled alarm opens an incident when at least two platforms agree
+    pooled_agree_nats: float = 2.0
 
     def detector_config(self, metric: str = "count_ratio") -> RatioDetectorConfig:
         if metric.startswith(CHANNEL_METRIC):
@@ -132,6 +142,8 @@ _PRIORITY = ("duplicate_rate", "click_id_coverage", "count_ratio", "unmatched_ra
 #: count, which the other path still partly carries, moves enough. A closed set: labels stay bounded
 WATCHED_CHANNELS = ("pixel", "capi", "server", "import")
 CHANNEL_METRIC = "channel_ratio:"
+#: state items of the pooled segments (detectors/pooled.py): `g:*pooled*|<event_name>`
+POOLED_GROUP = "*pooled*|"
 
 
 def _priority(metric: str) -> int:
@@ -409,6 +421,8 @@ class GroupMonitor:
         #: group -> [incident key, firing alert document, resolved at] of its last drop that
         #: resolved: delayed events arriving later may show it was their delay (`_delay_signal`)
         self.delay_resolved: dict[str, list[Any]] = {}
+        #: per event name, every platform's conversions summed (detectors/pooled.py)
+        self.pooled = PooledSegments(self.config.detector_config("count_ratio"), self.config.window_s)
 
     # ---- persistence ----------------------------------------------------------------------
     def take_changes(self, prefix: str) -> dict[str, Any]:
@@ -432,6 +446,8 @@ class GroupMonitor:
                     "delay_resolved": self.delay_resolved.get(group),
                 }
         self._dirty = set()
+        for event_name, state in self.pooled.take_changes().items():
+            out[f"{prefix}g:{POOLED_GROUP}{event_name}"] = state
         return out
 
     def restore(self, items: Mapping[str, Any], prefix: str) -> None:
@@ -439,6 +455,9 @@ class GroupMonitor:
             if not key.startswith(f"{prefix}g:") or value is None:
                 continue
             group = key[len(prefix) + 2:]
+            if group.startswith(POOLED_GROUP):
+                self.pooled.restore(group[len(POOLED_GROUP):], value)
+                continue
             self.last_window[group] = int(value.get("last", -1))
             if group.startswith("*backend*|"):
                 event_name = group.split("|", 1)[1]
@@ -496,6 +515,8 @@ class GroupMonitor:
             self._remember_resolved(group, open_before, group_alerts)
             alerts.extend(group_alerts)
             alerts.extend(self._delay_signal(group, by_group[group], changes))
+        if self.config.pooled:
+            alerts.extend(self._pooled_step(windows, changes, backend_moves))
         # an incident joined in the step that opened it is sent once, naming every segment
         last = {a.alert_id: a for a in alerts if a.status == "firing"}
         out: list[Alert] = []
@@ -854,6 +875,12 @@ class GroupMonitor:
                 seg = self.segments.get(group, {}).get(inc["segment_key"])
                 det = seg.detectors.get(inc["metric"]) if seg is not None else None
                 self._rebaseline(group, key, action)
+                if inc.get("pooled"):  # the pooled detector that opened it takes the verdict too
+                    pooled_key = str(inc["pooled"])
+                    if action == "expected":
+                        self.pooled.accept_level(pooled_key)
+                    else:
+                        self.pooled.reject_alarm(pooled_key)
                 self.settled.setdefault(group, {})[key] = [at, action]
                 level = det.baseline_ratio if det is not None else math.nan
                 resolved = dataclasses.replace(
@@ -1008,17 +1035,209 @@ class GroupMonitor:
                     del incs[o_key]
                     self._dirty.add(o_group)
 
+    # ---- pooled evidence across platforms (detectors/pooled.py) ---------------------------
+    def _pooled_step(self, windows: Sequence[ClosedWindow], changes: list[Mapping[str, Any]],
+                     backend_moves: Mapping[str, ChangePoint | None]) -> list[Alert]:
+        """Feed the pooled segments; a pooled alarm opens (or joins) one incident naming every
+        platform whose own windows agree, a pooled resolution closes the incident it opened."""
+        alerts: list[Alert] = []
+        for event_name, pseg, start, cp in self.pooled.update(windows):
+            if cp is None:
+                cp = pseg.waiting
+                if cp is None:
+                    continue
+                if not pseg.detector.in_alarm or start - _at(cp.change_at) > JOIN_S:
+                    pseg.waiting = None  # withdrawn, or the platforms never agreed
+                    continue
+                # the platforms' own evidence grows with every window: ask them again
+                cp = dataclasses.replace(cp, detected_at=float(start))
+            elif cp.resolves:
+                pseg.waiting = None
+                alerts.extend(self._pooled_resolve(pseg.key, cp))
+                continue
+            else:
+                cp = dataclasses.replace(cp, change_at=pooled_change_time(pseg.history, cp))
+            alert, done = self._pooled_alarm(event_name, pseg.key, _at(cp.change_at), cp, changes, backend_moves)
+            pseg.waiting = None if done else cp
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _agreeing(self, event_name: str, dims: Sequence[str], change_at: float,
+                  direction: str) -> list[tuple[float, str, float]]:
+        """(evidence in nats, group, relative change) of every pooled platform whose own
+        windows since `change_at`, on the pooled segment's browser / region, agree with a
+        pooled change in `direction` (`detectors.pooled.agreement`), strongest first."""
+        out = []
+        for platform in self.pooled.members_of(event_name):
+            group = f"{platform}|{event_name}"
+            seg = self.segments.get(group, {}).get(f"{group}|{dims[0]}|{dims[1]}")
+            if seg is None:
+                continue
+            det = seg.detectors["count_ratio"]
+            # the level before the change: the open incident's reference, else the baseline
+            # (3 days of memory: the few windows since the change hardly move it)
+            ref = det.reference_ratio if det.in_alarm else det.baseline_ratio
+            rows = [r for r in seg.history if r[H_START] >= change_at]
+            exposure = sum(r[H_B] for r in rows)
+            count = sum(r[H_P] for r in rows)
+            nats = agreement(count, exposure, ref, direction, det.dispersion, len(rows))
+            if nats >= self.config.pooled_agree_nats:
+                out.append((nats, group, count / exposure / ref - 1.0))
+        return sorted(out, reverse=True)
+
+    def _pooled_alarm(self, event_name: str, pooled_key: str, change_at: float, cp: ChangePoint,
+                      changes: list[Mapping[str, Any]],
+                      backend_moves: Mapping[str, ChangePoint | None]) -> tuple[Alert | None, bool]:
+        """(the alert to send, if any; whether the alarm is dealt with: False while fewer than
+        two platforms agree, so it is asked again at the next pooled window)."""
+        key = _family("count_ratio", cp.direction)
+        dims = pooled_key.split("|")[2:]
+        agree = self._agreeing(event_name, dims, change_at, cp.direction)
+        if len(agree) < 2:
+            # one platform (or none): a break of that platform alone, which its own detector
+            # sees undiluted, or chance in the sum
+            return None, False
+        free: list[tuple[float, str, float]] = []
+        owner: tuple[str, str] | None = None
+        for item in agree:
+            inc = self.incidents.get(item[1], {}).get(key)
+            if inc is None:
+                free.append(item)
+                continue
+            o_group, o_key = inc["joined"] if "joined" in inc else (item[1], key)
+            o_inc = self.incidents.get(o_group, {}).get(o_key)
+            if owner is not None or o_inc is None or "alert" not in o_inc:
+                continue
+            o_dims = o_inc["segment_key"].split("|")[2:]
+            if (o_inc["alert"]["verdict"] == "tracking_gap" and (o_dims == dims or dims == ["*", "*"])
+                    and abs(float(o_inc["alert"]["change_at"]) - change_at) <= JOIN_S):
+                owner = (o_group, o_key)
+        if owner is None:
+            # the same cause already open on another event name (one consent change moves
+            # purchases and leads): the platforms join it, as their own alarms would
+            owner = self._open_incident_like(key, dims, change_at)
+        if owner is not None:
+            return (self._pooled_join(owner, key, free) if free else None), True
+        if len(free) < 2:
+            return None, True
+        lead = free[0][1]
+        segs = self.segments[lead]
+        seg = segs[f"{lead}|{dims[0]}|{dims[1]}"]
+        closed = self.settled.get(lead, {}).get(key)
+        if closed is not None and change_at < float(closed[0]):
+            return None, True  # a change a person already judged on the leading platform
+        det = seg.detectors["count_ratio"]
+        ref = det.reference_ratio if det.in_alarm else det.baseline_ratio
+        low, high = det.baseline_interval
+        after = seg.since(change_at)
+        e_a, c_a = _signal("count_ratio", after, seg.unit)
+        after_low, after_high = rate_interval(c_a, e_a)
+        # the leading platform's own view of the pooled change: its levels, the pool's evidence
+        own = ChangePoint("count_ratio", cp.direction, cp.detected_index, cp.change_index, ref, low, high,
+                          c_a / e_a, after_low, after_high, cp.statistic, cp.threshold, cp.p_value,
+                          change_at=change_at, detected_at=cp.detected_at)
+        alert, named = self._make_alert(lead, segs, [(seg, None, own)], changes, backend_moves, change_at=change_at)
+        alert = dataclasses.replace(alert, incident_key=_alert_id(lead, key, named))
+        alert, as_planned = self._against_plans(alert, key, changes)
+        if as_planned:
+            return None, True  # a planned move: the platforms' own detectors give its notice
+        acked_at = self.acked.get(lead, {}).get(alert.incident_key)
+        if acked_at is not None and alert.detected_at - acked_at <= self.config.refire_cooldown_s:
+            alert = dataclasses.replace(alert, acknowledged=True)
+        named_dims = named.split("|")[2:]
+        members = [("|".join([group, *named_dims]), group) for _, group, _ in free[1:]]
+        together = ", ".join(f"{g.split('|')[0]} {rel:+.0%}" for _, g, rel in free)
+        top, *rest = alert.likely_causes
+        top = Cause(top.cause, top.score, f"{top.evidence}; every platform at once ({together}): "
+                    f"their browser-tag events summed, per backend conversion, {cp.relative_change:+.0%}")
+        alarming = tuple(sorted({*(alert.localisation.alarming or ()), pooled_key}))
+        alert = dataclasses.replace(alert, likely_causes=(top, *rest), affected=(named, *(m for m, _ in members)),
+                                    localisation=dataclasses.replace(alert.localisation, alarming=alarming))
+        self.incidents.setdefault(lead, {})[key] = {"segment_key": named, "metric": "count_ratio",
+                                                    "alert": alert.to_dict(), "pooled": pooled_key}
+        self._dirty.add(lead)
+        for member, group in members:
+            self.incidents.setdefault(group, {})[key] = {"segment_key": member, "metric": "count_ratio",
+                                                         "joined": [lead, key], "change_at": change_at}
+            self._dirty.add(group)
+        return alert, True
+
+    def _open_incident_like(self, key: str, dims: Sequence[str], change_at: float) -> tuple[str, str] | None:
+        """The open tracking-gap incident of signal family `key` on browser / region `dims`,
+        changed within `JOIN_S` of `change_at` (the nearest), of any group."""
+        best: tuple[float, str] | None = None
+        for group, incs in self.incidents.items():
+            inc = incs.get(key)
+            if inc is None or "alert" not in inc or inc["alert"]["verdict"] != "tracking_gap":
+                continue
+            if inc["segment_key"].split("|")[2:] != list(dims):
+                continue
+            dt = abs(float(inc["alert"]["change_at"]) - change_at)
+            if dt <= JOIN_S and (best is None or dt < best[0]):
+                best = (dt, group)
+        return None if best is None else (best[1], key)
+
+    def _pooled_join(self, owner: tuple[str, str], key: str, free: list[tuple[float, str, float]]) -> Alert:
+        """Platforms whose own windows agree with a pooled change join the incident already open
+        for it (on another platform) now, before their own detectors alarm."""
+        o_group, o_key = owner
+        o_inc = self.incidents[o_group][o_key]
+        alert = Alert.from_dict(o_inc["alert"])
+        affected = list(alert.affected or (o_inc["segment_key"],))
+        o_dims = o_inc["segment_key"].split("|")[2:]
+        for _, group, _ in free:
+            member = "|".join([group, *o_dims])
+            self.incidents.setdefault(group, {})[key] = {"segment_key": member, "metric": "count_ratio",
+                                                         "joined": [o_group, o_key], "change_at": alert.change_at}
+            self._dirty.add(group)
+            if member not in affected:
+                affected.append(member)
+        alert = dataclasses.replace(alert, affected=tuple(affected))
+        o_inc["alert"] = alert.to_dict()
+        self._dirty.add(o_group)
+        return alert  # the same alert_id: an update naming every affected segment
+
+    def _pooled_resolve(self, pooled_key: str, cp: ChangePoint) -> list[Alert]:
+        """The pooled level came back (or its alarm was withdrawn): the incident it opened
+        resolves, unless the named platform's own detector now carries it (that one resolves it)."""
+        out = []
+        for group, incs in list(self.incidents.items()):
+            for key, inc in list(incs.items()):
+                if inc.get("pooled") != pooled_key or "alert" not in inc:
+                    continue
+                seg = self.segments.get(group, {}).get(inc["segment_key"])
+                det = seg.detectors.get(inc["metric"]) if seg is not None else None
+                if det is not None and det.incident_direction == inc["alert"]["direction"]:
+                    del inc["pooled"]
+                    self._dirty.add(group)
+                    continue
+                current = math.nan
+                if seg is not None:
+                    e, c = _signal(inc["metric"], seg.since(_at(cp.change_at)), seg.unit)
+                    current = _ratio(c, e)
+                resolved = Alert.from_dict(inc["alert"]).resolved(current=_r(current, 4), detected_at=_at(cp.detected_at))
+                self._close_incident(group, key, resolved.detected_at)
+                self._release_members(group, key)
+                out.append(resolved)
+        return out
+
     # ---- alert content --------------------------------------------------------------------
-    def _make_alert(self, group: str, segs: dict[str, _Segment], items: list[tuple[_Segment, ClosedWindow, ChangePoint]],
-                    changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None]) -> tuple[Alert, str]:
+    def _make_alert(self, group: str, segs: dict[str, _Segment],
+                    items: Sequence[tuple[_Segment, ClosedWindow | None, ChangePoint]],
+                    changes: list[Mapping[str, Any]], backend_moves: Mapping[str, ChangePoint | None],
+                    change_at: float | None = None) -> tuple[Alert, str]:
+        """The alert of a new incident and the segment it names. `change_at`: known already
+        (a pooled alarm's, estimated on the sum of the platforms), else from the signals."""
         cfg = self.config
         metric, direction = items[0][2].metric, items[0][2].direction
         # the latest run start among the signals that fired: each run starts at or before the
         # break, and one that drifted up before it (hours earlier, on a slow drift) would put
         # the change, and with it the nearby changes, too early. A re-opened alarm carries no
         # change time: its detection time stands in
-        starts = [_change_time(seg, cp) for seg, _, cp in items if cp.change_at is not None]
-        change_at = max(starts) if starts else _at(items[0][2].detected_at)
+        if change_at is None:
+            starts = [_change_time(seg, cp) for seg, _, cp in items if cp.change_at is not None]
+            change_at = max(starts) if starts else _at(items[0][2].detected_at)
         # what came before a person's verdict on this family (false alarm, expected) was
         # judged: a new alarm starts after it, and is a new alert (a new id), never the judged
         # one again (its feedback would close it again, silently, for ever)

@@ -128,6 +128,8 @@ class PipelineConfig:
     #: Kafka CreateTime / LogAppendTime); off: at its place in the arrival order. Backtest
     #: reads files, which carry `arrived_at` or nothing (docs/events.md)
     record_timestamp_arrival: bool = False
+    #: pooled evidence across platforms (detectors/pooled.py, MonitorConfig.pooled)
+    pooled: bool = True
     topics: Topics = field(default_factory=Topics)
 
     @property
@@ -156,7 +158,7 @@ class PipelineConfig:
     @property
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(window_s=self.window_s, false_alarms_per_30_days=self.false_alarms_per_30_days,
-                             change_lookback_s=self.change_lookback_s)
+                             change_lookback_s=self.change_lookback_s, pooled=self.pooled)
 
 
 class Send(NamedTuple):
