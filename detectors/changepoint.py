@@ -7,6 +7,7 @@ interval" (a few microseconds: cheap enough for every metric scrape).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -87,3 +88,24 @@ def rate_interval(events: float, exposure: float, level: float = 0.95) -> tuple[
     lower = float(gammaincinv(events, tail)) if events > 0.0 else 0.0
     upper = float(gammaincinv(events + 1.0, 1.0 - tail))
     return (lower / exposure, upper / exposure)
+
+
+def step_start(points: Iterable[tuple[float, float, float]], r0: float, up: bool, default: float) -> float:
+    """Where a step from ratio `r0` most likely began: the arg-max over k of the Poisson
+    likelihood ratio of "`r0` before k, one new level from k on", the new level pointing `up`
+    (an inflation) or down. `points` are (window start, exposure, count) from the NEWEST window
+    back; `default` is returned when no k gains anything."""
+    best, best_at = 0.0, default
+    count = exposure = 0.0
+    for at, e, c in points:
+        exposure += e
+        count += c
+        if exposure <= 0.0:
+            continue
+        r1 = count / exposure
+        if (r1 > r0) != up:
+            continue
+        llr = (count * math.log(r1 / r0) if count > 0 else 0.0) - exposure * (r1 - r0)
+        if llr > best:
+            best, best_at = llr, float(at)
+    return best_at

@@ -39,7 +39,7 @@ from detectors.alert import (
     Segment,
     Verdict,
 )
-from detectors.changepoint import ChangePoint, rate_interval
+from detectors.changepoint import ChangePoint, rate_interval, step_start
 from detectors.pooled import PooledSegments, agreement
 from detectors.pooled import change_time as pooled_change_time
 from detectors.ratio import RatioDetector, RatioDetectorConfig
@@ -315,22 +315,8 @@ def _change_time(seg: _Segment, cp: ChangePoint) -> float:
     if not (math.isfinite(r0) and r0 > 0.0) or cp.detected_at is None:
         return start
     rows = [r for r in seg.history if start - REFINE_S <= r[H_START] <= cp.detected_at]
-    up = cp.direction == "inflation"
-    best, best_at = 0.0, start
-    count = exposure = 0.0
-    for r in reversed(rows):
-        e, c = _signal(cp.metric, r, seg.unit)
-        count += c
-        exposure += e
-        if exposure <= 0.0:
-            continue
-        r1 = count / exposure
-        if (r1 > r0) != up:
-            continue
-        llr = (count * math.log(r1 / r0) if count > 0 else 0.0) - exposure * (r1 - r0)
-        if llr > best:
-            best, best_at = llr, float(r[H_START])
-    return best_at
+    points = ((r[H_START], *_signal(cp.metric, r, seg.unit)) for r in reversed(rows))
+    return step_start(points, r0, cp.direction == "inflation", start)
 
 
 def _duration(seconds: float) -> str:

@@ -27,7 +27,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from detectors.changepoint import ChangePoint
+from detectors.changepoint import ChangePoint, step_start
 from detectors.ratio import RatioDetector, RatioDetectorConfig
 from detectors.windows import ClosedWindow
 
@@ -233,21 +233,8 @@ def change_time(history: Iterable[Sequence[float]], cp: ChangePoint) -> float:
     if not (math.isfinite(r0) and r0 > 0.0) or cp.detected_at is None:
         return float(start)
     rows = [r for r in history if start - REFINE_S <= r[0] <= cp.detected_at]
-    up = cp.direction == "inflation"
-    best, best_at = 0.0, float(start)
-    count = exposure = 0.0
-    for r in reversed(rows):
-        exposure += r[1]
-        count += r[2]
-        if exposure <= 0.0:
-            continue
-        r1 = count / exposure
-        if (r1 > r0) != up:
-            continue
-        llr = (count * math.log(r1 / r0) if count > 0 else 0.0) - exposure * (r1 - r0)
-        if llr > best:
-            best, best_at = llr, float(r[0])
-    return best_at
+    points = ((r[0], r[1], r[2]) for r in reversed(rows))
+    return step_start(points, r0, cp.direction == "inflation", float(start))
 
 
 def agreement(count: float, exposure: float, reference: float, direction: str, dispersion: float,
