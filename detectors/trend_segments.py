@@ -719,3 +719,72 @@ def trend_change_points(
         if drift is not None:
             changes = drift
     return [int(keep[c]) for c in changes]
+
+
+# the three BIC-like penalties the consensus default weighs, as (``per_change``,
+# ``effective_n``): MBIC-style (3 log n per change, the reference placement), plain BIC
+# (2 log n) and MBIC in effective observations (3 log n_eff)
+CONSENSUS_SETTINGS: tuple[tuple[float, bool], ...] = ((3.0, False), (2.0, False), (3.0, True))
+CONSENSUS_MARGIN = 5
+
+
+def majority_changes(
+    runs: list[list[int]], need: int = 2, margin: int = CONSENSUS_MARGIN, min_size: int = 1
+) -> list[int]:
+    """Changes that at least ``need`` of the ``runs`` agree on, within ``margin`` points.
+
+    The changes of all runs, in order, are grouped greedily: a group holds the changes
+    within ``margin`` points of its first one. A group that ``need`` different runs take
+    part in is one change, placed where the first run puts it when that run is among them
+    (the reference placement), else at the median of the group (rounded down). A change closer
+    than ``min_size`` to the one before it is dropped.
+
+    >>> majority_changes([[20, 50], [22, 80], [49, 81]])
+    [20, 50, 80]
+    >>> majority_changes([[20], [30], [40]])
+    []
+    """
+    points = sorted((c, run) for run, changes in enumerate(runs) for c in changes)
+    groups: list[list[tuple[int, int]]] = []
+    for c, run in points:
+        if groups and c - groups[-1][0][0] <= margin:
+            groups[-1].append((c, run))
+        else:
+            groups.append([(c, run)])
+    out: list[int] = []
+    for group in groups:
+        if len({run for _, run in group}) < need:
+            continue
+        first = [c for c, run in group if run == 0]
+        place = first[0] if first else int(np.median([c for c, _ in group]))
+        if out and place - out[-1] < min_size:
+            continue
+        out.append(int(place))
+    return out
+
+
+def consensus_change_points(
+    times: FloatArray, values: FloatArray, min_size: int = 5, margin: int = CONSENSUS_MARGIN
+) -> list[int]:
+    """The default of ``gapwatch detect``: the changes that at least two of three BIC-like
+    penalties agree on (``CONSENSUS_SETTINGS``: ``3 log n``, ``2 log n`` and ``3 log n_eff``
+    per change, each a full ``trend_change_points`` run), within ``margin`` points, placed
+    where the ``3 log n`` run puts them (``majority_changes``).
+
+    No one of the three is best across series: ``3 log n`` misses the turns people mark
+    on short smooth transitions, ``2 log n`` splits correlated noise, ``log n_eff`` cuts
+    random-walk-like prices. A change two of them find is rarely a failure of both
+    (BENCHMARKS.md, fifth round).
+
+    >>> t = np.arange(200.0)
+    >>> x = np.where(t < 100, 0.0, 3.0) + np.random.default_rng(1).normal(0, 1, 200)
+    >>> consensus_change_points(t, x)
+    [100]
+    """
+    runs = [
+        trend_change_points(
+            times, values, min_size=min_size, per_change=per_change, effective_n=effective_n
+        )
+        for per_change, effective_n in CONSENSUS_SETTINGS
+    ]
+    return majority_changes(runs, 2, margin, min_size)

@@ -9,8 +9,8 @@ same run:
   ``3 log n * sigma^2`` with sigma from the MAD of first differences, min_size 5,
   the usual published default of a plain PELT,
 * zero: no change point at all,
-* previous: the default of ``gapwatch detect`` as the second round left it on main (commit
-  ``PREVIOUS_COMMIT``, read with git), for reference.
+* previous: the default of ``gapwatch detect`` as the fourth round left it on main (commit
+  ``PREVIOUS_COMMIT``, read with git: one ``trend_change_points`` run), for reference.
 
 Then the runtime of ours for 1,000 and 100,000 points.
 
@@ -743,10 +743,11 @@ def plain_pelt(x: np.ndarray) -> list[int]:
     return [int(keep[b]) for b in bkps[:-1]]
 
 
-# the second round's default as main had it before the third round (straight lines, AR(1)
-# long-run variance, kink relocation, Huber pseudo-observations), read
-# from git as it landed on main, so its figures come from the same run
-PREVIOUS_COMMIT = "ba1b0ef"
+# the fourth round's default as main had it before the fifth round (one run of straight
+# lines, AR(1) long-run variance, kink relocation, Huber pseudo-observations, the smooth
+# alternative; MBIC-style 3 log n per change), read from git as it is on main, so its
+# figures come from the same run (until the fifth round: ba1b0ef, the second round's)
+PREVIOUS_COMMIT = "548ae25"
 
 
 def _previous_default() -> Callable[[np.ndarray], list[int]] | None:
@@ -867,7 +868,7 @@ def _trend_variant(**options: bool) -> Callable[[np.ndarray], list[int]]:
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "second round": {"smooth_null": False, "effective_n": False},
-    "third round (main)": {},
+    "third/fourth round (one run, 3 log n)": {},
     "+ log n_eff": {"effective_n": True},
     "+ noise cap": {"noise_cap": True},
     "+ select": {"select": True},
@@ -879,12 +880,16 @@ VARIANTS: dict[str, dict[str, bool]] = {
 
 
 def variants(sets: dict[str, list[Case]]) -> None:
-    """Mean F1 / cover of the third round's option settings on every set (same run)."""
+    """Mean F1 / cover of the default and the earlier rounds' option settings (one run each
+    of ``trend_change_points``) on every set (same run)."""
     print("\n### Variants (F1 / cover; series below the zero baseline's F1)\n")
     print("| variant | " + " | ".join(f"{k} ({len(v)})" for k, v in sets.items()) + " |")
     print("|---" * (len(sets) + 1) + "|")
-    for label, options in VARIANTS.items():
-        detect = _trend_variant(**options)
+    rows: list[tuple[str, Callable[[np.ndarray], list[int]]]] = [
+        ("consensus of three penalties (fifth round, default)", lambda x: change_points(x)),
+        *((label, _trend_variant(**options)) for label, options in VARIANTS.items()),
+    ]
+    for label, detect in rows:
         cells = []
         for cases in sets.values():
             f1s, covs, below = [], [], 0
@@ -897,21 +902,24 @@ def variants(sets: dict[str, list[Case]]) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-FALSE_ALARM_VARIANTS = ("third round (main)", "+ log n_eff", "+ noise cap", "+ differenced",
+FALSE_ALARM_VARIANTS = ("third/fourth round (one run, 3 log n)", "+ log n_eff", "+ noise cap", "+ differenced",
                         "+ min segment 2 % of n", "BIC: 2 log n per change")
 
 
 def false_alarms(series: int = 40) -> None:
     """False changes in pure AR(1) noise around a slight trend, per variant (same series)."""
     print(f"\n### False changes in pure AR(1) noise ({series} series a cell, all seeds fixed)\n")
-    print("| n | phi | " + " | ".join(FALSE_ALARM_VARIANTS) + " |")
-    print("|---:|---:|" + "---:|" * len(FALSE_ALARM_VARIANTS))
-    from detectors.trend_segments import trend_change_points
+    print("| n | phi | consensus (default) | " + " | ".join(FALSE_ALARM_VARIANTS) + " |")
+    print("|---:|---:|" + "---:|" * (len(FALSE_ALARM_VARIANTS) + 1))
+    from detectors.trend_segments import consensus_change_points, trend_change_points
 
     for n in (12, 20, 40, 60, 200, 1000):
         t = np.arange(n, dtype=float)
         for phi in (0.0, 0.5, 0.8):
-            counts = []
+            rng = np.random.default_rng(1000 + n)
+            counts = [sum(
+                len(consensus_change_points(t, _ar1(rng, n, phi, 1.0) + 0.01 * t)) for _ in range(series)
+            )]
             for label in FALSE_ALARM_VARIANTS:
                 rng = np.random.default_rng(1000 + n)
                 counts.append(sum(
