@@ -630,6 +630,7 @@ def trend_change_points(
     differenced: bool = False,
     min_fraction: float = 0.0,
     per_change: float = 3.0,
+    seasonal_repeat: bool = False,
 ) -> list[int]:
     """Positions (into ``values``) where a new straight-line segment starts.
 
@@ -652,6 +653,8 @@ def trend_change_points(
     alternative), ``min_fraction`` (shortest segment ``ceil(min_fraction * n)``),
     ``per_change`` (``log n`` charges per change: 3 MBIC-style, 2 plain BIC) and
     ``penalty_scale`` (every charge times it; the benchmark's per-series ceiling).
+    Fifth-round option, off: ``seasonal_repeat`` (the looser seasonality test,
+    ``detectors.seasonal_cycle.repeating_period``; no gain on the seen real sets).
     """
     # a shortest segment of a share of the series: noise correlated over fewer points is
     # noise (the AR(1) cap grows with it)
@@ -661,7 +664,7 @@ def trend_change_points(
     clean = ~outlier_mask(values)
     keep = np.flatnonzero(clean)
     t, x = times[keep], values[keep]
-    x, _ = remove_seasonal_cycle(t, x)
+    x, _ = remove_seasonal_cycle(t, x, seasonal_repeat)
     if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
         return []
     # log n per parameter; with effective_n, rounds after the first charge log n_eff, the
@@ -764,12 +767,17 @@ def majority_changes(
 
 
 def consensus_change_points(
-    times: FloatArray, values: FloatArray, min_size: int = 5, margin: int = CONSENSUS_MARGIN
+    times: FloatArray,
+    values: FloatArray,
+    min_size: int = 5,
+    margin: int = CONSENSUS_MARGIN,
+    penalty_scale: float = 1.0,
 ) -> list[int]:
     """The default of ``gapwatch detect``: the changes that at least two of three BIC-like
     penalties agree on (``CONSENSUS_SETTINGS``: ``3 log n``, ``2 log n`` and ``3 log n_eff``
     per change, each a full ``trend_change_points`` run), within ``margin`` points, placed
-    where the ``3 log n`` run puts them (``majority_changes``).
+    where the ``3 log n`` run puts them (``majority_changes``). ``penalty_scale`` multiplies
+    every run's charges (the benchmark's per-series ceiling).
 
     No one of the three is best across series: ``3 log n`` misses the turns people mark
     on short smooth transitions, ``2 log n`` splits correlated noise, ``log n_eff`` cuts
@@ -783,7 +791,8 @@ def consensus_change_points(
     """
     runs = [
         trend_change_points(
-            times, values, min_size=min_size, per_change=per_change, effective_n=effective_n
+            times, values, min_size=min_size, per_change=per_change, effective_n=effective_n,
+            penalty_scale=penalty_scale,
         )
         for per_change, effective_n in CONSENSUS_SETTINGS
     ]
