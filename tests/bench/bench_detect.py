@@ -38,7 +38,7 @@ round's default was declared). ``--ceiling`` prints what per-series penalty tuni
 annotators themselves reach.
 
 Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing] [--variants] [--final]
-[--ceiling]
+[--ceiling] [--margins]
 """
 
 from __future__ import annotations
@@ -979,6 +979,33 @@ def ceiling(sets: dict[str, list[Case]]) -> None:
                   f"{oracle[0]:.3f} / {oracle[1]:.3f} | {ann[0]:.3f} / {ann[1]:.3f} |", flush=True)
 
 
+def margins(sets: dict[str, list[Case]]) -> None:
+    """F1 of the default at scoring margins 2, 5 (the benchmark's) and 10, and the signed
+    distance of each detection to the nearest annotation within 15 points: how much a
+    better placement of the changes found could be worth."""
+    print("\n### The default's F1 by scoring margin\n")
+    print("| set | margin 2 | margin 5 | margin 10 | offsets -15..15: median (count) |")
+    print("|---|---|---|---|---|")
+    for label, cases in sets.items():
+        if not cases:
+            continue
+        found = [change_points(case.values) for case in cases]
+        cells = [
+            np.mean([f1_score(c.annotations, f, margin=m) for c, f in zip(cases, found, strict=True)])
+            for m in (2, 5, 10)
+        ]
+        offsets = []
+        for case, changes in zip(cases, found, strict=True):
+            marks = sorted({a for annotator in case.annotations for a in annotator})
+            for d in changes:
+                if marks:
+                    nearest = min(marks, key=lambda a: abs(a - d))
+                    if abs(d - nearest) <= 15:
+                        offsets.append(d - nearest)
+        middle = f"{np.median(offsets):+.1f} ({len(offsets)})" if offsets else "- (0)"
+        print(f"| {label} ({len(cases)}) | " + " | ".join(f"{v:.3f}" for v in cells) + f" | {middle} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-timing", action="store_true")
@@ -997,6 +1024,10 @@ def main() -> None:
     parser.add_argument(
         "--ceiling", action="store_true",
         help="also print what per-series penalty tuning and the annotators themselves reach",
+    )
+    parser.add_argument(
+        "--margins", action="store_true",
+        help="also print the default's F1 at margins 2, 5 and 10 (how much placement is worth)",
     )
     args = parser.parse_args()
     real = real_cases()
@@ -1038,6 +1069,11 @@ def main() -> None:
         false_alarms()
     if args.ceiling:
         ceiling({
+            "development": real, "held-out": heldout, "fresh": fresh,
+            "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
+        })
+    if args.margins:
+        margins({
             "development": real, "held-out": heldout, "fresh": fresh,
             "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
         })
