@@ -789,11 +789,12 @@ def consensus_change_points(
     >>> consensus_change_points(t, x)
     [100]
     """
-    runs = [
-        trend_change_points(
+    runs: list[list[int]] = []
+    for per_change, effective_n in CONSENSUS_SETTINGS:
+        if len(runs) == 2 and not runs[0] and not runs[1]:
+            return []  # two runs found nothing: no change can have two votes
+        runs.append(trend_change_points(
             times, values, min_size=min_size, per_change=per_change, effective_n=effective_n,
             penalty_scale=penalty_scale,
-        )
-        for per_change, effective_n in CONSENSUS_SETTINGS
-    ]
+        ))
     return majority_changes(runs, 2, margin, min_size)
