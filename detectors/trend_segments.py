@@ -33,6 +33,9 @@ correlated, carry a regular cycle (a season) and have isolated spikes. The steps
 6. **A smooth alternative** (default): the segmentation is weighed, by the same BIC count
    and noise, against one parabola over the whole series and no change (``smooth_beats``):
    smooth acceleration over the whole record is then no run of changes.
+7. **Consensus** (``consensus_change_points``, the default of ``gapwatch detect``): steps
+   1-6 run three times, at ``3 log n``, ``2 log n`` and ``3 log n_eff`` per change; the
+   changes that two of the three place within 5 points of each other are kept.
 
 Times are the original indices, so missing values leave gaps in time, not in the lines.
 
