@@ -5,7 +5,8 @@ model, all in numpy on cumulative sums:
 
 * ``linear`` (default): straight-line segments (breaks in level and trend), noise scaled by
   its robust long-run variance (autocorrelation), isolated spikes left out as outliers;
-  see ``detectors.trend_segments``.
+  by default the changes that two of three BIC-like penalties agree on
+  (``consensus_change_points``); see ``detectors.trend_segments``.
 * ``normal``: Gaussian, mean and variance change; cost ``n log(var)`` (-2 log-lik).
 * ``mean``: Gaussian mean change with one robust noise scale for the whole series
   (MAD of first differences / sqrt 2, insensitive to the changes themselves).
@@ -37,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors.pelt import pelt
-from detectors.trend_segments import trend_change_points
+from detectors.trend_segments import consensus_change_points, trend_change_points
 
 Model = Literal["linear", "normal", "mean", "poisson"]
 MODELS: tuple[str, ...] = ("linear", "normal", "mean", "poisson")
@@ -132,7 +133,10 @@ def change_points(
     if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
         return []
     if model == "linear":
-        changes = trend_change_points(keep.astype(np.float64), x, penalty, min_size)
+        if penalty is None:  # the default: what two of three BIC-like penalties agree on
+            changes = consensus_change_points(keep.astype(np.float64), x, min_size)
+        else:
+            changes = trend_change_points(keep.astype(np.float64), x, penalty, min_size)
         return [int(keep[c]) for c in changes]
     pen = default_penalty(model, int(x.size)) if penalty is None else float(penalty)
     return [int(keep[c]) for c in pelt(_Cost(x, model), int(x.size), pen, min_size)]

@@ -70,8 +70,50 @@ def seasonal_period(values: FloatArray) -> int | None:
     return None
 
 
-def remove_seasonal_cycle(times: FloatArray, values: FloatArray) -> tuple[FloatArray, int | None]:
-    """``values`` less their seasonal profile (``times`` are integer indices), and the period.
+def repeating_period(values: FloatArray) -> int | None:
+    """A looser test (fifth round's option): the lag ``P`` of the highest local peak of the
+    differences' autocorrelation (after its first dip below zero) at which the cycle
+    repeats, at least 0.3 at ``P`` and at ``2 P``; no condition at ``P / 2``, so a cycle of
+    any shape (a yearly profile with a summer peak and a December spike, whose
+    autocorrelation at half the period is near zero) counts, and the fundamental wins over
+    its own sub-periods (a monthly profile with a quarterly pattern: 12, not 3).
+
+    >>> t = np.arange(144.0)
+    >>> rng = np.random.default_rng(1)
+    >>> shape = np.array([0, 0, 1, 1, 0, 2, 4, 4, 1, 0, -1, 2.0])
+    >>> x = 0.02 * t + np.tile(shape, 12) + rng.normal(0, 0.2, 144)
+    >>> seasonal_period(x) is None, repeating_period(x)
+    (True, 12)
+    >>> repeating_period(np.cumsum(rng.normal(0, 1, 240))) is None
+    True
+    """
+    d = np.diff(values)
+    if d.size < 4 * MIN_CYCLES:
+        return None
+    scale = 1.4826 * float(np.median(np.abs(d - np.median(d))))
+    if scale > 0.0:
+        d = np.clip(d, np.median(d) - 5 * scale, np.median(d) + 5 * scale)
+    acf = _autocorrelation(d, d.size // MIN_CYCLES)
+    below = np.flatnonzero(acf < 0.0)
+    if below.size == 0:
+        return None
+    best: int | None = None
+    for lag in range(int(below[0]) + 1, acf.size - 1):
+        period = lag + 1
+        if not (acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]):
+            continue
+        if acf[lag] < SEASONAL_ACF or 2 * period > acf.size or acf[2 * period - 1] < SEASONAL_ACF:
+            continue
+        if best is None or acf[lag] > acf[best - 1]:
+            best = period
+    return best
+
+
+def remove_seasonal_cycle(
+    times: FloatArray, values: FloatArray, repeat: bool = False
+) -> tuple[FloatArray, int | None]:
+    """``values`` less their seasonal profile (``times`` are integer indices), and the period
+    (``seasonal_period``; ``repeating_period`` with ``repeat=True``).
 
     >>> t = np.arange(120.0)
     >>> x = 2 * np.cos(2 * np.pi * t / 12) + np.where(t >= 60, 5.0, 0.0)
@@ -79,7 +121,7 @@ def remove_seasonal_cycle(times: FloatArray, values: FloatArray) -> tuple[FloatA
     >>> period, round(float(np.ptp(adjusted[:55])), 2), round(float(np.ptp(adjusted[65:])), 2)
     (12, 0.0, 0.0)
     """
-    period = seasonal_period(values)
+    period = repeating_period(values) if repeat else seasonal_period(values)
     if period is None:
         return values, None
     half = period // 2

@@ -33,6 +33,9 @@ correlated, carry a regular cycle (a season) and have isolated spikes. The steps
 6. **A smooth alternative** (default): the segmentation is weighed, by the same BIC count
    and noise, against one parabola over the whole series and no change (``smooth_beats``):
    smooth acceleration over the whole record is then no run of changes.
+7. **Consensus** (``consensus_change_points``, the default of ``gapwatch detect``): steps
+   1-6 run three times, at ``3 log n``, ``2 log n`` and ``3 log n_eff`` per change; the
+   changes that two of the three place within 5 points of each other are kept.
 
 Times are the original indices, so missing values leave gaps in time, not in the lines.
 
@@ -630,6 +633,7 @@ def trend_change_points(
     differenced: bool = False,
     min_fraction: float = 0.0,
     per_change: float = 3.0,
+    seasonal_repeat: bool = False,
 ) -> list[int]:
     """Positions (into ``values``) where a new straight-line segment starts.
 
@@ -652,6 +656,8 @@ def trend_change_points(
     alternative), ``min_fraction`` (shortest segment ``ceil(min_fraction * n)``),
     ``per_change`` (``log n`` charges per change: 3 MBIC-style, 2 plain BIC) and
     ``penalty_scale`` (every charge times it; the benchmark's per-series ceiling).
+    Fifth-round option, off: ``seasonal_repeat`` (the looser seasonality test,
+    ``detectors.seasonal_cycle.repeating_period``; no gain on the seen real sets).
     """
     # a shortest segment of a share of the series: noise correlated over fewer points is
     # noise (the AR(1) cap grows with it)
@@ -661,7 +667,7 @@ def trend_change_points(
     clean = ~outlier_mask(values)
     keep = np.flatnonzero(clean)
     t, x = times[keep], values[keep]
-    x, _ = remove_seasonal_cycle(t, x)
+    x, _ = remove_seasonal_cycle(t, x, seasonal_repeat)
     if x.size < 2 * min_size or float(np.ptp(x)) == 0.0:
         return []
     # log n per parameter; with effective_n, rounds after the first charge log n_eff, the
@@ -719,3 +725,79 @@ def trend_change_points(
         if drift is not None:
             changes = drift
     return [int(keep[c]) for c in changes]
+
+
+# the three BIC-like penalties the consensus default weighs, as (``per_change``,
+# ``effective_n``): MBIC-style (3 log n per change, the reference placement), plain BIC
+# (2 log n) and MBIC in effective observations (3 log n_eff)
+CONSENSUS_SETTINGS: tuple[tuple[float, bool], ...] = ((3.0, False), (2.0, False), (3.0, True))
+CONSENSUS_MARGIN = 5
+
+
+def majority_changes(
+    runs: list[list[int]], need: int = 2, margin: int = CONSENSUS_MARGIN, min_size: int = 1
+) -> list[int]:
+    """Changes that at least ``need`` of the ``runs`` agree on, within ``margin`` points.
+
+    The changes of all runs, in order, are grouped greedily: a group holds the changes
+    within ``margin`` points of its first one. A group that ``need`` different runs take
+    part in is one change, placed where the first run puts it when that run is among them
+    (the reference placement), else at the median of the group (rounded down). A change closer
+    than ``min_size`` to the one before it is dropped.
+
+    >>> majority_changes([[20, 50], [22, 80], [49, 81]])
+    [20, 50, 80]
+    >>> majority_changes([[20], [30], [40]])
+    []
+    """
+    points = sorted((c, run) for run, changes in enumerate(runs) for c in changes)
+    groups: list[list[tuple[int, int]]] = []
+    for c, run in points:
+        if groups and c - groups[-1][0][0] <= margin:
+            groups[-1].append((c, run))
+        else:
+            groups.append([(c, run)])
+    out: list[int] = []
+    for group in groups:
+        if len({run for _, run in group}) < need:
+            continue
+        first = [c for c, run in group if run == 0]
+        place = first[0] if first else int(np.median([c for c, _ in group]))
+        if out and place - out[-1] < min_size:
+            continue
+        out.append(int(place))
+    return out
+
+
+def consensus_change_points(
+    times: FloatArray,
+    values: FloatArray,
+    min_size: int = 5,
+    margin: int = CONSENSUS_MARGIN,
+    penalty_scale: float = 1.0,
+) -> list[int]:
+    """The default of ``gapwatch detect``: the changes that at least two of three BIC-like
+    penalties agree on (``CONSENSUS_SETTINGS``: ``3 log n``, ``2 log n`` and ``3 log n_eff``
+    per change, each a full ``trend_change_points`` run), within ``margin`` points, placed
+    where the ``3 log n`` run puts them (``majority_changes``). ``penalty_scale`` multiplies
+    every run's charges (the benchmark's per-series ceiling).
+
+    No one of the three is best across series: ``3 log n`` misses the turns people mark
+    on short smooth transitions, ``2 log n`` splits correlated noise, ``log n_eff`` cuts
+    random-walk-like prices. A change two of them find is rarely a failure of both
+    (BENCHMARKS.md, fifth round).
+
+    >>> t = np.arange(200.0)
+    >>> x = np.where(t < 100, 0.0, 3.0) + np.random.default_rng(1).normal(0, 1, 200)
+    >>> consensus_change_points(t, x)
+    [100]
+    """
+    runs: list[list[int]] = []
+    for per_change, effective_n in CONSENSUS_SETTINGS:
+        if len(runs) == 2 and not runs[0] and not runs[1]:
+            return []  # two runs found nothing: no change can have two votes
+        runs.append(trend_change_points(
+            times, values, min_size=min_size, per_change=per_change, effective_n=effective_n,
+            penalty_scale=penalty_scale,
+        ))
+    return majority_changes(runs, 2, margin, min_size)

@@ -9,8 +9,8 @@ same run:
   ``3 log n * sigma^2`` with sigma from the MAD of first differences, min_size 5,
   the usual published default of a plain PELT,
 * zero: no change point at all,
-* previous: the default of ``gapwatch detect`` as the second round left it on main (commit
-  ``PREVIOUS_COMMIT``, read with git), for reference.
+* previous: the default of ``gapwatch detect`` as the fourth round left it on main (commit
+  ``PREVIOUS_COMMIT``, read with git: one ``trend_change_points`` run), for reference.
 
 Then the runtime of ours for 1,000 and 100,000 points.
 
@@ -38,7 +38,7 @@ round's default was declared). ``--ceiling`` prints what per-series penalty tuni
 annotators themselves reach.
 
 Run: nice -n 10 .venv/bin/python tests/bench/bench_detect.py [--no-timing] [--variants] [--final]
-[--ceiling]
+[--ceiling] [--margins]
 """
 
 from __future__ import annotations
@@ -743,10 +743,11 @@ def plain_pelt(x: np.ndarray) -> list[int]:
     return [int(keep[b]) for b in bkps[:-1]]
 
 
-# the second round's default as main had it before the third round (straight lines, AR(1)
-# long-run variance, kink relocation, Huber pseudo-observations), read
-# from git as it landed on main, so its figures come from the same run
-PREVIOUS_COMMIT = "ba1b0ef"
+# the fourth round's default as main had it before the fifth round (one run of straight
+# lines, AR(1) long-run variance, kink relocation, Huber pseudo-observations, the smooth
+# alternative; MBIC-style 3 log n per change), read from git as it is on main, so its
+# figures come from the same run (until the fifth round: ba1b0ef, the second round's)
+PREVIOUS_COMMIT = "548ae25"
 
 
 def _previous_default() -> Callable[[np.ndarray], list[int]] | None:
@@ -867,7 +868,7 @@ def _trend_variant(**options: bool) -> Callable[[np.ndarray], list[int]]:
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "second round": {"smooth_null": False, "effective_n": False},
-    "third round (main)": {},
+    "third/fourth round (one run, 3 log n)": {},
     "+ log n_eff": {"effective_n": True},
     "+ noise cap": {"noise_cap": True},
     "+ select": {"select": True},
@@ -875,16 +876,21 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "+ min segment 2 % of n": {"min_fraction": 0.02},
     "+ min segment 4 % of n": {"min_fraction": 0.04},
     "BIC: 2 log n per change": {"per_change": 2.0},
+    "+ seasonal: repeat test (fifth round)": {"seasonal_repeat": True},
 }
 
 
 def variants(sets: dict[str, list[Case]]) -> None:
-    """Mean F1 / cover of the third round's option settings on every set (same run)."""
+    """Mean F1 / cover of the default and the earlier rounds' option settings (one run each
+    of ``trend_change_points``) on every set (same run)."""
     print("\n### Variants (F1 / cover; series below the zero baseline's F1)\n")
     print("| variant | " + " | ".join(f"{k} ({len(v)})" for k, v in sets.items()) + " |")
     print("|---" * (len(sets) + 1) + "|")
-    for label, options in VARIANTS.items():
-        detect = _trend_variant(**options)
+    rows: list[tuple[str, Callable[[np.ndarray], list[int]]]] = [
+        ("consensus of three penalties (fifth round, default)", lambda x: change_points(x)),
+        *((label, _trend_variant(**options)) for label, options in VARIANTS.items()),
+    ]
+    for label, detect in rows:
         cells = []
         for cases in sets.values():
             f1s, covs, below = [], [], 0
@@ -897,21 +903,24 @@ def variants(sets: dict[str, list[Case]]) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-FALSE_ALARM_VARIANTS = ("third round (main)", "+ log n_eff", "+ noise cap", "+ differenced",
+FALSE_ALARM_VARIANTS = ("third/fourth round (one run, 3 log n)", "+ log n_eff", "+ noise cap", "+ differenced",
                         "+ min segment 2 % of n", "BIC: 2 log n per change")
 
 
 def false_alarms(series: int = 40) -> None:
     """False changes in pure AR(1) noise around a slight trend, per variant (same series)."""
     print(f"\n### False changes in pure AR(1) noise ({series} series a cell, all seeds fixed)\n")
-    print("| n | phi | " + " | ".join(FALSE_ALARM_VARIANTS) + " |")
-    print("|---:|---:|" + "---:|" * len(FALSE_ALARM_VARIANTS))
-    from detectors.trend_segments import trend_change_points
+    print("| n | phi | consensus (default) | " + " | ".join(FALSE_ALARM_VARIANTS) + " |")
+    print("|---:|---:|" + "---:|" * (len(FALSE_ALARM_VARIANTS) + 1))
+    from detectors.trend_segments import consensus_change_points, trend_change_points
 
     for n in (12, 20, 40, 60, 200, 1000):
         t = np.arange(n, dtype=float)
         for phi in (0.0, 0.5, 0.8):
-            counts = []
+            rng = np.random.default_rng(1000 + n)
+            counts = [sum(
+                len(consensus_change_points(t, _ar1(rng, n, phi, 1.0) + 0.01 * t)) for _ in range(series)
+            )]
             for label in FALSE_ALARM_VARIANTS:
                 rng = np.random.default_rng(1000 + n)
                 counts.append(sum(
@@ -925,40 +934,76 @@ CEILING_SCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 8.0)
 
 
 def ceiling(sets: dict[str, list[Case]]) -> None:
-    """What the real sets allow: the default's penalty tuned per series (an oracle, as the
-    Turing benchmark's "oracle" column: the best of a grid, F1 and cover chosen apart), one
-    penalty scale for a whole set (the best single default in hindsight), and the
-    annotators against each other (each one's changes scored as a detection, averaged)."""
-    from detectors.trend_segments import trend_change_points
+    """What the real sets allow: the penalty tuned per series (an oracle, as the Turing
+    benchmark's "oracle" column: the best of a grid of scales on every charge, F1 and cover
+    chosen apart), one scale for a whole set (the best single default in hindsight), for the
+    default (the consensus of three penalties) and for one run of ``trend_change_points``
+    (the fourth round's default), and the annotators against each other (each one's changes
+    scored as a detection, averaged)."""
+    from detectors.trend_segments import consensus_change_points, trend_change_points
 
+    families: dict[str, Callable[..., list[int]]] = {
+        "consensus (default)": consensus_change_points,
+        "one run (fourth round)": trend_change_points,
+    }
     print("\n### What the sets allow (F1 / cover)\n")
-    print("| set | default | best single scale (scale) | per-series oracle scale | annotators vs all |")
+    print("| set | model | at scale 1 | best single scale (scale) | per-series oracle scale | annotators vs all |")
+    print("|---|---|---|---|---|---|")
+    for label, cases in sets.items():
+        if not cases:
+            continue
+        people = [
+            np.mean([
+                (f1_score(case.annotations, list(a)), covering(case.annotations, list(a), case.values.size))
+                for a in case.annotations
+            ], axis=0)
+            for case in cases
+        ]
+        ann = np.mean(people, axis=0)
+        for family, detect in families.items():
+            table = np.zeros((len(cases), len(CEILING_SCALES), 2))
+            for i, case in enumerate(cases):
+                keep = np.flatnonzero(~np.isnan(case.values))
+                y = case.values[keep]
+                for j, scale in enumerate(CEILING_SCALES):
+                    found = [int(keep[c]) for c in detect(
+                        keep.astype(float), y, penalty_scale=scale)] if float(np.ptp(y)) > 0 else []
+                    table[i, j] = (f1_score(case.annotations, found),
+                                   covering(case.annotations, found, case.values.size))
+            default = table[:, CEILING_SCALES.index(1.0)].mean(axis=0)
+            per_scale = table.mean(axis=0)
+            best = int(np.argmax(per_scale[:, 0] + per_scale[:, 1]))
+            oracle = table.max(axis=1).mean(axis=0)
+            print(f"| {label} ({len(cases)}) | {family} | {default[0]:.3f} / {default[1]:.3f} | "
+                  f"{per_scale[best, 0]:.3f} / {per_scale[best, 1]:.3f} ({CEILING_SCALES[best]}) | "
+                  f"{oracle[0]:.3f} / {oracle[1]:.3f} | {ann[0]:.3f} / {ann[1]:.3f} |", flush=True)
+
+
+def margins(sets: dict[str, list[Case]]) -> None:
+    """F1 of the default at scoring margins 2, 5 (the benchmark's) and 10, and the signed
+    distance of each detection to the nearest annotation within 15 points: how much a
+    better placement of the changes found could be worth."""
+    print("\n### The default's F1 by scoring margin\n")
+    print("| set | margin 2 | margin 5 | margin 10 | offsets -15..15: median (count) |")
     print("|---|---|---|---|---|")
     for label, cases in sets.items():
         if not cases:
             continue
-        table = np.zeros((len(cases), len(CEILING_SCALES), 2))
-        people = []
-        for i, case in enumerate(cases):
-            keep = np.flatnonzero(~np.isnan(case.values))
-            y = case.values[keep]
-            for j, scale in enumerate(CEILING_SCALES):
-                found = [int(keep[c]) for c in trend_change_points(
-                    keep.astype(float), y, penalty_scale=scale)] if float(np.ptp(y)) > 0 else []
-                table[i, j] = (f1_score(case.annotations, found),
-                               covering(case.annotations, found, case.values.size))
-            people.append(np.mean([
-                (f1_score(case.annotations, list(a)), covering(case.annotations, list(a), case.values.size))
-                for a in case.annotations
-            ], axis=0))
-        default = table[:, CEILING_SCALES.index(1.0)].mean(axis=0)
-        per_scale = table.mean(axis=0)
-        best = int(np.argmax(per_scale[:, 0] + per_scale[:, 1]))
-        oracle = table.max(axis=1).mean(axis=0)
-        ann = np.mean(people, axis=0)
-        print(f"| {label} ({len(cases)}) | {default[0]:.3f} / {default[1]:.3f} | "
-              f"{per_scale[best, 0]:.3f} / {per_scale[best, 1]:.3f} ({CEILING_SCALES[best]}) | "
-              f"{oracle[0]:.3f} / {oracle[1]:.3f} | {ann[0]:.3f} / {ann[1]:.3f} |")
+        found = [change_points(case.values) for case in cases]
+        cells = [
+            np.mean([f1_score(c.annotations, f, margin=m) for c, f in zip(cases, found, strict=True)])
+            for m in (2, 5, 10)
+        ]
+        offsets = []
+        for case, changes in zip(cases, found, strict=True):
+            marks = sorted({a for annotator in case.annotations for a in annotator})
+            for d in changes:
+                if marks:
+                    nearest = min(marks, key=lambda a: abs(a - d))
+                    if abs(d - nearest) <= 15:
+                        offsets.append(d - nearest)
+        middle = f"{np.median(offsets):+.1f} ({len(offsets)})" if offsets else "- (0)"
+        print(f"| {label} ({len(cases)}) | " + " | ".join(f"{v:.3f}" for v in cells) + f" | {middle} |")
 
 
 def main() -> None:
@@ -979,6 +1024,10 @@ def main() -> None:
     parser.add_argument(
         "--ceiling", action="store_true",
         help="also print what per-series penalty tuning and the annotators themselves reach",
+    )
+    parser.add_argument(
+        "--margins", action="store_true",
+        help="also print the default's F1 at margins 2, 5 and 10 (how much placement is worth)",
     )
     args = parser.parse_args()
     real = real_cases()
@@ -1020,6 +1069,11 @@ def main() -> None:
         false_alarms()
     if args.ceiling:
         ceiling({
+            "development": real, "held-out": heldout, "fresh": fresh,
+            "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
+        })
+    if args.margins:
+        margins({
             "development": real, "held-out": heldout, "fresh": fresh,
             "confirmation": confirm, **({"final": final} if final else {}), "synthetic": synthetic,
         })

@@ -11,7 +11,13 @@ import pytest
 
 from detectors.gaussian import change_points
 from detectors.pelt import pelt
-from detectors.trend_segments import LinearTrendCost, outlier_mask, trend_change_points
+from detectors.trend_segments import (
+    LinearTrendCost,
+    consensus_change_points,
+    majority_changes,
+    outlier_mask,
+    trend_change_points,
+)
 from streams import cli_detect
 
 
@@ -280,3 +286,49 @@ def test_penalty_scale_larger_means_fewer_changes_on_steps() -> None:
     x = np.repeat([0.0, 1.0, 0.0, 1.0], 75) + rng.normal(0, 0.4, 300)
     counts = [len(trend_change_points(t, x, penalty_scale=s)) for s in (0.25, 1.0, 20.0)]
     assert counts[0] >= counts[1] >= counts[2] and counts[2] < 3, counts
+
+
+def test_majority_keeps_what_two_runs_agree_on_within_the_margin() -> None:
+    # a change two of three runs place within 5 points stays, at the first run's place when
+    # that run is among them, else at the median; a change one run alone finds goes
+    assert majority_changes([[40], [43], []]) == [40]
+    assert majority_changes([[], [43], [47]]) == [45]
+    assert majority_changes([[40], [46], []]) == []  # 6 points apart: no agreement
+    assert majority_changes([[40, 90], [90], [150]]) == [90]
+    # two runs' changes in one group count once per run
+    assert majority_changes([[40, 44], [], []]) == []
+    # a kept change closer than min_size to the one before it is dropped
+    assert majority_changes([[20, 26], [20, 26], []], min_size=10) == [20]
+
+
+def test_consensus_default_finds_steps_and_keeps_correlated_noise_whole() -> None:
+    rng = np.random.default_rng(31)
+    t = np.arange(400.0)
+    exact, false = 0, 0
+    for _ in range(6):
+        x = np.where(t >= 150, 3.0, 0.0) - np.where(t >= 280, 3.0, 0.0) + ar1(rng, 400, 0.5)
+        exact += near(consensus_change_points(t, x), [150, 280])
+        false += len(consensus_change_points(t[:200], ar1(rng, 200, 0.5) + 0.01 * t[:200]))
+    assert exact >= 5, exact
+    assert false <= 1, false
+    # the CLI's default is the consensus; an explicit penalty is one run
+    x = np.where(t >= 150, 3.0, 0.0) + ar1(rng, 400, 0.5)
+    assert change_points(x) == consensus_change_points(t, x)
+    assert change_points(x, penalty=30.0) == trend_change_points(t, x, 30.0)
+
+
+def test_seasonal_repeat_option_removes_a_cycle_of_any_shape() -> None:
+    # a yearly profile with a summer plateau and a December spike: its autocorrelation at
+    # half the period is not negative, so the default's test does not take it for a season
+    # and the step at 100 drowns in it; the looser test removes it and finds the step
+    shape = 3.0 * np.array([0, 0, 1, 1, 0, 2, 4, 4, 1, 0, -1, 2.0])
+    t = np.arange(240.0)
+    rng = np.random.default_rng(41)
+    found, calm_found = [], 0
+    for _ in range(5):
+        x = np.tile(shape, 20) + np.where(t >= 100, 3.0, 0.0) + rng.normal(0, 0.3, 240)
+        found.append(trend_change_points(t, x, seasonal_repeat=True))
+        calm = np.tile(shape, 20) + 0.01 * t + rng.normal(0, 0.3, 240)
+        calm_found += len(trend_change_points(t, calm, seasonal_repeat=True))
+    assert sum(near(f, [100]) for f in found) >= 4, found
+    assert calm_found == 0
