@@ -130,6 +130,7 @@ class GapwatchWorker:
             broker_max_poll_records=None,
             consumer_max_fetch_size=8 * 1024 * 1024,
             broker_commit_interval=s.commit_interval_seconds,
+            broker_commit_every=s.commit_every_events,
             producer_linger=0.005,
             producer_max_batch_size=min(1024 * 1024, s.max_message_bytes),
             producer_max_request_size=s.max_message_bytes,

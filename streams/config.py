@@ -56,6 +56,7 @@ class Settings:
     max_event_names: int = field(default=20, metadata={"help": "distinct event names kept apart (state and metric labels); more count as 'other'"})
     max_message_bytes: int = field(default=1024 * 1024, metadata={"help": "largest message the worker produces (the producer's max_request_size; the brokers' message.max.bytes must allow it)"})
     commit_interval_seconds: float = field(default=1.0, metadata={"help": "how often consumed offsets are committed (a restart re-reads at most this much; counts stay exact)"})
+    commit_every_events: int = field(default=10_000, metadata={"help": "also commit after this many processed events (a restart re-reads at most this many; counts stay exact)"})
     session_timeout_seconds: float = field(default=0.0, metadata={"help": "Kafka group session timeout (0 = 6 s on a loopback broker, else 30 s)"})
     data_dir: str = field(default="", metadata={"help": "directory for Faust's data (default: a temp dir)"})
     log_level: str = field(default="warning", metadata={"help": "worker log level"})
