@@ -98,7 +98,13 @@ class GapwatchWorker:
     def _make_app(self) -> faust.App:
         s = self.settings
         session = s.effective_session_timeout
-        from streams.fastfaust import BatchMessageConsumer, BatchStream, NoopMonitor, app_class
+        from streams.fastfaust import (
+            BatchMessageConsumer,
+            BatchStream,
+            GapwatchTableManager,
+            NoopMonitor,
+            app_class,
+        )
 
         consumer_cls = type("GapwatchConsumer", (BatchMessageConsumer,), {
             "batch_topics": {s.backend_topic, s.platform_topic}, "chunk_size": s.batch_size,
@@ -108,6 +114,7 @@ class GapwatchWorker:
             s.app_id,
             Stream=BatchStream,
             Monitor=NoopMonitor,
+            TableManager=GapwatchTableManager,
             stream_buffer_maxsize=32,  # the stream queue holds chunks of up to 5000 events
             broker=[f"kafka://{h.strip()}" for h in s.broker.split(",")],
             broker_credentials=self._credentials(),

@@ -13,6 +13,8 @@ Nothing here monkey-patches Faust: everything is a subclass wired in through sup
 * FastDrainConsumer    -- same message flow as Faust, but the fetch loop wraps each *fetched
                           batch* (not each message) in ``wait_first(..., suspend_flow.wait())``.
                           Stock Faust creates 4 asyncio tasks + an ``asyncio.wait`` per message.
+* GapwatchTableManager -- TableManager whose recovery gives way to a newer rebalance instead
+                          of crashing on the offsets that rebalance has not built yet.
 * BatchMessageConsumer -- FastDrainConsumer that hands the stream ONE Faust message per
                           (partition, fetched chunk); ``event.value`` is a ``RecordBatch`` with the
                           topic, partition, offsets, keys and value bytes of the chunk.  Acking that
@@ -30,6 +32,8 @@ import faust
 from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as _aiokafka_driver
 from faust.types import TP, ConsumerMessage
+from faust.tables.manager import TableManager
+from faust.tables.recovery import RebalanceAgain, Recovery
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
@@ -334,6 +338,41 @@ class BatchMessageConsumer(FastDrainConsumer):
                 return True
             finally:
                 notify(self._waiting_for_ack)
+
+
+class GapwatchRecovery(Recovery):
+    """Faust's table recovery, minus a crash that leaves the worker holding partitions it never
+    processes.
+
+    A rebalance that arrives while a recovery is reading the changelogs replaces the standby
+    partitions (`on_rebalance` clears them and adds the new ones with no offset yet), and the
+    running recovery goes on to "Starting standby partitions": it seeks them to an offset of
+    None, aiokafka raises ``ValueError('Offset must be a positive integer')``, and the recovery
+    service is dead for the rest of the process. The worker stays in the group (its consumer
+    still heartbeats) and keeps its partitions, but no recovery completes again, so they are
+    never processed and every window, which needs every source partition, stops: a stall with one
+    ERROR line (seen on main and on the per-segment branch, test_group_faults seed 12;
+    BENCHMARKS.md, "Throughput, fourth round"). Here a seek to an offset not built yet gives way
+    to the newer rebalance's recovery (`RebalanceAgain`, which Faust's loop handles by starting
+    over); without a newer rebalance such a partition is read from its start.
+    """
+
+    async def _seek_offsets(self, consumer, tps, offsets, title: str) -> None:
+        if any(offsets.get(tp) is None for tp in tps):
+            if self.signal_recovery_start.is_set():
+                raise RebalanceAgain()
+            offsets = {tp: -1 if offsets.get(tp) is None else offsets[tp] for tp in tps}
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
+
+class GapwatchTableManager(TableManager):
+    """TableManager whose recovery is `GapwatchRecovery` (the ``TableManager`` App setting)."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = GapwatchRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 class BatchStream(faust.Stream):
