@@ -7,7 +7,7 @@ and platform x region levels with these signals (all but the first two at the pl
 
 * ``count_ratio``       platform conversions / backend conversions
 * ``value_ratio``       platform value / backend value (as compound counts of the mean order)
-* ``duplicate_rate``    duplicate-trigger events / platform conversions
+* ``duplicate_rate``    conversions counted twice (duplicate triggers, broken dedupe) / platform conversions
 * ``click_id_coverage`` platform conversions with a click id / platform conversions
 * ``unmatched_rate``    platform conversions with no backend order / platform conversions
 * ``channel_ratio:<ch>`` one delivery channel's events / backend conversions (platform level)
@@ -170,7 +170,12 @@ def _signal(metric: str, row: Sequence[float], unit: float) -> tuple[float, floa
             return 0.0, 0.0
         return row[H_BV] / unit, row[H_PV] / unit
     if metric == "duplicate_rate":
-        return row[H_P], row[H_DUP]
+        # every conversion the platform counts twice for one order: the same event_id again on
+        # one channel (a duplicate trigger) or one order under two event_ids (a broken pixel /
+        # server dedupe). Both are ~0 in a healthy shop, so a rare-event test finds either in a
+        # window or two, where the count ratio needs 4-6 at 4,000 orders a day (docs/detection.md,
+        # "Detection speed")
+        return row[H_P], row[H_DUP] + row[H_BROKEN]
     if metric == "click_id_coverage":
         return row[H_P], row[H_P] - row[H_MISS_CLICK]
     if metric == "unmatched_rate":

@@ -28,20 +28,29 @@ in its direction from 3 h before it to a day after) is counted apart, not as fal
     nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part scenarios --seeds 3
     nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part calibration --cal-seeds 10
     nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part drop --drop-seeds 12
+    nice -n 10 .venv/bin/python tests/bench/bench_scenarios.py --part speed --sizes 4000 --window-seconds 300 --seeds 3
 
 Part ``drop``: a lasting -40 % business drop (``business_drop``), the business check alone,
 the break between day 10 and 16 at varied hours: the share reported within 2, 6, 24, 72 h.
+
+Part ``speed`` (issue 11 point 5): the causes that move a count by 50 % or more, each run's
+time from break to alert in its parts (to the end of the window holding the break, windows of
+evidence until a detector alarms, the monitor's rules, the live close after the window's end)
+from the pipeline's own timestamps, against the information bound of the truth's segment (see
+``speed_run``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +60,11 @@ import orjson
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from detectors.changepoint import ChangePoint  # noqa: E402
 from detectors.monitor import MonitorConfig  # noqa: E402
 from detectors.pipeline import Backtest, PipelineConfig  # noqa: E402
 from detectors.seasonal import BackendDetector, BackendDetectorConfig  # noqa: E402
+from detectors.windows import ClosedWindow  # noqa: E402
 from streams.simulate import DEFAULT_START, SCENARIOS, backend_conversions, generate  # noqa: E402
 from tests.integration.test_scenarios import check_alerts  # noqa: E402
 
@@ -63,6 +74,9 @@ DAY_S = 86400.0
 # issue 11's low-volume goal is a -80 % drop on a segment of ~2 conversions an hour
 _SAFARI = SCENARIOS["safari_drop"]
 BENCH_ONLY = ("safari_drop_80",)
+#: issue 11 point 5: the causes that move a count by 50 % or more (the median's set, part ``speed``)
+SPEED_SCENARIOS = ("duplicate_purchase", "wrong_trigger", "event_definition_drift", "missing_tag",
+                   "broken_dedupe", "import_failure", "safari_drop", "safari_drop_80")
 SCENARIOS["safari_drop_80"] = dataclasses.replace(
     _SAFARI, name="safari_drop_80", description=_SAFARI.description.replace("60 %", "80 %"),
     effects=tuple(dataclasses.replace(e, prob=0.8) for e in _SAFARI.effects))
@@ -323,9 +337,180 @@ def drop_table(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------------------------
+# part 4: where the time from break to alert goes, and the information bound
+
+
+def _epoch(x: Any) -> float:
+    if isinstance(x, (int, float)):
+        return float(x)
+    return datetime.fromisoformat(str(x).replace("Z", "+00:00")).timestamp()
+
+
+def _kl_poisson(mu1: float, mu0: float) -> float:
+    """KL(Poisson(mu1) || Poisson(mu0)): the expected log-likelihood ratio per window after a change."""
+    if mu0 <= 0.0:
+        return 0.0
+    if mu1 <= 0.0:
+        return mu0
+    return mu1 * math.log(mu1 / mu0) - mu1 + mu0
+
+
+def speed_run(scenario: str, size: float, seed: int, days: float, window_s: int,
+              pooled: bool = True) -> dict[str, Any]:
+    """One run, decomposed from the pipeline's own timestamps.
+
+    * to the end of the window holding the break (windows are aligned to the epoch);
+    * windows of evidence: from that window to the one whose close raised the first detector
+      alarm (any signal of a segment the truth moves, in its direction);
+    * monitor: from the detector's alarm to the first matching alert (confirmation rules);
+    * close: from the alerting window's end to the moment the pipeline closes it live: the
+      watermark (the slowest input's newest event time) must pass its end plus the allowed
+      lateness, and a window with a delayed channel waits for that channel (``judged_after_s``);
+    * the information bound of the truth's segment: per window after the break, the KL of
+      the count ratio's new level against the old at that window's backend count (Poisson, over
+      ``1 + alpha mu`` for the segment's overdispersion), summed until it reaches log ARL0
+      (Lorden: no detector with that in-control run length is faster on average), for the
+      detector's budget (1 / ``detectors_per_group`` of the unit's) and the unit's whole.
+    """
+    from detectors import monitor as mon_mod
+
+    sim = generate(scenario, seed=seed, days=days, orders_per_day=size)
+    truth = sim.truth
+    change_at = float(truth["change_at"])
+    wanted = {truth["segment_key"], *truth["also_moving"]}
+    seen: list[tuple[str, int, str]] = []  # (segment, window start, metric) of detector alarms
+    counts: dict[int, tuple[int, int]] = {}
+    dispersion: list[float] = []
+    original = mon_mod._Segment.update
+
+    def update(seg: Any, w: ClosedWindow) -> list[ChangePoint]:
+        cps: list[ChangePoint] = original(seg, w)
+        if seg.key in wanted:
+            seen.extend((seg.key, w.window_start, cp.metric) for cp in cps
+                        if cp.direction == truth["direction"] and not cp.resolves)
+        if seg.key == truth["segment_key"]:
+            counts[w.window_start] = (w.backend_count, w.platform_count)
+            if w.window_start < change_at:
+                dispersion.append(seg.detectors["count_ratio"].dispersion)
+        return cps
+
+    mon_mod._Segment.update = update  # type: ignore[method-assign,assignment]
+    try:
+        pipe = Backtest(PipelineConfig(window_s=window_s, allowed_lateness_s=120.0, pooled=pooled))
+        for change in sim.changes:
+            pipe.add_change(change)
+        pipe.run((orjson.dumps(e) for e in sim.backend), (orjson.dumps(e) for e in sim.platform))
+    finally:
+        mon_mod._Segment.update = original  # type: ignore[method-assign]
+    out: dict[str, Any] = {"scenario": scenario, "size": size, "seed": seed, "segment": truth["segment_key"]}
+    break_end = (math.floor(change_at / window_s) + 1) * window_s
+    out["to_window_end_s"] = break_end - change_at
+    first = None
+    for alert in pipe.alerts:
+        a = alert.to_dict()
+        if a["status"] != "firing" or a["verdict"] != truth["verdict"] or a["direction"] != truth["direction"]:
+            continue
+        if (a.get("change_at") or 0) < change_at - 2 * 3600:
+            continue
+        if (_key(a["segment"]) in wanted or wanted & set(a.get("affected") or ())) and (
+                first is None or a["detected_at"] < first["detected_at"]):
+            first = a
+    alarms = sorted((w0, key, metric) for key, w0, metric in seen if w0 + window_s > change_at)
+    if first is None:
+        return {**out, "found": False}
+    alert_end = float(first["detected_at"]) + window_s
+    detector_end = alarms[0][0] + window_s if alarms else alert_end
+    judged = max((w.judged_after_s for w in pipe.windows if w.window_start == first["detected_at"]), default=0)
+    ready_at = alert_end + 120.0
+    backend_next = next((_epoch(e["occurred_at"]) for e in sim.backend if _epoch(e["occurred_at"]) >= ready_at), ready_at)
+    platform_next = next((float(e.get("arrived_at") or e["occurred_at"]) for e in sim.platform
+                          if float(e["occurred_at"]) >= ready_at), ready_at)
+    out.update(found=True, metric=first["metric"], named=_key(first["segment"]),
+               detector_metric=alarms[0][2] if alarms else first["metric"],
+               evidence_windows=round((detector_end - break_end) / window_s) + 1,
+               monitor_s=alert_end - detector_end,
+               close_s=max(backend_next, platform_next) - alert_end + judged,
+               to_alert_end_s=alert_end - change_at)
+    out["total_s"] = out["to_alert_end_s"] + out["close_s"]
+    # the bound, on the truth segment's own windows
+    before = [c for w0, c in counts.items() if change_at - DAY_S <= w0 < change_at - window_s]
+    after = [c for w0, c in sorted(counts.items()) if w0 >= change_at]
+    rho0 = sum(p for _, p in before) / max(1.0, sum(b for b, _ in before))
+    rho1 = sum(p for _, p in after[:36]) / max(1.0, sum(b for b, _ in after[:36]))
+    alpha = dispersion[-1] if dispersion else 0.0
+    budget = MonitorConfig(window_s=window_s)
+    arl_unit = 30 * DAY_S / window_s / budget.false_alarms_per_30_days
+    out.update(b_per_window=sum(b for b, _ in after[:12]) / max(1, len(after[:12])),
+               p_per_window=rho0 * sum(b for b, _ in after[:12]) / max(1, len(after[:12])),
+               change=rho1 / rho0 - 1.0 if rho0 > 0 else math.nan, alpha=alpha)
+    for name, arl in (("bound_detector", arl_unit * budget.detectors_per_group), ("bound_unit", arl_unit)):
+        need, total, n = math.log(arl), 0.0, math.nan
+        for i, (b, _) in enumerate(after):
+            step = _kl_poisson(rho1 * b, rho0 * b) / (1.0 + alpha * rho0 * b)
+            if total + step >= need:
+                n = i + (need - total) / step  # windows of evidence (fractional)
+                break
+            total += step
+        out[name] = n
+    return out
+
+
+def _speed_job(job: tuple[str, float, int, float, int, bool]) -> dict[str, Any]:
+    return speed_run(*job)
+
+
+def speed_table(args: argparse.Namespace) -> list[str]:
+    scenarios = args.scenario or list(SPEED_SCENARIOS)
+    jobs = [(s, size, seed, args.days, args.window_seconds, args.pooled != "off")
+            for s in scenarios for size in args.sizes for seed in range(args.seeds)]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(_speed_job, jobs))
+    w_min = args.window_seconds / 60.0
+    lines = [
+        f"where the time goes: {args.seeds} seeds x {args.days:g} days, window {args.window_seconds} s, "
+        "allowed lateness 120 s, realistic noise; minutes (per run, seeds in order)",
+        "",
+        "| scenario | orders/day | named (signal) | to window end | windows of evidence | monitor | "
+        "break to window end | close after window end | break to alert | bound windows (detector's budget) | "
+        "bound windows (unit's budget) | segment: b / window, change |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def mins(xs: list[float]) -> str:
+        return ", ".join(f"{x / 60:.0f}" for x in xs)
+
+    def wins(xs: list[float]) -> str:
+        return ", ".join("-" if math.isnan(x) else f"{x:.1f}" for x in xs)
+
+    by: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by[(r["scenario"], r["size"])].append(r)
+    medians: list[float] = []
+    for (scenario, size), rs in by.items():
+        found = [r for r in rs if r["found"]]
+        if not found:
+            lines.append(f"| {scenario} | {size:,.0f} | not found | | | | | | | | | |")
+            continue
+        named = sorted({f"{r['named'].split('|')[0]} {r['named'].split('|')[2]} ({r['detector_metric']})" for r in found})
+        medians.append(statistics.median(r["to_alert_end_s"] for r in found) / 60)
+        lines.append(
+            f"| {scenario} | {size:,.0f} | {'; '.join(named)} | {mins([r['to_window_end_s'] for r in found])} | "
+            f"{', '.join(str(r['evidence_windows']) for r in found)} | {mins([r['monitor_s'] for r in found])} | "
+            f"{mins([r['to_alert_end_s'] for r in found])} | {', '.join(format(r['close_s'] / 60, '.1f') for r in found)} | "
+            f"{mins([r['total_s'] for r in found])} | {wins([r['bound_detector'] for r in found])} | "
+            f"{wins([r['bound_unit'] for r in found])} | "
+            f"{statistics.median(r['b_per_window'] for r in found):.1f}, "
+            f"{100 * statistics.median(r['change'] for r in found):+.0f} % |")
+    if medians:
+        lines += ["", f"median over the scenarios of their median break to window end: {statistics.median(medians):.1f} min "
+                  f"(window {w_min:g} min: a bound of n windows is ceil(n) windows, the first holding the break)"]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("scenarios", "calibration", "drop", "all"), default="all")
+    parser.add_argument("--part", choices=("scenarios", "calibration", "drop", "speed", "all"), default="all")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per scenario and size")
     parser.add_argument("--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[400.0, 4000.0])
     parser.add_argument("--days", type=float, default=5.0)
@@ -349,6 +534,8 @@ def main() -> int:
         print(flush=True)
     if args.part in ("drop", "all"):
         print("\n".join(drop_table(args)), flush=True)
+    if args.part == "speed":
+        print("\n".join(speed_table(args)), flush=True)
     print(f"\n({time.monotonic() - started:.0f} s)")
     return 0
 
