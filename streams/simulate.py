@@ -313,7 +313,7 @@ SCENARIOS: dict[str, Scenario] = {
             "meta capi sends its own event_id, no longer the pixel's: meta counts orders twice",
             (Effect("new_event_id", 1.0, "meta", "purchase", "capi"),),
             ("meta", "purchase", "*", "*"), "inflation", "tracking_gap", "broken_dedupe",
-            "count_ratio",
+            "duplicate_rate",
             ("deploy", 20, "capi-gateway", "capi-gateway: new event_id scheme for server events",
              {"platform": "meta"}),
             also_moving=("meta|purchase|chrome|*", "meta|purchase|safari|*"),
