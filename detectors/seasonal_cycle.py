@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.intp]
 
 SEASONAL_ACF = 0.3
 MIN_CYCLES = 4
@@ -35,16 +36,10 @@ def _autocorrelation(d: FloatArray, max_lag: int) -> FloatArray:
     return np.asarray(full[1 : max_lag + 1] / denom, dtype=np.float64)
 
 
-def seasonal_period(values: FloatArray) -> int | None:
-    """The cycle length in points, or None when there is no strong regular cycle.
-
-    >>> t = np.arange(240.0)
-    >>> rng = np.random.default_rng(0)
-    >>> seasonal_period(3 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 0.5, 240))
-    12
-    >>> seasonal_period(np.cumsum(rng.normal(0, 1, 240))) is None
-    True
-    """
+def _differences_acf(values: FloatArray) -> tuple[FloatArray, IntArray] | None:
+    """The autocorrelation of the robustly clipped first differences up to a ``MIN_CYCLES``-th
+    of their length, and the lags (0-based) where it is below zero; None when the series is
+    too short for ``MIN_CYCLES`` cycles or the autocorrelation never turns negative."""
     d = np.diff(values)
     if d.size < 4 * MIN_CYCLES:
         return None
@@ -55,6 +50,23 @@ def seasonal_period(values: FloatArray) -> int | None:
     below = np.flatnonzero(acf < 0.0)
     if below.size == 0:
         return None
+    return acf, below
+
+
+def seasonal_period(values: FloatArray) -> int | None:
+    """The cycle length in points, or None when there is no strong regular cycle.
+
+    >>> t = np.arange(240.0)
+    >>> rng = np.random.default_rng(0)
+    >>> seasonal_period(3 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 0.5, 240))
+    12
+    >>> seasonal_period(np.cumsum(rng.normal(0, 1, 240))) is None
+    True
+    """
+    found = _differences_acf(values)
+    if found is None:
+        return None
+    acf, below = found
     for lag in range(int(below[0]) + 1, acf.size - 1):
         if not (acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]):
             continue
@@ -87,16 +99,10 @@ def repeating_period(values: FloatArray) -> int | None:
     >>> repeating_period(np.cumsum(rng.normal(0, 1, 240))) is None
     True
     """
-    d = np.diff(values)
-    if d.size < 4 * MIN_CYCLES:
+    found = _differences_acf(values)
+    if found is None:
         return None
-    scale = 1.4826 * float(np.median(np.abs(d - np.median(d))))
-    if scale > 0.0:
-        d = np.clip(d, np.median(d) - 5 * scale, np.median(d) + 5 * scale)
-    acf = _autocorrelation(d, d.size // MIN_CYCLES)
-    below = np.flatnonzero(acf < 0.0)
-    if below.size == 0:
-        return None
+    acf, below = found
     best: int | None = None
     for lag in range(int(below[0]) + 1, acf.size - 1):
         period = lag + 1
