@@ -14,11 +14,14 @@ Nothing here monkey-patches Faust: everything is a subclass wired in through sup
                           batch* (not each message) in ``wait_first(..., suspend_flow.wait())``.
                           Stock Faust creates 4 asyncio tasks + an ``asyncio.wait`` per message.
 * GapwatchTableManager -- TableManager whose recovery gives way to a newer rebalance instead
-                          of crashing on the offsets that rebalance has not built yet.
+                          of crashing on the offsets that rebalance has not built yet, and
+                          resumes the stream partitions only after seeking them (no record
+                          delivered during the seek is cleared from a stream queue).
 * BatchMessageConsumer -- FastDrainConsumer that hands the stream ONE Faust message per
                           (partition, fetched chunk); ``event.value`` is a ``RecordBatch`` with the
                           topic, partition, offsets, keys and value bytes of the chunk.  Acking that
-                          one message acks every offset in it, so commits stay exact.
+                          one message acks every offset in it, so commits stay exact. Its
+                          ``on_buffer_drop`` never re-fetches a partition paused for recovery.
 """
 from __future__ import annotations
 
@@ -300,6 +303,24 @@ class BatchMessageConsumer(FastDrainConsumer):
 
         await thread.call_thread(call)
 
+    def on_buffer_drop(self, tp: TP) -> None:
+        """A stream buffer drained: fetch its partition again, unless a rebalance paused it.
+
+        Faust's own version puts the partition back into the fetched set unconditionally. Its
+        high-pressure callback stays pending on the stream queue when the rebalance clears that
+        queue, and fires at the agent's next read of the empty queue; if that read comes after
+        the assignment paused every partition for the table recovery, the partition would be
+        fetched while the tables are still recovering and before the seek to the committed
+        offsets (flow control is resumed during recovery, and the message carries the new
+        generation, so an agent would handle it against a half-recovered table). A paused
+        partition comes back with `resume_partitions`, after the seek (`GapwatchRecovery`).
+        """
+        buffered = self._buffered_partitions
+        if tp in buffered:
+            buffered.discard(tp)
+            if tp not in self._paused_partitions:
+                self._get_active_partitions().add(tp)
+
     def ack(self, message) -> bool:
         app = self.app
         if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
@@ -363,6 +384,60 @@ class GapwatchRecovery(Recovery):
                 raise RebalanceAgain()
             offsets = {tp: -1 if offsets.get(tp) is None else offsets[tp] for tp in tps}
         await super()._seek_offsets(consumer, tps, offsets, title)
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """Faust 0.15.3's end of recovery, with the stream partitions resumed only AFTER the
+        seek to the committed offsets, and nothing awaited from there to the resumed flow.
+
+        Faust resumes the stream partitions, then awaits the seek (a round trip to the group
+        coordinator), then resumes the app's flow control, which CLEARS every stream queue.
+        But flow control is already active here (the recovery resumed it to read the
+        changelogs), so during the seek the fetcher delivers the stream partitions' first
+        records from the committed offset, the agents take a few, and the clear then drops
+        the rest of a queue (up to `stream_buffer_maxsize` messages) whose offsets the
+        consumer has already moved past: never processed, never fetched again while this
+        worker runs. Measured on tests/integration/test_group_faults.py (4 failing seed runs
+        in 19, diagnostic dumps of the partials topic and the changelogs): in each, stage B
+        took partials offsets 893-896 during the seek and lost exactly 897-928, 32 messages
+        (the queue's size), a stretch of one source partition's platform partials: ~40 min
+        of that partition's counts missing from every group. Stage A's chunks were at the
+        same risk (a lost chunk followed by a processed one would be skipped for good as
+        "already applied"). Here the stream partitions stay paused through the seek, so the
+        clear finds nothing of theirs, and the fetcher starts from the committed offsets.
+        """
+        consumer = self.app.consumer
+        self.log.info("Restore complete!")
+        await self.app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callback_coros = [
+            asyncio.ensure_future(table.on_recovery_completed(
+                self.actives_for_table[table], self.standbys_for_table[table]))
+            for table in self.tables.values()
+        ]
+        if callback_coros:
+            await asyncio.wait(callback_coros)
+        assignment = consumer.assignment()
+        if self.app.consumer_generation_id != generation_id:
+            self.log.warning(f"Recovery rebalancing again app id {self.app.consumer_generation_id} "
+                             f"param {generation_id}")
+            return
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+            if self.app.consumer_generation_id != generation_id:
+                return  # a newer rebalance: its recovery seeks and resumes
+        # From here to resume_flow nothing is awaited: no stream record is delivered between
+        # resuming its partition and the clear of the queues.
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        self.completed.set()
+        self.app.flow_control.resume()
+        consumer.resume_flow()
+        await self.app._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if not self.app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
+        self.log.info("Worker ready")
 
 
 class GapwatchTableManager(TableManager):
